@@ -1,0 +1,26 @@
+"""hvdspar: gradient sparsification (GSpar) and its baselines as Horovod compressors.
+
+    import horovod.tensorflow.keras as hvd
+    import hvdspar
+    hvd.init()
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1), compression=hvdspar.GSpar(rho=0.01))
+
+Modules, one idea each:
+  probabilities  p_i = min(lambda |g_i|, 1): Algorithm 2, exact water-filling, Algorithm 3
+  sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
+  coding         the message's bytes (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
+  exchange       the allgather inside compress(), the dense-vs-sparse cost model
+  traffic        per-rank byte counters and per-tensor state in tf.Variables
+  compressor     the base Horovod Compressor (memory, fallback, NaN policy, traffic)
+  compressors    GSpar and UniSp
+  spec           from_spec("gspar:rho=0.01")
+"""
+
+__version__ = "0.1.0"
+
+from hvdspar.probabilities import probabilities, water_level  # noqa: E402
+from hvdspar.compressor import Compressor  # noqa: E402
+from hvdspar.compressors import GSpar, UniSp  # noqa: E402
+from hvdspar.spec import from_spec, register  # noqa: E402
+
+__all__ = ["probabilities", "water_level", "Compressor", "GSpar", "UniSp", "from_spec", "register", "__version__"]

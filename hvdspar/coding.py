@@ -1,0 +1,313 @@
+"""The wire format of a sparsified gradient (Wangni et al. 2018, sec. 2.3).
+
+A sparsified vector Q(g) of length d is the hybrid message
+
+    Q_A = {(i, Q(g)_i) : i in S_k}    exact values where p_i = 1 (the top set),
+    Q_B = {(i, sign(g_i)) : i kept, i not in S_k}   all of magnitude 1/lambda,
+    scale = 1/lambda                  one float.
+
+Equivalently a symbol vector q in {0, +1, -1, 2}^d plus the values of S_k and
+the scale; its entropy bound is sum_l d_l log2(d / d_l) bits (``entropy_bits``).
+
+Byte layout of one message (all integers little-endian)::
+
+    header   scheme (1 byte) | n_A (w bytes) | n_B (w bytes) | scale (s bytes)
+    body     scheme 0 (sparse): EF(idx_A) | EF(idx_B) | sign bits of B | values of A
+             scheme 1 (dense) : 2-bit symbols q, 4 per byte   | values of A
+             scheme 255       : no body; the sender's gradient was not finite
+
+w = 4 bytes when d < 2^32 (else 8); s = 4 (float32 scale), or 8 for float64
+gradients; values of A travel in the gradient's own dtype. EF is the
+Elias-Fano code of a sorted index set: n indices out of d cost
+n * floor(log2(d/n)) low bits plus at most 3n high bits (unary gaps), within
+about two bits per index of log2(binomial(d, n)). The encoder picks, per
+message, whichever scheme is smaller; both sides compute every section size
+from the header, so messages of several ranks can simply be concatenated.
+"""
+
+import collections
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from hvdspar import bits
+
+SCHEME_SPARSE = 0
+SCHEME_DENSE = 1
+SCHEME_NONFINITE = 255
+
+SparseMessage = collections.namedtuple("SparseMessage", ["idx_a", "val_a", "idx_b", "neg_b", "scale"])
+SparseMessage.__doc__ = """A hybrid sparse message before byte coding.
+
+idx_a: int64 [n_A], sorted; val_a: [n_A] values (exact Q(g)_i, the gradient's dtype);
+idx_b: int64 [n_B], sorted; neg_b: bool [n_B] (True where g_i < 0);
+scale: scalar 1/lambda, magnitude of every B entry (float32, or float64)."""
+
+
+def count_width(d):
+    """Bytes used for a count n <= d in the header."""
+    return 4 if d < 2**32 else 8
+
+
+def scale_dtype(value_dtype):
+    return tf.float64 if tf.as_dtype(value_dtype) == tf.float64 else tf.float32
+
+
+def header_nbytes(d, value_dtype):
+    return 1 + 2 * count_width(d) + scale_dtype(value_dtype).size
+
+
+# --- Elias-Fano code of a sorted index set --------------------------------------------------
+
+
+def ef_low_width(n, d):
+    """Low-bit width l = floor(log2(d / n)) (0 when n = 0); tensors, int64."""
+    n = tf.cast(n, tf.int64)
+    q = tf.math.floordiv(tf.cast(d, tf.int64), tf.maximum(n, 1))
+    return tf.where(n > 0, bits.floor_log2(tf.maximum(q, 1)), tf.zeros_like(n))
+
+
+def ef_sizes(n, d):
+    """(low bytes, high bits, high bytes) of the EF code of n indices in [0, d)."""
+    n = tf.cast(n, tf.int64)
+    l = ef_low_width(n, d)
+    low_bytes = bits.ceil_div(n * l, 8)
+    high_bits = tf.where(n > 0, tf.bitwise.right_shift(tf.cast(d - 1, tf.int64), l) + n, tf.zeros_like(n))
+    return low_bytes, high_bits, bits.ceil_div(high_bits, 8)
+
+
+def ef_nbytes(n, d):
+    low_bytes, _, high_bytes = ef_sizes(n, d)
+    return low_bytes + high_bytes
+
+
+def ef_encode(idx, d):
+    """Sorted int64 indices in [0, d) -> uint8 bytes (low bits, then unary high bits)."""
+    idx = tf.cast(idx, tf.int64)
+    n = tf.size(idx, out_type=tf.int64)
+    l = ef_low_width(n, d)
+    low = tf.bitwise.bitwise_and(idx, tf.bitwise.left_shift(tf.constant(1, tf.int64), l) - 1)
+    high = tf.bitwise.right_shift(idx, l)
+    _, high_bits, _ = ef_sizes(n, d)
+    positions = high + tf.range(n, dtype=tf.int64)
+    unary = tf.scatter_nd(tf.expand_dims(positions, 1), tf.ones([n], tf.int32), tf.reshape(high_bits, [1]))
+    return tf.concat([bits.pack_uints(low, l), bits.pack_bits(unary)], axis=0)
+
+
+def ef_decode(data, n, d):
+    """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n]."""
+    n = tf.cast(n, tf.int64)
+    l = ef_low_width(n, d)
+    low_bytes, high_bits, _ = ef_sizes(n, d)
+    low = bits.unpack_uints(data[:low_bytes], n, l)
+    unary = bits.unpack_bits(data[low_bytes:], high_bits)
+    positions = tf.reshape(tf.where(unary > 0), [-1])[:n]
+    high = positions - tf.range(n, dtype=tf.int64)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, l), low)
+
+
+# --- Dense 2-bit symbols --------------------------------------------------------------------
+
+_SYMBOL_SHIFTS = tf.constant([0, 2, 4, 6], tf.int32)
+
+
+def symbols_encode(msg, d):
+    """q_i = 0 (dropped), 1 (+scale), 2 (-scale), 3 (exact value from A); 4 per byte."""
+    sym = tf.zeros([d], tf.int32)
+    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_b, 1), 1 + tf.cast(msg.neg_b, tf.int32))
+    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_a, 1), tf.fill(tf.shape(msg.idx_a), 3))
+    sym = tf.pad(sym, [[0, bits.ceil_div(d, 4) * 4 - d]])
+    packed = tf.reduce_sum(tf.bitwise.left_shift(tf.reshape(sym, [-1, 4]), _SYMBOL_SHIFTS), axis=1)
+    return tf.cast(packed, tf.uint8)
+
+
+def symbols_decode(data, d):
+    """Bytes -> (idx_a, idx_b, neg_b)."""
+    words = tf.cast(tf.reshape(data, [-1, 1]), tf.int32)
+    sym = tf.reshape(tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, _SYMBOL_SHIFTS), 3), [-1])[:d]
+    idx_a = tf.reshape(tf.where(tf.equal(sym, 3)), [-1])
+    idx_b = tf.reshape(tf.where(tf.logical_or(tf.equal(sym, 1), tf.equal(sym, 2))), [-1])
+    neg_b = tf.equal(tf.gather(sym, idx_b), 2)
+    return idx_a, idx_b, neg_b
+
+
+def symbols_nbytes(d):
+    return (d + 3) // 4
+
+
+# --- Message sizes --------------------------------------------------------------------------
+
+
+def body_nbytes(scheme, n_a, n_b, d, value_dtype):
+    """Body size in bytes of a message (int64 tensor), from its header fields."""
+    n_a = tf.cast(n_a, tf.int64)
+    n_b = tf.cast(n_b, tf.int64)
+    values = n_a * tf.as_dtype(value_dtype).size
+    sparse = ef_nbytes(n_a, d) + ef_nbytes(n_b, d) + bits.ceil_div(n_b, 8) + values
+    dense = tf.constant(symbols_nbytes(d), tf.int64) + values
+    scheme = tf.cast(scheme, tf.int64)
+    return tf.where(
+        tf.equal(scheme, SCHEME_SPARSE), sparse, tf.where(tf.equal(scheme, SCHEME_DENSE), dense, tf.zeros_like(values))
+    )
+
+
+def expected_nbytes(n_a, n_b, d, value_dtype):
+    """Python twin of the message size, for planning (dense fallback, benchmarks)."""
+
+    def ef(n):
+        if n <= 0:
+            return 0
+        l = int(math.floor(math.log2(d // n))) if d // n >= 1 else 0
+        return -(-n * l // 8) + -(-(((d - 1) >> l) + n) // 8)
+
+    n_a, n_b = int(round(n_a)), int(round(n_b))
+    values = n_a * tf.as_dtype(value_dtype).size
+    sparse = ef(n_a) + ef(n_b) + -(-n_b // 8) + values
+    dense = symbols_nbytes(d) + values
+    return header_nbytes(d, value_dtype) + min(sparse, dense)
+
+
+def entropy_bits(n_a, n_plus, n_minus, d, value_bits=32):
+    """The entropy bound of sec. 2.3 plus the values: sum_l d_l log2(d/d_l) + (n_A + 1) b.
+
+    d_l counts the symbols 0, +1, -1, 2 of q; b is the bits of one float (the
+    exact values of S_k and the scale 1/lambda).
+    """
+    counts = np.array([d - n_a - n_plus - n_minus, n_plus, n_minus, n_a], dtype=np.float64)
+    counts = counts[counts > 0]
+    symbols = float(np.sum(counts * np.log2(d / counts)))
+    return symbols + (n_a + 1) * value_bits
+
+
+# --- Encode / decode ------------------------------------------------------------------------
+
+
+def _header(scheme, n_a, n_b, scale, d, value_dtype):
+    w = count_width(d)
+    return tf.concat(
+        [
+            tf.reshape(tf.cast(scheme, tf.uint8), [1]),
+            bits.uint_to_bytes(n_a, w),
+            bits.uint_to_bytes(n_b, w),
+            bits.to_bytes(tf.cast(scale, scale_dtype(value_dtype))),
+        ],
+        axis=0,
+    )
+
+
+def encode(msg, d, value_dtype):
+    """SparseMessage -> uint8 bytes, choosing the smaller of the sparse and dense schemes."""
+    value_dtype = tf.as_dtype(value_dtype)
+    n_a = tf.size(msg.idx_a, out_type=tf.int64)
+    n_b = tf.size(msg.idx_b, out_type=tf.int64)
+    sparse_size = body_nbytes(SCHEME_SPARSE, n_a, n_b, d, value_dtype)
+    dense_size = body_nbytes(SCHEME_DENSE, n_a, n_b, d, value_dtype)
+    use_sparse = sparse_size <= dense_size
+    values = bits.to_bytes(tf.cast(msg.val_a, value_dtype))
+
+    def sparse_body():
+        return tf.concat(
+            [ef_encode(msg.idx_a, d), ef_encode(msg.idx_b, d), bits.pack_bits(msg.neg_b), values], axis=0
+        )
+
+    def dense_body():
+        return tf.concat([symbols_encode(msg, d), values], axis=0)
+
+    body = tf.cond(use_sparse, sparse_body, dense_body)
+    scheme = tf.where(use_sparse, SCHEME_SPARSE, SCHEME_DENSE)
+    return tf.concat([_header(scheme, n_a, n_b, msg.scale, d, value_dtype), body], axis=0)
+
+
+def encode_nonfinite(d, value_dtype):
+    """The header-only message a rank sends when its gradient holds NaN or Inf."""
+    zero = tf.constant(0, tf.int64)
+    return _header(SCHEME_NONFINITE, zero, zero, 0.0, d, value_dtype)
+
+
+def read_header(data, offset, d, value_dtype):
+    """(scheme, n_a, n_b, scale, total message bytes) of the message at ``offset``."""
+    w = count_width(d)
+    sdt = scale_dtype(value_dtype)
+    offset = tf.cast(offset, tf.int64)
+    head = tf.slice(data, tf.reshape(offset, [1]), [header_nbytes(d, value_dtype)])
+    scheme = tf.cast(head[0], tf.int64)
+    n_a = bits.bytes_to_uint(head[1 : 1 + w])
+    n_b = bits.bytes_to_uint(head[1 + w : 1 + 2 * w])
+    scale = tf.reshape(tf.bitcast(tf.reshape(head[1 + 2 * w :], [1, sdt.size]), sdt), [])
+    total = header_nbytes(d, value_dtype) + body_nbytes(scheme, n_a, n_b, d, value_dtype)
+    return scheme, n_a, n_b, scale, total
+
+
+def decode_at(data, offset, d, value_dtype):
+    """Decode the message starting at ``offset`` of ``data``.
+
+    Returns (SparseMessage, scheme, total bytes); a non-finite message decodes
+    as empty, and the caller checks ``scheme``.
+    """
+    value_dtype = tf.as_dtype(value_dtype)
+    scheme, n_a, n_b, scale, total = read_header(data, offset, d, value_dtype)
+    start = tf.cast(offset, tf.int64) + header_nbytes(d, value_dtype)
+    body = tf.slice(data, tf.reshape(start, [1]), tf.reshape(total - header_nbytes(d, value_dtype), [1]))
+    itemsize = value_dtype.size
+
+    def sparse():
+        ef_a = ef_nbytes(n_a, d)
+        ef_b = ef_nbytes(n_b, d)
+        idx_a = ef_decode(body[:ef_a], n_a, d)
+        idx_b = ef_decode(body[ef_a : ef_a + ef_b], n_b, d)
+        sign_end = ef_a + ef_b + bits.ceil_div(n_b, 8)
+        neg_b = tf.cast(bits.unpack_bits(body[ef_a + ef_b : sign_end], n_b), tf.bool)
+        return idx_a, idx_b, neg_b, body[sign_end : sign_end + n_a * itemsize]
+
+    def dense():
+        start_values = symbols_nbytes(d)
+        idx_a, idx_b, neg_b = symbols_decode(body[:start_values], d)
+        return idx_a, idx_b, neg_b, body[start_values : start_values + n_a * itemsize]
+
+    def empty():
+        z = tf.zeros([0], tf.int64)
+        return z, z, tf.zeros([0], tf.bool), tf.zeros([0], tf.uint8)
+
+    idx_a, idx_b, neg_b, value_bytes = tf.case(
+        [(tf.equal(scheme, SCHEME_SPARSE), sparse), (tf.equal(scheme, SCHEME_DENSE), dense)], default=empty
+    )
+    val_a = bits.from_bytes(value_bytes, value_dtype, tf.size(idx_a))
+    return SparseMessage(idx_a, val_a, idx_b, neg_b, scale), scheme, total
+
+
+def decode(data, d, value_dtype):
+    """Inverse of ``encode`` for a single message."""
+    msg, _, _ = decode_at(data, 0, d, value_dtype)
+    return msg
+
+
+def to_dense(msg, d, dtype):
+    """The dense vector Q(g) (length d, ``dtype``) that a message stands for."""
+    dtype = tf.as_dtype(dtype)
+    scale = tf.cast(msg.scale, dtype)
+    out = tf.zeros([d], dtype)
+    out = tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, dtype))
+    b_values = tf.where(msg.neg_b, -scale, scale)
+    return tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_b, 1), b_values)
+
+
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
+    """Sum of the dense vectors of ``num_messages`` messages concatenated in ``data``.
+
+    Messages are added in order, one scatter per message (indices are unique
+    within a message), so every rank computes bit-identical sums.
+    Returns (sum [d], all_finite) where all_finite is False if any sender
+    flagged a non-finite gradient.
+    """
+    acc = tf.zeros([d], accumulate_dtype)
+    offset = tf.constant(0, tf.int64)
+    all_finite = tf.constant(True)
+    for _ in range(num_messages):
+        msg, scheme, total = decode_at(data, offset, d, value_dtype)
+        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, accumulate_dtype))
+        scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
+        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
+        all_finite = tf.logical_and(all_finite, tf.not_equal(scheme, SCHEME_NONFINITE))
+        offset = offset + total
+    return acc, all_finite

