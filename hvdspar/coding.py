@@ -292,6 +292,14 @@ def to_dense(msg, d, dtype):
     return tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_b, 1), b_values)
 
 
+def sq_norm(msg, dtype):
+    """||Q(g)||^2 of a message (float64): sum of the A values squared + n_B / lambda^2."""
+    values = tf.cast(tf.cast(msg.val_a, dtype), tf.float64)
+    scale = tf.cast(tf.cast(msg.scale, dtype), tf.float64)
+    n_b = tf.cast(tf.size(msg.idx_b), tf.float64)
+    return tf.reduce_sum(tf.square(values)) + n_b * tf.square(scale)
+
+
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     """Sum of the dense vectors of ``num_messages`` messages concatenated in ``data``.
 

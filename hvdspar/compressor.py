@@ -3,7 +3,7 @@
 A subclass only says how one rank's (flattened) gradient becomes a message and
 how a concatenation of the ranks' messages becomes their sum::
 
-    encode(x, seed, dtype)                -> (uint8 message, local Q(x), kept count)
+    encode(x, seed, dtype)                -> Encoded(message, q, kept, q_sq_norm)
     decode_sum(data, num_ranks, d, dtype) -> (sum of the ranks' Q [d], all senders finite)
     expected_nbytes(d, dtype)             -> planned message size (for the dense fallback)
 
@@ -18,6 +18,7 @@ save and restore; restoring before the first step is deferred until the
 memory variables exist.
 """
 
+import collections
 import random
 
 import tensorflow as tf
@@ -34,8 +35,9 @@ except ImportError:  # pragma: no cover - exercised only where Horovod is absent
         """Stand-in with Horovod's interface when Horovod is not installed."""
 
 
-class NonFiniteGradientError(tf.errors.InvalidArgumentError):
-    """Raised (as InvalidArgumentError) when a rank's gradient holds NaN or Inf."""
+class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm"])):
+    """What ``Compressor.encode`` returns: the uint8 message, Q(x) if memory is on
+    (else a [0] tensor), the count of kept elements, and ||Q(x)||^2."""
 
 
 class Compressor(_HorovodCompressor, tf.Module):
@@ -64,10 +66,13 @@ class Compressor(_HorovodCompressor, tf.Module):
     # --- what a subclass provides -----------------------------------------------------------
 
     def encode(self, x, seed, dtype):
-        """Flat x (gradient, plus memory) -> (uint8 message, Q(x) as sent [d] or [0], kept count).
+        """Flat x (gradient, plus memory) -> ``Encoded``.
 
-        Q(x) must be returned (in x's dtype) when ``self.memory``; ``dtype`` is the
-        gradient's dtype. A non-finite x must produce a message that decode_sum flags.
+        ``dtype`` is the gradient's dtype, x is in it or in its compute dtype.
+        Encoded.q, this rank's Q(x) as the receivers will decode it (compute
+        dtype), is needed only when ``self.memory`` (else a [0] tensor).
+        Encoded.q_sq_norm is ||Q(x)||^2 (for the variance figures). A
+        non-finite x must give a message that decode_sum flags as such.
         """
         raise NotImplementedError
 
@@ -103,12 +108,14 @@ class Compressor(_HorovodCompressor, tf.Module):
             if self.memory:
                 slot.memory.assign(x - tf.cast(sent, cdt))
             self.counters.record(slot, dense_nbytes, dense_nbytes, d, d, dense=True)
+            sq = tf.reduce_sum(tf.square(tf.cast(x, tf.float64)))
+            self.counters.record_norms(sq, sq)
             return tf.reshape(sent, tensor.shape), ("dense", tensor.shape)
 
         seed = tf.stack([tf.constant(self._seed_base(rank, slot.index), tf.int64), slot.calls.read_value()])
         slot.calls.assign_add(1)
-        message, q_local, kept = self.encode(x, seed, dtype)
-        gathered = exchange.allgather(message)
+        enc = self.encode(x, seed, dtype)
+        gathered = exchange.allgather(enc.message)
         total, all_finite = self.decode_sum(gathered, num_ranks, d, dtype)
         check = tf.debugging.Assert(
             all_finite,
@@ -121,9 +128,10 @@ class Compressor(_HorovodCompressor, tf.Module):
         with tf.control_dependencies([check]):
             average = tf.cast(total / tf.cast(num_ranks, total.dtype), dtype)
         if self.memory:
-            slot.memory.assign(x - q_local)
-        nbytes = tf.size(message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
-        self.counters.record(slot, nbytes, dense_nbytes, d, kept, dense=False)
+            slot.memory.assign(x - enc.q)
+        nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
+        self.counters.record(slot, nbytes, dense_nbytes, d, enc.kept, dense=False)
+        self.counters.record_norms(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))), enc.q_sq_norm)
         return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
 
     def decompress(self, tensor, ctx):

@@ -7,7 +7,7 @@
 import tensorflow as tf
 
 from hvdspar import coding
-from hvdspar.compressor import Compressor
+from hvdspar.compressor import Compressor, Encoded
 from hvdspar.probabilities import check_budget, compute_dtype
 from hvdspar.sparsify import gspar_message, uniform_message
 
@@ -37,10 +37,11 @@ class SparseCompressor(Compressor):
             msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
             kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
             q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
-            return coding.encode(msg, d, dtype), q, kept
+            return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
 
         def nonfinite():
-            return coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64)
+            zero = tf.constant(0, tf.int64)
+            return Encoded(coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
 

@@ -71,6 +71,9 @@ class Traffic(tf.Module):
         self.elements = _counter("elements")
         self.kept = _counter("kept")
         self.steps = _counter("steps")
+        # sum over calls of ||g||^2 and ||Q(g)||^2: their ratio estimates E||Q||^2 / ||g||^2
+        self.sq_norm = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="sq_norm")
+        self.sq_norm_sent = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="sq_norm_sent")
 
     def record(self, slot, nbytes, dense_nbytes, elements, kept, dense):
         """Add one tensor's call; all arguments may be tensors."""
@@ -86,6 +89,10 @@ class Traffic(tf.Module):
         slot.last_dense.assign(dense)
         if slot.index == 0:
             self.steps.assign_add(1)
+
+    def record_norms(self, sq_norm, sq_norm_sent):
+        self.sq_norm.assign_add(tf.cast(sq_norm, tf.float64))
+        self.sq_norm_sent.assign_add(tf.cast(sq_norm_sent, tf.float64))
 
     def summary(self, slots):
         def total(name):
@@ -105,11 +112,14 @@ class Traffic(tf.Module):
             "steps": int(self.steps.numpy()),
             "tensors": len(slots),
             "dense_tensors": int(sum(bool(s.last_dense.numpy()) for s in slots)),
+            "variance_ratio": float(self.sq_norm_sent.numpy() / self.sq_norm.numpy()) if self.sq_norm.numpy() else 0.0,
         }
 
     def reset(self, slots):
         for v in (self.bytes_sent, self.dense_bytes, self.elements, self.kept, self.steps):
             v.assign(0)
+        self.sq_norm.assign(0.0)
+        self.sq_norm_sent.assign(0.0)
         for s in slots:
             for v in (s.last_bytes, s.last_dense_bytes, s.last_kept):
                 v.assign(0)

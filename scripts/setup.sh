@@ -9,21 +9,32 @@
 #
 #   scripts/setup.sh            # library, training, tracking
 #   scripts/setup.sh --test     # also the system packages the tests use
+#   scripts/setup.sh --deps-only  # all but hvdspar itself (docker/ images
+#                                 # install the dependencies in a cached layer)
 #
 # Environment: HVDSPAR_VENV (where the venv goes), PYTHON (interpreter to
-# create it with, default python3.11).
+# create it with, default python3.11). Opt-in, used by docker/ (default 0):
+#   HVDSPAR_GPU=1  tensorflow[and-cuda] in place of tensorflow-cpu (same pins),
+#                  Horovod with HOROVOD_GPU_OPERATIONS=NCCL (needs nvcc and NCCL,
+#                  e.g. a CUDA devel image; HOROVOD_CUDA_HOME, default /usr/local/cuda)
+#   HVDSPAR_MPI=1  Horovod also with the MPI controller (needs mpicxx, e.g. libopenmpi-dev)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${HVDSPAR_VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3.11}
 WITH_TEST=0
+DEPS_ONLY=0
 for arg in "$@"; do
   case $arg in
     --test) WITH_TEST=1 ;;
-    *) echo "setup.sh: unknown argument '$arg' (expected --test)" >&2; exit 2 ;;
+    --deps-only) DEPS_ONLY=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --test or --deps-only)" >&2; exit 2 ;;
   esac
 done
+GPU=${HVDSPAR_GPU:-0}
+MPI=${HVDSPAR_MPI:-0}
+[[ $GPU == [01] && $MPI == [01] ]] || { echo "setup.sh: HVDSPAR_GPU and HVDSPAR_MPI must be 0 or 1" >&2; exit 2; }
 
 log() { echo "[setup] $*"; }
 
@@ -36,11 +47,23 @@ fi
 PIP=("$VENV/bin/python" -m pip)
 
 # Python packages, only when the requirement files changed.
-req_hash=$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)
+req_file=$ROOT/requirements.txt
+if (( GPU )); then
+  # The same requirements with the CUDA build of TensorFlow, pinned by the
+  # tensorflow== line of constraints.txt.
+  req_file=$VENV/.hvdspar-requirements-gpu.txt
+  sed -E 's/^tensorflow-cpu[[:space:]]*$/tensorflow[and-cuda]/' "$ROOT/requirements.txt" > "$req_file"
+  grep -qx 'tensorflow\[and-cuda\]' "$req_file" \
+    || { echo "setup.sh: HVDSPAR_GPU=1 expects a line 'tensorflow-cpu' in requirements.txt" >&2; exit 1; }
+fi
+req_hash=$(cat "$req_file" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)
 stamp=$VENV/.hvdspar-requirements
 if [[ ! -f $stamp || $(cat "$stamp") != "$req_hash" ]]; then
   log "installing Python packages (requirements.txt, pinned by constraints.txt)"
-  "${PIP[@]}" install --quiet -c "$ROOT/constraints.txt" -r "$ROOT/requirements.txt"
+  if (( GPU )) && "${PIP[@]}" show --quiet tensorflow-cpu >/dev/null 2>&1; then
+    "${PIP[@]}" uninstall --quiet -y tensorflow-cpu  # it would share files with tensorflow
+  fi
+  "${PIP[@]}" install --quiet -c "$ROOT/constraints.txt" -r "$req_file"
   echo "$req_hash" > "$stamp"
 else
   log "Python packages up to date"
@@ -48,30 +71,41 @@ fi
 
 # Horovod: built from source in this environment, without build isolation, so
 # that CMake finds this TensorFlow.
+features=Gloo
+hv_env=(HOROVOD_WITHOUT_MPI=1)
+if (( MPI )); then features+=", MPI"; hv_env=(HOROVOD_WITH_MPI=1); fi
+if (( GPU )); then
+  features+=", NCCL"
+  hv_env+=(HOROVOD_GPU_OPERATIONS=NCCL "HOROVOD_CUDA_HOME=${HOROVOD_CUDA_HOME:-/usr/local/cuda}")
+fi
 horovod_ok() {
-  "$VENV/bin/python" - <<'PY' 2>/dev/null
+  HVDSPAR_GPU=$GPU HVDSPAR_MPI=$MPI "$VENV/bin/python" - <<'PY' 2>/dev/null
+import os
 import horovod, horovod.tensorflow as hvd
 from horovod.common.util import gloo_built
 assert horovod.__version__ == "0.28.1", horovod.__version__
 assert hvd.gloo_built()
+assert os.environ["HVDSPAR_MPI"] != "1" or hvd.mpi_built()
+assert os.environ["HVDSPAR_GPU"] != "1" or hvd.nccl_built()
 PY
 }
 if horovod_ok; then
-  log "Horovod 0.28.1 with Gloo already built"
+  log "Horovod 0.28.1 with $features already built"
 else
   hv=$(grep -E '^horovod==' "$ROOT/constraints.txt" | cut -d= -f3)
-  log "building Horovod $hv with Gloo against TensorFlow (several minutes)"
+  log "building Horovod $hv with $features against TensorFlow (several minutes)"
   "${PIP[@]}" uninstall --quiet -y horovod >/dev/null 2>&1 || true
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+  env HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 "${hv_env[@]}" \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=${HOROVOD_CPU_OPERATIONS:-gloo} \
   MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
     "${PIP[@]}" install --no-build-isolation --no-cache-dir -c "$ROOT/constraints.txt" "horovod==$hv"
-  horovod_ok || { echo "setup.sh: Horovod built but does not import with Gloo" >&2; exit 1; }
+  horovod_ok || { echo "setup.sh: Horovod built but does not import with $features" >&2; exit 1; }
 fi
 
-# hvdspar itself (editable, so the checkout is what runs).
-if ! "$VENV/bin/python" -c "import hvdspar" 2>/dev/null \
-   || [[ $("$VENV/bin/python" -c "import hvdspar, os; print(os.path.dirname(os.path.dirname(hvdspar.__file__)))" 2>/dev/null) != "$ROOT" ]]; then
+# hvdspar itself (editable, so the checkout is what runs). Checked from / so that
+# the checkout's own directory on sys.path cannot hide a missing install.
+installed_at=$(cd / && "$VENV/bin/python" -c "import hvdspar, os; print(os.path.dirname(os.path.dirname(hvdspar.__file__)))" 2>/dev/null || true)
+if [[ $installed_at != "$ROOT" ]]; then
   log "installing hvdspar (editable)"
   "${PIP[@]}" install --quiet --no-deps --no-build-isolation -e "$ROOT"
 fi

@@ -1,0 +1,58 @@
+"""Shared test helpers: run a worker script under a real `horovodrun`.
+
+Worker scripts live in tests/workers/. Each rank writes its results as JSON
+to $HVDSPAR_TEST_OUT/rank<r>.json (``tests.workers.common.report``); the
+``horovodrun`` fixture returns those dicts in rank order.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = ROOT / "tests" / "workers"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def horovodrun_executable():
+    exe = Path(sys.executable).with_name("horovodrun")
+    return str(exe) if exe.exists() else shutil.which("horovodrun")
+
+
+def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True):
+    """Run ``command`` (list: python module/script and args) on ``np`` local ranks.
+
+    Returns (list of per-rank result dicts, combined output).
+    """
+    exe = horovodrun_executable()
+    assert exe, "horovodrun not found beside the test interpreter: run scripts/setup.sh"
+    out_dir = Path(tmp_path) / "hvd-out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HVDSPAR_TEST_OUT": str(out_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    full_env.update(env or {})
+    cmd = [exe, "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable, *command]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"horovodrun failed ({proc.returncode}): {' '.join(cmd)}\n{output[-6000:]}")
+    results = []
+    for r in range(np):
+        f = out_dir / f"rank{r}.json"
+        results.append(json.loads(f.read_text()) if f.exists() else None)
+    return results, output
+
+
+@pytest.fixture
+def horovodrun(tmp_path):
+    """horovodrun(worker_name_or_args, np=2, ...) -> per-rank results."""
+
+    def run(worker, *args, np=2, timeout=600, env=None, check=True):
+        command = [str(WORKERS / f"{worker}.py"), *map(str, args)] if isinstance(worker, str) else list(worker)
+        return run_horovod(command, tmp_path, np=np, timeout=timeout, env=env, check=check)
+
+    return run
