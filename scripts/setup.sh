@@ -105,7 +105,9 @@ fi
 # hvdspar itself (editable, so the checkout is what runs). Checked from / so that
 # the checkout's own directory on sys.path cannot hide a missing install.
 installed_at=$(cd / && "$VENV/bin/python" -c "import hvdspar, os; print(os.path.dirname(os.path.dirname(hvdspar.__file__)))" 2>/dev/null || true)
-if [[ $installed_at != "$ROOT" ]]; then
+if (( DEPS_ONLY )); then
+  log "skipping hvdspar itself (--deps-only)"
+elif [[ $installed_at != "$ROOT" ]]; then
   log "installing hvdspar (editable)"
   "${PIP[@]}" install --quiet --no-deps --no-build-isolation -e "$ROOT"
 fi
