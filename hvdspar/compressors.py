@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from hvdspar import coding
 from hvdspar.compressor import Compressor, Encoded
-from hvdspar.probabilities import check_budget, compute_dtype
+from hvdspar.probabilities import check_budget, compute_dtype, default_method
 from hvdspar.sparsify import gspar_message, uniform_message
 
 
@@ -73,8 +73,7 @@ class GSpar(SparseCompressor):
     spec_name = "gspar"
 
     def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True, seed=None):
-        if method is None:
-            method = "greedy" if rho is not None and epsilon is None else "exact"
+        method = method or default_method(rho, epsilon)
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
         super().__init__(memory=memory, fallback=fallback, seed=seed)
         self.rho = None if rho is None else float(rho)

@@ -31,6 +31,11 @@ def compute_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
+def default_method(rho=None, epsilon=None):
+    """Algorithm 3 ("greedy", O(d), the paper's choice) for rho; Algorithm 2 ("exact") for epsilon."""
+    return "greedy" if rho is not None and epsilon is None else "exact"
+
+
 def check_budget(rho=None, epsilon=None, method="exact", iterations=2):
     """Validate a budget; returns the method. Raises ValueError naming the problem."""
     if (rho is None) == (epsilon is None):
@@ -99,11 +104,12 @@ def lambda_rho_exact(a, rho):
     budget = tf.cast(rho, a.dtype) * tf.cast(d, a.dtype)
     tail_l1 = tf.math.cumsum(a, reverse=True)
     k = tf.range(d, dtype=a.dtype)
-    ok = (budget - k) * a <= tail_l1
+    # a_(k+1) > 0: a tail of zeros cannot absorb any budget.
+    ok = tf.logical_and((budget - k) * a <= tail_l1, a > 0)
     k_star = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
     lam = _safe_div(budget - tf.cast(k_star, a.dtype), tail_l1[k_star])
-    # When no k satisfies the condition (only possible if nnz < rho*d: the tail is
-    # all zeros), every non-zero coordinate is kept: any lambda >= 1/min(a>0) works.
+    # When no k satisfies the condition (g has at most rho*d non-zeros), every
+    # non-zero coordinate is kept: lambda = 1/min(a > 0) gives them all p = 1.
     nonzero_min = tf.reduce_min(tf.where(a > 0, a, tf.fill(tf.shape(a), a.dtype.max)))
     lam_all = _safe_div(tf.ones([], a.dtype), nonzero_min)
     return tf.where(tf.reduce_any(ok), lam, tf.where(tf.reduce_any(a > 0), lam_all, tf.zeros([], a.dtype)))

@@ -7,7 +7,7 @@ every rank draw independently (each rank folds its rank into the seed).
 
 import tensorflow as tf
 
-from hvdspar.probabilities import compute_dtype, water_level
+from hvdspar.probabilities import compute_dtype, default_method, water_level
 from hvdspar.coding import SparseMessage
 
 
@@ -17,7 +17,7 @@ def bernoulli(p, seed):
     return u < p
 
 
-def gspar_message(g, seed, rho=None, epsilon=None, method="greedy", iterations=2):
+def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     """GSpar: sample Q(g) with p_i = min(lambda |g_i|, 1) and return it as a SparseMessage.
 
     Coordinates with p_i = 1 (the top set S_k) go to Q_A with their exact
@@ -32,6 +32,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method="greedy", iterations=2
     """
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
     cdt = compute_dtype(g.dtype)
+    method = method or default_method(rho, epsilon)
     lam = water_level(g, rho=rho, epsilon=epsilon, method=method, iterations=iterations)
     a = tf.abs(tf.cast(g, cdt))
     scaled = lam * a  # p_i before clipping at 1

@@ -1,0 +1,105 @@
+"""Q(g) is unbiased with second moment sum g_i^2 / p_i (statistical tests, fixed seeds)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hvdspar
+from hvdspar import coding
+from hvdspar.sparsify import gspar_message, uniform_message
+
+SAMPLES = 4000
+
+
+def draw(fn, g, samples=SAMPLES):
+    """samples x d matrix of dense Q(g), one stateless seed per draw."""
+    d = int(tf.size(g))
+
+    @tf.function
+    def one(i):
+        msg = fn(g, tf.stack([tf.constant(7, tf.int64), tf.cast(i, tf.int64)]))
+        return coding.to_dense(msg, d, tf.float64)
+
+    return np.stack([one(tf.constant(i)).numpy() for i in range(samples)])
+
+
+def assert_unbiased(q, g, p):
+    """|mean - g| within 5 standard errors per coordinate, var_i = g_i^2 (1/p_i - 1)."""
+    n = q.shape[0]
+    mean = q.mean(axis=0)
+    var = np.where(p > 0, g**2 * (1 / np.maximum(p, 1e-300) - 1), 0.0)
+    z = np.abs(mean - g) / np.sqrt(var / n + 1e-300)
+    exact = var == 0
+    assert np.all(q[:, exact] == g[exact]), "coordinates with p = 1 (or g = 0) must be sent exactly"
+    assert z[~exact].max() < 5.0, z.max()
+
+
+def assert_second_moment(q, g, p):
+    """E||Q||^2 = sum g_i^2 / p_i, within 5 standard errors of the sample mean."""
+    sq = (q**2).sum(axis=1)
+    nz = p > 0
+    target = np.sum(g[nz] ** 2 / p[nz])
+    assert abs(sq.mean() - target) < 5 * sq.std() / np.sqrt(len(sq)) + 1e-12, (sq.mean(), target)
+
+
+@pytest.mark.parametrize(
+    "budget", [dict(rho=0.2, method="greedy"), dict(rho=0.2, method="exact"), dict(epsilon=1.0)]
+)
+def test_gspar_is_unbiased_with_the_predicted_second_moment(budget):
+    rng = np.random.default_rng(0)
+    g = rng.standard_cauchy(40)
+    g[3] = 0.0
+    gt = tf.constant(g, tf.float64)
+    q = draw(lambda x, s: gspar_message(x, s, **budget)[0], gt)
+    p = hvdspar.probabilities(gt, **budget).numpy()
+    assert (p == 1).any() and ((p > 0) & (p < 1)).any()  # both parts of the hybrid message occur
+    assert_unbiased(q, g, p)
+    assert_second_moment(q, g, p)
+
+
+def test_unisp_is_unbiased_and_has_larger_variance_than_gspar():
+    rng = np.random.default_rng(1)
+    g = rng.lognormal(0, 1.5, 40) * rng.choice([-1, 1], 40)
+    gt = tf.constant(g, tf.float64)
+    rho = 0.2
+    q_uni = draw(lambda x, s: uniform_message(x, s, rho), gt)
+    assert_unbiased(q_uni, g, np.full(40, rho))
+    assert_second_moment(q_uni, g, np.full(40, rho))
+    p = hvdspar.probabilities(gt, rho=rho, method="exact").numpy()
+    # at equal expected density GSpar's variance is the minimum (and strictly below uniform here)
+    assert np.sum(g**2 / p) < np.sum(g**2) / rho
+
+
+def test_kept_coordinates_outside_the_top_set_carry_sign_over_lambda():
+    g = tf.constant(np.random.default_rng(2).standard_cauchy(1000), tf.float32)
+    msg, lam = gspar_message(g, tf.constant([1, 2], tf.int64), rho=0.05)
+    gb = tf.gather(g, msg.idx_b).numpy()
+    p_b = np.minimum(float(lam) * np.abs(gb), 1)
+    np.testing.assert_allclose(gb / p_b, np.sign(gb) / float(lam), rtol=1e-5)
+    np.testing.assert_array_equal(msg.neg_b.numpy(), gb < 0)
+    assert float(msg.scale) == pytest.approx(1 / float(lam))
+    ga = tf.gather(g, msg.idx_a).numpy()
+    assert np.all(float(lam) * np.abs(ga) >= 1)
+    np.testing.assert_array_equal(msg.val_a.numpy(), ga)
+
+
+def test_same_seed_same_message_and_different_seeds_differ():
+    g = tf.random.stateless_normal([5000], seed=[3, 4])
+    a, _ = gspar_message(g, tf.constant([1, 1], tf.int64), rho=0.01)
+    b, _ = gspar_message(g, tf.constant([1, 1], tf.int64), rho=0.01)
+    c, _ = gspar_message(g, tf.constant([1, 2], tf.int64), rho=0.01)
+    np.testing.assert_array_equal(a.idx_b.numpy(), b.idx_b.numpy())
+    assert not np.array_equal(a.idx_b.numpy(), c.idx_b.numpy())
+
+
+def test_lemma3_expected_density_for_approximately_sparse_gradients():
+    """(rho, s)-approximately sparse g and epsilon = rho: E||Q(g)||_0 <= (1 + rho) s."""
+    rng = np.random.default_rng(5)
+    d, s, rho = 20_000, 200, 0.1
+    g = rng.normal(size=d) * 1e-3
+    support = rng.choice(d, s, replace=False)
+    g[support] = rng.uniform(1, 2, s) * rng.choice([-1, 1], s)
+    tail = np.setdiff1d(np.arange(d), support)
+    g[tail] *= rho * np.abs(g[support]).sum() / np.abs(g[tail]).sum()  # ||g_Sc||_1 = rho ||g_S||_1
+    p = hvdspar.probabilities(tf.constant(g), epsilon=rho).numpy()
+    assert p.sum() <= (1 + rho) * s
