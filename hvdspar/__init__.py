@@ -21,6 +21,26 @@ __version__ = "0.1.0"
 from hvdspar.probabilities import probabilities, water_level  # noqa: E402
 from hvdspar.compressor import Compressor  # noqa: E402
 from hvdspar.compressors import GSpar, UniSp  # noqa: E402
+from hvdspar.topk import TopK, RandomK  # noqa: E402
+from hvdspar.atomo import Atomo  # noqa: E402
+from hvdspar.quantize import QSGD, TernGrad  # noqa: E402
+from hvdspar.checkpoint import track, build  # noqa: E402
 from hvdspar.spec import from_spec, register  # noqa: E402
 
-__all__ = ["probabilities", "water_level", "Compressor", "GSpar", "UniSp", "from_spec", "register", "__version__"]
+__all__ = [
+    "probabilities",
+    "water_level",
+    "Compressor",
+    "GSpar",
+    "UniSp",
+    "TopK",
+    "RandomK",
+    "Atomo",
+    "QSGD",
+    "TernGrad",
+    "track",
+    "build",
+    "from_spec",
+    "register",
+    "__version__",
+]

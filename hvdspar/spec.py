@@ -84,9 +84,12 @@ def to_spec(compressor):
 
 
 def _register_builtins():
+    from hvdspar.atomo import Atomo
     from hvdspar.compressors import GSpar, UniSp
+    from hvdspar.quantize import QSGD, TernGrad
+    from hvdspar.topk import RandomK, TopK
 
-    for cls in (GSpar, UniSp):
+    for cls in (GSpar, UniSp, TopK, RandomK, Atomo, QSGD, TernGrad):
         register(cls)
 
 

@@ -1,0 +1,261 @@
+"""ATOMO: atomic sparsification (Wang, Sievert, Charles, Liu, Wright, Papailiopoulos; NeurIPS 2018).
+
+Write a gradient as g = sum_i lambda_i a_i over unit-norm atoms a_i and send
+Q(g) = sum_i (t_i / p_i) lambda_i a_i, t_i ~ Bernoulli(p_i): E[Q(g)] = g and,
+for orthonormal atoms, E||Q(g)||^2 = sum_i lambda_i^2 / p_i. The p minimising
+that second moment for an expected atom count sum_i p_i = ``budget`` is the
+water-filling p_i = min(c |lambda_i|, 1)
+(``hvdspar.probabilities.atom_probabilities``) -- not the one-shot clip of the
+public ATOMO code, which spends fewer atoms than the budget.
+
+Atoms used here:
+
+- spectral (``atoms="svd"``, tensors of rank >= 2 whose 2-D view has both
+  sides >= 2): the tensor is viewed as a matrix, rows = product of all
+  dimensions but the last, cols = the last one (so a conv kernel
+  [h, w, in, out] is (h w in) x out), and g = sum_i sigma_i u_i v_i^T
+  (``tf.linalg.svd``). Each kept atom sends sigma_i / p_i, u_i, v_i:
+  rows + cols + 1 numbers.
+- entry-wise (``atoms="entry"``, and always for vectors and for matrices with
+  a side of 1): atoms are the coordinates, lambda_i = g_i, and the water
+  filling is GSpar's exact sparsity-budget solution with rho = budget / d; the
+  message is GSpar's hybrid message (``hvdspar.coding``).
+
+Wire format of a spectral message (integers little-endian)::
+
+    scheme 16 (1 byte) | n (4 bytes) | rows (4 bytes) | cols (4 bytes)
+    n scales sigma_i / p_i (float32; float64 for float64 gradients)
+    n x rows values of u_i, then n x cols values of v_i (the gradient's dtype)
+
+Entry-wise messages are ``hvdspar.coding`` messages (their scheme byte is 0, 1
+or 255), so one decoder reads both kinds; a non-finite gradient always sends
+coding's scheme-255 header.
+"""
+
+import collections
+import math
+
+import tensorflow as tf
+
+from hvdspar import bits, coding
+from hvdspar.compressor import Compressor, Encoded
+from hvdspar.probabilities import atom_probabilities, compute_dtype
+from hvdspar.sparsify import bernoulli, gspar_message
+
+SCHEME_SPECTRAL = 16
+ATOMS = ("svd", "entry")
+_HEADER_NBYTES = 1 + 4 + 4 + 4
+
+SpectralMessage = collections.namedtuple("SpectralMessage", ["scale", "u", "v"])
+SpectralMessage.__doc__ = """Kept spectral atoms: scale [n] (sigma_i / p_i), u [n, rows], v [n, cols].
+
+Q(g) = sum_k scale_k u_k v_k^T = u^T diag(scale) v."""
+
+
+def matrix_layout(shape):
+    """(rows, cols) of the 2-D view of a tensor of ``shape``: rows = prod(shape[:-1]), cols = shape[-1]."""
+    dims = tf.TensorShape(shape).as_list()
+    if len(dims) < 2:
+        return None
+    return int(math.prod(dims[:-1])), int(dims[-1])
+
+
+def uses_svd(shape, atoms="svd"):
+    """True when a tensor of ``shape`` gets spectral atoms (rank >= 2, both matrix sides >= 2)."""
+    layout = matrix_layout(shape)
+    return atoms == "svd" and layout is not None and min(layout) >= 2
+
+
+def spectral_message(x, rows, cols, budget, seed, dtype=None):
+    """Sample ATOMO's spectral atoms of x viewed as a rows x cols matrix.
+
+    Returns (SpectralMessage with values as they travel, probabilities p of all
+    min(rows, cols) singular values, the singular values sigma).
+    """
+    x = tf.convert_to_tensor(x)
+    dtype = tf.as_dtype(dtype or x.dtype)
+    cdt = compute_dtype(dtype)
+    sigma, u, v = tf.linalg.svd(tf.reshape(tf.cast(x, cdt), [rows, cols]))
+    p = atom_probabilities(sigma, budget)
+    idx = tf.where(bernoulli(p, seed))[:, 0]
+    scale = tf.gather(sigma, idx) / tf.gather(p, idx)
+    msg = SpectralMessage(
+        scale=tf.cast(scale, coding.scale_dtype(dtype)),
+        u=tf.cast(tf.gather(tf.transpose(u), idx), dtype),
+        v=tf.cast(tf.gather(tf.transpose(v), idx), dtype),
+    )
+    return msg, p, sigma
+
+
+def entry_message(x, budget, seed):
+    """Entry-wise ATOMO = GSpar's exact water-filling with rho = budget / d; a coding.SparseMessage."""
+    x = tf.reshape(tf.convert_to_tensor(x), [-1])
+    rho = min(1.0, float(budget) / max(1, x.shape[0]))
+    msg, _ = gspar_message(x, seed, rho=rho, method="exact")
+    return msg
+
+
+def spectral_dense(msg, d, dtype):
+    """Q(g) = u^T diag(scale) v, flattened to [d], in ``dtype`` (the one formula both sides use)."""
+    scale = tf.cast(msg.scale, dtype)
+    u = tf.cast(msg.u, dtype) * tf.expand_dims(scale, 1)
+    return tf.reshape(tf.matmul(u, tf.cast(msg.v, dtype), transpose_a=True), [d])
+
+
+def spectral_sq_norm(msg):
+    """||Q(g)||^2 (float64), exact for orthonormal u_k, v_k: sum_k scale_k^2 ||u_k||^2 ||v_k||^2."""
+    scale = tf.cast(msg.scale, tf.float64)
+    un = tf.reduce_sum(tf.square(tf.cast(msg.u, tf.float64)), axis=1)
+    vn = tf.reduce_sum(tf.square(tf.cast(msg.v, tf.float64)), axis=1)
+    return tf.reduce_sum(tf.square(scale) * un * vn)
+
+
+def spectral_nbytes(n, rows, cols, value_dtype):
+    """Bytes of a spectral message with n atoms (Python or int64 tensor n)."""
+    value_dtype = tf.as_dtype(value_dtype)
+    return _HEADER_NBYTES + n * (coding.scale_dtype(value_dtype).size + (rows + cols) * value_dtype.size)
+
+
+def encode_spectral(msg, rows, cols, value_dtype):
+    n = tf.shape(msg.scale, out_type=tf.int64)[0]
+    return tf.concat(
+        [
+            tf.constant([SCHEME_SPECTRAL], tf.uint8),
+            bits.uint_to_bytes(n, 4),
+            bits.uint_to_bytes(tf.constant(rows, tf.int64), 4),
+            bits.uint_to_bytes(tf.constant(cols, tf.int64), 4),
+            bits.to_bytes(tf.cast(msg.scale, coding.scale_dtype(value_dtype))),
+            bits.to_bytes(tf.cast(msg.u, value_dtype)),
+            bits.to_bytes(tf.cast(msg.v, value_dtype)),
+        ],
+        axis=0,
+    )
+
+
+def decode_spectral_at(data, offset, value_dtype):
+    """(SpectralMessage, total bytes) of the spectral message at ``offset``."""
+    value_dtype = tf.as_dtype(value_dtype)
+    sdt = coding.scale_dtype(value_dtype)
+    offset = tf.cast(offset, tf.int64)
+    head = tf.slice(data, tf.reshape(offset, [1]), [_HEADER_NBYTES])
+    n = bits.bytes_to_uint(head[1:5])
+    rows = bits.bytes_to_uint(head[5:9])
+    cols = bits.bytes_to_uint(head[9:13])
+    total = spectral_nbytes(n, rows, cols, value_dtype)
+    body = tf.slice(data, tf.reshape(offset + _HEADER_NBYTES, [1]), tf.reshape(total - _HEADER_NBYTES, [1]))
+    scale_end = n * sdt.size
+    u_end = scale_end + n * rows * value_dtype.size
+    scale = bits.from_bytes(body[:scale_end], sdt, n)
+    u = tf.reshape(bits.from_bytes(body[scale_end:u_end], value_dtype, n * rows), tf.stack([n, rows]))
+    v = tf.reshape(bits.from_bytes(body[u_end:], value_dtype, n * cols), tf.stack([n, cols]))
+    return SpectralMessage(scale, u, v), total
+
+
+def decode_dense_at(data, offset, d, value_dtype, accumulate_dtype):
+    """The message at ``offset`` of either kind -> (Q [d] in accumulate_dtype, total bytes, finite flag)."""
+    first = tf.cast(tf.gather(data, tf.cast(offset, tf.int64)), tf.int64)
+
+    def spectral():
+        msg, total = decode_spectral_at(data, offset, value_dtype)
+        return spectral_dense(msg, d, accumulate_dtype), total, tf.constant(True)
+
+    def entry():
+        msg, scheme, total = coding.decode_at(data, offset, d, value_dtype)
+        msg = msg._replace(scale=tf.cast(msg.scale, value_dtype))
+        return coding.to_dense(msg, d, accumulate_dtype), total, tf.not_equal(scheme, coding.SCHEME_NONFINITE)
+
+    return tf.cond(tf.equal(first, SCHEME_SPECTRAL), spectral, entry)
+
+
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
+    """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite)."""
+    acc = tf.zeros([d], accumulate_dtype)
+    offset = tf.constant(0, tf.int64)
+    all_finite = tf.constant(True)
+    for _ in range(num_messages):
+        q, total, finite = decode_dense_at(data, offset, d, value_dtype, accumulate_dtype)
+        acc = acc + q
+        all_finite = tf.logical_and(all_finite, finite)
+        offset = offset + total
+    return acc, all_finite
+
+
+class Atomo(Compressor):
+    """ATOMO with variance-optimal (water-filling) atom probabilities; unbiased.
+
+    Args:
+      budget: expected number of atoms sent per tensor (> 0; e.g. 2). Spectral atoms
+        cost rows + cols + 1 numbers each, entry-wise atoms about one index + sign.
+      atoms: "svd" (spectral atoms for matrices and conv kernels, entry-wise for the
+        rest) or "entry" (entry-wise everywhere).
+      memory, fallback, seed: as for every hvdspar compressor.
+
+    ``traffic()["density"]`` counts the numbers sent (n (rows + cols + 1) for n
+    spectral atoms) over the tensor's elements.
+    """
+
+    spec_name = "atomo"
+
+    def __init__(self, budget=2, atoms="svd", memory=False, fallback=True, seed=None):
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:
+            raise ValueError(f"hvdspar: budget must be a positive number (expected atoms), got {budget!r}")
+        if atoms not in ATOMS:
+            raise ValueError(f"hvdspar: atoms must be one of {ATOMS}, got {atoms!r}")
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.budget = float(budget)
+        self.atoms = atoms
+        self._shape = None
+
+    def config(self):
+        return {"budget": self.budget, "atoms": self.atoms, **super().config()}
+
+    def compress(self, tensor):
+        # The base class hands encode() and expected_nbytes() a flat tensor; remember its shape.
+        self._shape = tf.convert_to_tensor(tensor).shape
+        try:
+            return super().compress(tensor)
+        finally:
+            self._shape = None
+
+    def _layout(self, d, shape):
+        shape = shape if shape is not None else self._shape
+        if shape is None or tf.TensorShape(shape).num_elements() != d or not uses_svd(shape, self.atoms):
+            return None
+        return matrix_layout(shape)
+
+    def expected_nbytes(self, d, dtype, shape=None):
+        layout = self._layout(d, shape)
+        if layout is None:
+            return coding.expected_nbytes(0, min(self.budget, d), d, dtype)
+        rows, cols = layout
+        return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
+
+    def encode(self, x, seed, dtype, shape=None):
+        """As the base class; ``shape`` (default: the tensor being compressed) picks the atoms."""
+        d = x.shape[0]
+        cdt = compute_dtype(dtype)
+        q_len = d if self.memory else 0
+        layout = self._layout(d, shape)
+
+        def spectral():
+            rows, cols = layout
+            msg, _, _ = spectral_message(x, rows, cols, self.budget, seed, dtype)
+            n = tf.shape(msg.scale, out_type=tf.int64)[0]
+            q = spectral_dense(msg, d, cdt) if self.memory else tf.zeros([0], cdt)
+            return Encoded(encode_spectral(msg, rows, cols, dtype), q, n * (rows + cols + 1), spectral_sq_norm(msg))
+
+        def entry():
+            msg = entry_message(x, self.budget, seed)
+            msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
+            kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
+            q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
+            return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
+
+        def nonfinite():
+            zero = tf.constant(0, tf.int64)
+            return Encoded(coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
+
+        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), spectral if layout else entry, nonfinite)
+
+    def decode_sum(self, data, num_ranks, d, dtype):
+        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))

@@ -1,0 +1,289 @@
+"""Unbiased stochastic quantisers: QSGD (Alistarh et al. 2017) and TernGrad (Wen et al. 2017).
+
+Both send Q(x)_i = scale * sign(x_i) * l_i / s with an integer level
+l_i in {0, ..., s} drawn so that E[Q(x)] = x:
+
+- QSGD, s levels: scale = ||x||_2, r_i = s |x_i| / scale, l_i = floor(r_i) + Bernoulli(r_i - floor(r_i)).
+  E||Q(x)||^2 = sum_i scale^2 / s^2 (floor(r_i)^2 + (2 floor(r_i) + 1) frac(r_i)) <= min(d/s^2, sqrt(d)/s) ||x||^2 + ||x||^2.
+- TernGrad: s = 1, scale = max_i |x_i|, l_i ~ Bernoulli(|x_i| / scale).
+  (TernGrad's optional gradient clipping and shared scalers are not applied.)
+
+Wire format (``QuantMessage`` -> bytes, integers little-endian)::
+
+    header  scheme (1 byte) | n = number of non-zero levels (w bytes) | scale (s bytes)
+    body    scheme 0 (sparse): EF(indices of l_i > 0) | n sign bits | n values l_i - 1, ceil(log2 s) bits each
+            scheme 1 (dense) : d sign bits | d levels l_i, ceil(log2(s + 1)) bits each
+            scheme 255       : no body; the sender's gradient was not finite
+
+w and s as in ``hvdspar.coding`` (4 bytes each for float32 gradients and
+d < 2^32). The encoder picks the smaller scheme per message, so TernGrad never
+costs more than 2 bits per element (+ 9 header bytes) and QSGD with few levels
+-- whose levels are mostly 0 -- gets an Elias-Fano coded sparse message, in
+the spirit of QSGD's Elias coding of the non-zero positions.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from hvdspar import bits, coding
+from hvdspar.compressor import Compressor, Encoded
+from hvdspar.probabilities import compute_dtype
+
+SCHEME_SPARSE = 0
+SCHEME_DENSE = 1
+SCHEME_NONFINITE = 255
+
+QuantMessage = collections.namedtuple("QuantMessage", ["level", "neg", "scale"])
+QuantMessage.__doc__ = """A quantised vector before byte coding.
+
+level: int64 [d] in {0, ..., s}; neg: bool [d] (True where x_i < 0);
+scale: scalar (||x||_2 for QSGD, max|x| for TernGrad), float32 or float64.
+Q(x)_i = scale * (level_i / s) * (-1 if neg_i else 1)."""
+
+
+def level_width(levels):
+    """Bits of one level 0..s in the dense scheme: ceil(log2(s + 1))."""
+    return int(levels).bit_length()
+
+
+def nonzero_width(levels):
+    """Bits of one level 1..s (stored as level - 1) in the sparse scheme: ceil(log2 s)."""
+    return int(levels - 1).bit_length()
+
+
+def header_nbytes(d, value_dtype):
+    return 1 + coding.count_width(d) + coding.scale_dtype(value_dtype).size
+
+
+def body_nbytes(scheme, n, d, levels):
+    """Body bytes of a message from its header fields (int64 tensor)."""
+    n = tf.cast(n, tf.int64)
+    sparse = coding.ef_nbytes(n, d) + bits.ceil_div(n, 8) + bits.ceil_div(n * nonzero_width(levels), 8)
+    dense = tf.constant(bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8), tf.int64)
+    scheme = tf.cast(scheme, tf.int64)
+    return tf.where(
+        tf.equal(scheme, SCHEME_SPARSE), sparse, tf.where(tf.equal(scheme, SCHEME_DENSE), dense, tf.zeros_like(n))
+    )
+
+
+def max_nbytes(d, levels, value_dtype):
+    """Python: the largest message for d elements (the dense scheme)."""
+    return header_nbytes(d, value_dtype) + bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8)
+
+
+def dequantize(scale, level, neg, levels, dtype):
+    """scale * (level / s) * sign, in ``dtype``; the one formula senders and receivers share."""
+    magnitude = tf.cast(scale, dtype) * (tf.cast(level, dtype) / tf.cast(levels, dtype))
+    return tf.where(neg, -magnitude, magnitude)
+
+
+def _stochastic_round(r, seed):
+    """floor(r) + Bernoulli(r - floor(r)), int64; E = r."""
+    low = tf.floor(r)
+    u = tf.random.stateless_uniform(tf.shape(r), seed=seed, dtype=r.dtype)
+    return tf.cast(low, tf.int64) + tf.cast(u < r - low, tf.int64)
+
+
+def qsgd_quantize(x, levels, seed):
+    """QSGD with s = ``levels``: QuantMessage with scale ||x||_2 (unbiased)."""
+    x = tf.reshape(tf.convert_to_tensor(x), [-1])
+    cdt = compute_dtype(x.dtype)
+    xc = tf.cast(x, cdt)
+    sdt = coding.scale_dtype(x.dtype)
+    norm = tf.cast(tf.cast(tf.norm(xc), sdt), cdt)  # the scale exactly as it travels
+    r = tf.math.divide_no_nan(tf.abs(xc) * tf.cast(levels, cdt), norm)
+    level = tf.minimum(_stochastic_round(r, seed), levels)
+    return QuantMessage(level, xc < 0, tf.cast(norm, sdt))
+
+
+def terngrad_quantize(x, seed):
+    """TernGrad: QuantMessage with s = 1, scale max|x|, level_i ~ Bernoulli(|x_i| / scale)."""
+    x = tf.reshape(tf.convert_to_tensor(x), [-1])
+    cdt = compute_dtype(x.dtype)
+    xc = tf.cast(x, cdt)
+    sdt = coding.scale_dtype(x.dtype)
+    scale = tf.cast(tf.cast(tf.reduce_max(tf.abs(xc)), sdt), cdt)
+    r = tf.math.divide_no_nan(tf.abs(xc), scale)
+    level = tf.minimum(_stochastic_round(r, seed), 1)
+    return QuantMessage(level, xc < 0, tf.cast(scale, sdt))
+
+
+def _header(scheme, n, scale, d, value_dtype):
+    return tf.concat(
+        [
+            tf.reshape(tf.cast(scheme, tf.uint8), [1]),
+            bits.uint_to_bytes(n, coding.count_width(d)),
+            bits.to_bytes(tf.cast(scale, coding.scale_dtype(value_dtype))),
+        ],
+        axis=0,
+    )
+
+
+def encode(msg, d, levels, value_dtype):
+    """QuantMessage -> uint8 bytes, the smaller of the sparse and dense schemes."""
+    level = tf.cast(msg.level, tf.int64)
+    nonzero = level > 0
+    n = tf.reduce_sum(tf.cast(nonzero, tf.int64))
+    use_sparse = body_nbytes(SCHEME_SPARSE, n, d, levels) <= body_nbytes(SCHEME_DENSE, n, d, levels)
+
+    def sparse_body():
+        idx = tf.reshape(tf.where(nonzero), [-1])
+        return tf.concat(
+            [
+                coding.ef_encode(idx, d),
+                bits.pack_bits(tf.gather(msg.neg, idx)),
+                bits.pack_uints(tf.gather(level, idx) - 1, nonzero_width(levels)),
+            ],
+            axis=0,
+        )
+
+    def dense_body():
+        return tf.concat([bits.pack_bits(msg.neg), bits.pack_uints(level, level_width(levels))], axis=0)
+
+    body = tf.cond(use_sparse, sparse_body, dense_body)
+    scheme = tf.where(use_sparse, SCHEME_SPARSE, SCHEME_DENSE)
+    return tf.concat([_header(scheme, n, msg.scale, d, value_dtype), body], axis=0)
+
+
+def encode_nonfinite(d, value_dtype):
+    return _header(SCHEME_NONFINITE, tf.constant(0, tf.int64), 0.0, d, value_dtype)
+
+
+def decode_at(data, offset, d, levels, value_dtype):
+    """The message at ``offset``: ((idx, level, neg) of its non-zero levels, scale), scheme, total bytes."""
+    w = coding.count_width(d)
+    sdt = coding.scale_dtype(value_dtype)
+    hdr = header_nbytes(d, value_dtype)
+    offset = tf.cast(offset, tf.int64)
+    head = tf.slice(data, tf.reshape(offset, [1]), [hdr])
+    scheme = tf.cast(head[0], tf.int64)
+    n = bits.bytes_to_uint(head[1 : 1 + w])
+    scale = tf.reshape(tf.bitcast(tf.reshape(head[1 + w :], [1, sdt.size]), sdt), [])
+    size = body_nbytes(scheme, n, d, levels)
+    body = tf.slice(data, tf.reshape(offset + hdr, [1]), tf.reshape(size, [1]))
+
+    def sparse():
+        ef = coding.ef_nbytes(n, d)
+        idx = coding.ef_decode(body[:ef], n, d)
+        sign_end = ef + bits.ceil_div(n, 8)
+        neg = tf.cast(bits.unpack_bits(body[ef:sign_end], n), tf.bool)
+        level = bits.unpack_uints(body[sign_end:], n, nonzero_width(levels)) + 1
+        return idx, level, neg
+
+    def dense():
+        neg = tf.cast(bits.unpack_bits(body[: bits.ceil_div(d, 8)], d), tf.bool)
+        level = bits.unpack_uints(body[bits.ceil_div(d, 8) :], d, level_width(levels))
+        idx = tf.reshape(tf.where(level > 0), [-1])
+        return idx, tf.gather(level, idx), tf.gather(neg, idx)
+
+    def empty():
+        z = tf.zeros([0], tf.int64)
+        return z, z, tf.zeros([0], tf.bool)
+
+    idx, level, neg = tf.case(
+        [(tf.equal(scheme, SCHEME_SPARSE), sparse), (tf.equal(scheme, SCHEME_DENSE), dense)], default=empty
+    )
+    return (idx, level, neg, scale), scheme, hdr + size
+
+
+def decode(data, d, levels, value_dtype):
+    """One message -> QuantMessage (dense levels), the inverse of ``encode``."""
+    (idx, level, neg, scale), _, _ = decode_at(data, 0, d, levels, value_dtype)
+    index = tf.expand_dims(idx, 1)
+    return QuantMessage(
+        tf.scatter_nd(index, level, [d]), tf.scatter_nd(index, tf.cast(neg, tf.int32), [d]) > 0, scale
+    )
+
+
+def to_dense(msg, levels, dtype):
+    return dequantize(msg.scale, msg.level, msg.neg, levels, dtype)
+
+
+def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
+    """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)."""
+    acc = tf.zeros([d], accumulate_dtype)
+    offset = tf.constant(0, tf.int64)
+    all_finite = tf.constant(True)
+    for _ in range(num_messages):
+        (idx, level, neg, scale), scheme, total = decode_at(data, offset, d, levels, value_dtype)
+        values = dequantize(scale, level, neg, levels, accumulate_dtype)
+        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), values)
+        all_finite = tf.logical_and(all_finite, tf.not_equal(scheme, SCHEME_NONFINITE))
+        offset = offset + total
+    return acc, all_finite
+
+
+class QuantCompressor(Compressor):
+    """A compressor whose message is a ``QuantMessage``; subclasses give ``levels`` and ``quantize``."""
+
+    levels = 1
+
+    def quantize(self, x, seed):
+        raise NotImplementedError
+
+    def expected_nbytes(self, d, dtype):
+        # The level distribution is data-dependent: plan for the largest (dense) message.
+        return max_nbytes(d, self.levels, dtype)
+
+    def encode(self, x, seed, dtype, **unused):
+        d = x.shape[0]
+        cdt = compute_dtype(dtype)
+        q_len = d if self.memory else 0
+
+        def finite():
+            msg = self.quantize(x, seed)
+            q = to_dense(msg, self.levels, cdt)
+            kept = tf.reduce_sum(tf.cast(msg.level > 0, tf.int64))
+            sq = tf.reduce_sum(tf.square(tf.cast(q, tf.float64)))
+            return Encoded(encode(msg, d, self.levels, dtype), q if self.memory else tf.zeros([0], cdt), kept, sq)
+
+        def nonfinite():
+            return Encoded(
+                encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64), tf.constant(0.0, tf.float64)
+            )
+
+        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
+
+    def decode_sum(self, data, num_ranks, d, dtype):
+        return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype))
+
+
+class QSGD(QuantCompressor):
+    """QSGD (Alistarh et al. 2017) with ``levels`` = s quantisation levels; unbiased.
+
+    Args:
+      levels: s >= 1; each element costs about ceil(log2(s + 1)) + 1 bits in the
+        dense scheme, or Elias-Fano index + sign + ceil(log2 s) bits per non-zero level.
+      memory, fallback, seed: as for every hvdspar compressor.
+    """
+
+    spec_name = "qsgd"
+
+    def __init__(self, levels=4, memory=False, fallback=True, seed=None):
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels < 2**31:
+            raise ValueError(f"hvdspar: levels must be an integer >= 1, got {levels!r}")
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.levels = levels
+
+    def config(self):
+        return {"levels": self.levels, **super().config()}
+
+    def quantize(self, x, seed):
+        return qsgd_quantize(x, self.levels, seed)
+
+
+class TernGrad(QuantCompressor):
+    """TernGrad (Wen et al. 2017): Q(x)_i = max|x| sign(x_i) b_i, b_i ~ Bernoulli(|x_i| / max|x|); unbiased.
+
+    At most 2 bits per element (+ 9 header bytes). Args: memory, fallback, seed.
+    """
+
+    spec_name = "terngrad"
+    levels = 1
+
+    def __init__(self, memory=False, fallback=True, seed=None):
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+
+    def quantize(self, x, seed):
+        return terngrad_quantize(x, seed)

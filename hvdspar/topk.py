@@ -1,0 +1,137 @@
+"""Top-k and random-k sparsification with error feedback (MemSGD; Stich, Cordonnier, Jaggi 2018).
+
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1),
+                                   compression=hvdspar.TopK(ratio=0.01))   # memory=True by default
+
+Each rank keeps a memory m per tensor (the base class's ``memory=True``):
+e = m + g; send C(e); m <- e - C(e). C is
+
+- top-k: the k = max(1, round(ratio * d)) coordinates of largest |e_i|
+  (``tf.math.top_k``), sent exactly;
+- random-k: k coordinates drawn uniformly without replacement from the
+  stateless seed, sent exactly (biased, as in MemSGD), or multiplied by d/k
+  with ``rescale=True`` (then E[C(e)] = e: unbiased).
+
+Both are biased without rescaling; the memory is what makes them converge
+(Stich et al., Theorem 2.4). ``memory=False`` gives the plain versions. The
+message is a ``coding.SparseMessage`` with only the A part (Elias-Fano coded
+indices + exact values), so its size is about k (log2(d/k) + 2) bits plus k
+values.
+"""
+
+import tensorflow as tf
+
+from hvdspar.coding import SparseMessage
+from hvdspar.compressors import SparseCompressor
+from hvdspar.probabilities import compute_dtype
+
+
+def check_ratio(ratio):
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+        raise ValueError(f"hvdspar: ratio must be a number in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def num_kept(d, ratio):
+    """k = max(1, round(ratio * d)), at most d (0 for an empty tensor)."""
+    if d == 0:
+        return 0
+    return int(min(d, max(1, round(ratio * d))))
+
+
+def _a_only(g, idx, values):
+    """A SparseMessage holding (sorted idx, values) in Q_A and nothing in Q_B."""
+    order = tf.argsort(idx)
+    empty = tf.zeros([0], tf.int64)
+    return SparseMessage(
+        idx_a=tf.gather(idx, order),
+        val_a=tf.gather(values, order),
+        idx_b=empty,
+        neg_b=tf.zeros([0], tf.bool),
+        scale=tf.constant(0.0, compute_dtype(g.dtype)),
+    )
+
+
+def topk_message(g, k):
+    """The k coordinates of largest |g_i| (ties: lowest index first), exact values."""
+    g = tf.reshape(tf.convert_to_tensor(g), [-1])
+    _, idx = tf.math.top_k(tf.abs(tf.cast(g, compute_dtype(g.dtype))), k=k, sorted=False)
+    idx = tf.cast(idx, tf.int64)
+    return _a_only(g, idx, tf.gather(g, idx))
+
+
+def random_indices(d, k, seed):
+    """k distinct indices, uniform over the k-subsets of [0, d), from a stateless seed."""
+    keys = tf.random.stateless_uniform([d], seed=seed, dtype=tf.float32)
+    _, idx = tf.math.top_k(keys, k=k, sorted=False)
+    return tf.cast(idx, tf.int64)
+
+
+def randomk_message(g, k, seed, rescale=False):
+    """k uniform coordinates without replacement; values g_i, or g_i * d / k with rescale."""
+    g = tf.reshape(tf.convert_to_tensor(g), [-1])
+    d = g.shape[0]
+    idx = random_indices(d, k, seed)
+    values = tf.gather(g, idx)
+    if rescale:
+        cdt = compute_dtype(g.dtype)
+        values = tf.cast(tf.cast(values, cdt) * tf.cast(d / k, cdt), g.dtype)
+    return _a_only(g, idx, values)
+
+
+class TopK(SparseCompressor):
+    """Top-k sparsification, with error feedback by default (MemSGD).
+
+    Args:
+      ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
+      memory: error feedback (default True); False gives plain, biased top-k.
+      fallback: send a tensor dense when that moves fewer bytes (see the base class).
+      seed: unused by top-k itself (deterministic); kept for a uniform interface.
+    """
+
+    spec_name = "topk"
+
+    def __init__(self, ratio, memory=True, fallback=True, seed=None):
+        ratio = check_ratio(ratio)
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.ratio = ratio
+
+    def config(self):
+        return {"ratio": self.ratio, **super().config()}
+
+    def message(self, x, seed):
+        return topk_message(x, num_kept(x.shape[0], self.ratio))
+
+    def expected_counts(self, d):
+        return num_kept(d, self.ratio), 0
+
+
+class RandomK(SparseCompressor):
+    """Random-k sparsification (k uniform coordinates without replacement), with error feedback by default.
+
+    Args:
+      ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
+      rescale: multiply the kept values by d / k, which makes C unbiased (E[C(x)] = x,
+        E||C(x)||^2 = (d/k) ||x||^2); default False (MemSGD's plain rand-k).
+      memory: error feedback (default True); False gives the plain version.
+      fallback, seed: as for every hvdspar compressor (each rank and tensor draws its own indices).
+    """
+
+    spec_name = "randomk"
+
+    def __init__(self, ratio, rescale=False, memory=True, fallback=True, seed=None):
+        ratio = check_ratio(ratio)
+        if not isinstance(rescale, bool):
+            raise ValueError(f"hvdspar: rescale must be True or False, got {rescale!r}")
+        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        self.ratio = ratio
+        self.rescale = rescale
+
+    def config(self):
+        return {"ratio": self.ratio, "rescale": self.rescale, **super().config()}
+
+    def message(self, x, seed):
+        return randomk_message(x, num_kept(x.shape[0], self.ratio), seed, rescale=self.rescale)
+
+    def expected_counts(self, d):
+        return num_kept(d, self.ratio), 0
