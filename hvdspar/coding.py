@@ -33,6 +33,10 @@ import tensorflow as tf
 
 from hvdspar import bits
 
+# Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
+# and converting recursively made every trace seconds slower.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 SCHEME_SPARSE = 0
 SCHEME_DENSE = 1
 SCHEME_NONFINITE = 255
@@ -82,6 +86,7 @@ def ef_nbytes(n, d):
     return low_bytes + high_bytes
 
 
+@_no_autograph
 def ef_encode(idx, d):
     """Sorted int64 indices in [0, d) -> uint8 bytes (low bits, then unary high bits)."""
     idx = tf.cast(idx, tf.int64)
@@ -95,6 +100,7 @@ def ef_encode(idx, d):
     return tf.concat([bits.pack_uints(low, l), bits.pack_bits(unary)], axis=0)
 
 
+@_no_autograph
 def ef_decode(data, n, d):
     """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n]."""
     n = tf.cast(n, tf.int64)
@@ -196,6 +202,7 @@ def _header(scheme, n_a, n_b, scale, d, value_dtype):
     )
 
 
+@_no_autograph
 def encode(msg, d, value_dtype):
     """SparseMessage -> uint8 bytes, choosing the smaller of the sparse and dense schemes."""
     value_dtype = tf.as_dtype(value_dtype)
@@ -219,6 +226,7 @@ def encode(msg, d, value_dtype):
     return tf.concat([_header(scheme, n_a, n_b, msg.scale, d, value_dtype), body], axis=0)
 
 
+@_no_autograph
 def encode_nonfinite(d, value_dtype):
     """The header-only message a rank sends when its gradient holds NaN or Inf."""
     zero = tf.constant(0, tf.int64)
@@ -239,6 +247,7 @@ def read_header(data, offset, d, value_dtype):
     return scheme, n_a, n_b, scale, total
 
 
+@_no_autograph
 def decode_at(data, offset, d, value_dtype):
     """Decode the message starting at ``offset`` of ``data``.
 
@@ -251,7 +260,7 @@ def decode_at(data, offset, d, value_dtype):
     body = tf.slice(data, tf.reshape(start, [1]), tf.reshape(total - header_nbytes(d, value_dtype), [1]))
     itemsize = value_dtype.size
 
-    def sparse():
+    def sparse():  # also a non-finite message: its counts are 0, its body empty
         ef_a = ef_nbytes(n_a, d)
         ef_b = ef_nbytes(n_b, d)
         idx_a = ef_decode(body[:ef_a], n_a, d)
@@ -265,23 +274,19 @@ def decode_at(data, offset, d, value_dtype):
         idx_a, idx_b, neg_b = symbols_decode(body[:start_values], d)
         return idx_a, idx_b, neg_b, body[start_values : start_values + n_a * itemsize]
 
-    def empty():
-        z = tf.zeros([0], tf.int64)
-        return z, z, tf.zeros([0], tf.bool), tf.zeros([0], tf.uint8)
-
-    idx_a, idx_b, neg_b, value_bytes = tf.case(
-        [(tf.equal(scheme, SCHEME_SPARSE), sparse), (tf.equal(scheme, SCHEME_DENSE), dense)], default=empty
-    )
+    idx_a, idx_b, neg_b, value_bytes = tf.cond(tf.equal(scheme, SCHEME_DENSE), dense, sparse)
     val_a = bits.from_bytes(value_bytes, value_dtype, tf.size(idx_a))
     return SparseMessage(idx_a, val_a, idx_b, neg_b, scale), scheme, total
 
 
+@_no_autograph
 def decode(data, d, value_dtype):
     """Inverse of ``encode`` for a single message."""
     msg, _, _ = decode_at(data, 0, d, value_dtype)
     return msg
 
 
+@_no_autograph
 def to_dense(msg, d, dtype):
     """The dense vector Q(g) (length d, ``dtype``) that a message stands for."""
     dtype = tf.as_dtype(dtype)
@@ -292,6 +297,7 @@ def to_dense(msg, d, dtype):
     return tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_b, 1), b_values)
 
 
+@_no_autograph
 def sq_norm(msg, dtype):
     """||Q(g)||^2 of a message (float64): sum of the A values squared + n_B / lambda^2."""
     values = tf.cast(tf.cast(msg.val_a, dtype), tf.float64)
@@ -300,22 +306,30 @@ def sq_norm(msg, dtype):
     return tf.reduce_sum(tf.square(values)) + n_b * tf.square(scale)
 
 
+@_no_autograph
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     """Sum of the dense vectors of ``num_messages`` messages concatenated in ``data``.
 
     Messages are added in order, one scatter per message (indices are unique
-    within a message), so every rank computes bit-identical sums.
+    within a message), so every rank computes bit-identical sums. The loop is
+    a tf.while_loop: the graph is built once, whatever the number of ranks.
     Returns (sum [d], all_finite) where all_finite is False if any sender
     flagged a non-finite gradient.
     """
-    acc = tf.zeros([d], accumulate_dtype)
-    offset = tf.constant(0, tf.int64)
-    all_finite = tf.constant(True)
-    for _ in range(num_messages):
+    value_dtype = tf.as_dtype(value_dtype)
+
+    def body(i, offset, acc, all_finite):
         msg, scheme, total = decode_at(data, offset, d, value_dtype)
         acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, accumulate_dtype))
         scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
         acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
         all_finite = tf.logical_and(all_finite, tf.not_equal(scheme, SCHEME_NONFINITE))
-        offset = offset + total
+        return i + 1, offset + total, acc, all_finite
+
+    _, _, acc, all_finite = tf.while_loop(
+        lambda i, *_: i < num_messages,
+        body,
+        (tf.constant(0), tf.constant(0, tf.int64), tf.zeros([d], accumulate_dtype), tf.constant(True)),
+        parallel_iterations=1,
+    )
     return acc, all_finite

@@ -88,6 +88,7 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     # --- the Horovod interface --------------------------------------------------------------
 
+    @tf.autograph.experimental.do_not_convert
     def compress(self, tensor):
         tensor = tf.convert_to_tensor(tensor)
         if not tensor.shape.is_fully_defined():
@@ -134,6 +135,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.counters.record_norms(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))), enc.q_sq_norm)
         return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
 
+    @tf.autograph.experimental.do_not_convert
     def decompress(self, tensor, ctx):
         kind, payload = ctx
         if kind == "sparse":

@@ -20,6 +20,10 @@ Conventions (no NaN anywhere):
 
 import tensorflow as tf
 
+# Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
+# and converting recursively made every trace seconds slower.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 METHODS = ("exact", "greedy")
 
 
@@ -138,6 +142,7 @@ def lambda_rho_greedy(a, rho, iterations=2):
     return lam
 
 
+@_no_autograph
 def water_level(g, rho=None, epsilon=None, method="exact", iterations=2):
     """The scalar lambda of p_i = min(lambda |g_i|, 1) for g (any shape).
 
@@ -153,6 +158,7 @@ def water_level(g, rho=None, epsilon=None, method="exact", iterations=2):
     return lambda_rho_greedy(a, rho, iterations)
 
 
+@_no_autograph
 def probabilities_from_lambda(g, lam):
     """p_i = min(lambda |g_i|, 1) with g's shape, in the compute dtype."""
     g = tf.convert_to_tensor(g)
@@ -160,6 +166,7 @@ def probabilities_from_lambda(g, lam):
     return tf.minimum(tf.cast(lam, a.dtype) * a, 1)
 
 
+@_no_autograph
 def probabilities(g, rho=None, epsilon=None, method="exact", iterations=2):
     """Variance-optimal keep probabilities for GSpar, with g's shape.
 
@@ -177,6 +184,7 @@ def probabilities(g, rho=None, epsilon=None, method="exact", iterations=2):
     return probabilities_from_lambda(g, lam)
 
 
+@_no_autograph
 def uniform_probabilities(g, rho):
     """UniSp, the paper's baseline: p_i = rho for every coordinate (zeros included)."""
     check_budget(rho=rho)
@@ -184,6 +192,7 @@ def uniform_probabilities(g, rho):
     return tf.fill(tf.shape(g), tf.cast(rho, compute_dtype(g.dtype)))
 
 
+@_no_autograph
 def atom_probabilities(sigma, budget):
     """ATOMO's variance-optimal probabilities over atoms with weights sigma.
 

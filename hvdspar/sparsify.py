@@ -10,13 +10,19 @@ import tensorflow as tf
 from hvdspar.probabilities import compute_dtype, default_method, water_level
 from hvdspar.coding import SparseMessage
 
+# Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
+# and converting recursively made every trace seconds slower.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
+
+@_no_autograph
 def bernoulli(p, seed):
     """Z_i ~ Bernoulli(p_i), independent, from a stateless seed (shape [2] int)."""
     u = tf.random.stateless_uniform(tf.shape(p), seed=seed, dtype=p.dtype)
     return u < p
 
 
+@_no_autograph
 def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     """GSpar: sample Q(g) with p_i = min(lambda |g_i|, 1) and return it as a SparseMessage.
 
@@ -51,6 +57,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     return msg, lam
 
 
+@_no_autograph
 def uniform_message(g, seed, rho):
     """UniSp (the paper's baseline): p_i = rho for all i, Q(g)_i = Z_i g_i / rho.
 

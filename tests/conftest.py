@@ -39,12 +39,22 @@ def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True):
     proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
-        raise AssertionError(f"horovodrun failed ({proc.returncode}): {' '.join(cmd)}\n{output[-6000:]}")
+        raise AssertionError(f"horovodrun failed ({proc.returncode}): {' '.join(cmd)}\n{_rank_errors(output)}")
     results = []
     for r in range(np):
         f = out_dir / f"rank{r}.json"
         results.append(json.loads(f.read_text()) if f.exists() else None)
     return results, output
+
+
+def _rank_errors(output, limit=8000):
+    """The ranks' own lines (not the launcher's traceback, not TF's warnings)."""
+    lines = [
+        ln
+        for ln in output.splitlines()
+        if ln.startswith("[") and "W tensorflow" not in ln and "WARNING" not in ln and "I tensorflow" not in ln
+    ]
+    return "\n".join(lines)[-limit:] or output[-limit:]
 
 
 @pytest.fixture
