@@ -18,13 +18,11 @@ setup(
     python_requires=">=3.9,<3.12",
     # Horovod is not listed: it must be built from source against this
     # TensorFlow without build isolation (scripts/setup.sh does that).
-    install_requires=[
-        "tensorflow-cpu==2.15.1; platform_machine=='x86_64' and extra!='gpu'",
-        "numpy<2",
-        "protobuf<5",
-        "scipy",
-    ],
+    # TensorFlow is an extra: "cpu" (tensorflow-cpu) or "gpu" (tensorflow[and-cuda]),
+    # the same pin either way; scripts/setup.sh picks one (HVDSPAR_GPU=1 for GPU).
+    install_requires=["numpy<2", "protobuf<5", "scipy"],
     extras_require={
+        "cpu": ["tensorflow-cpu==2.15.1"],
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
         "training": ["matplotlib", "pyyaml"],
         "tracking": ["mlflow>=3,<4", "matplotlib"],

@@ -96,7 +96,7 @@ else
   log "building Horovod $hv with $features against TensorFlow (several minutes)"
   "${PIP[@]}" uninstall --quiet -y horovod >/dev/null 2>&1 || true
   env HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 "${hv_env[@]}" \
-  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=${HOROVOD_CPU_OPERATIONS:-gloo} \
+  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
   MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} \
     "${PIP[@]}" install --no-build-isolation --no-cache-dir -c "$ROOT/constraints.txt" "horovod==$hv"
   horovod_ok || { echo "setup.sh: Horovod built but does not import with $features" >&2; exit 1; }

@@ -291,7 +291,7 @@ def test_setup_sh_default_install_is_unchanged(tmp_path):
     build_env = set(re.findall(r"  env (\S+)", log))
     assert {
         "HOROVOD_WITH_TENSORFLOW=1", "HOROVOD_WITH_GLOO=1", "HOROVOD_WITHOUT_MPI=1",
-        "HOROVOD_WITHOUT_PYTORCH=1", "HOROVOD_WITHOUT_MXNET=1", "HOROVOD_CPU_OPERATIONS=gloo",
+        "HOROVOD_WITHOUT_PYTORCH=1", "HOROVOD_WITHOUT_MXNET=1",
     } == build_env
     assert "horovod-check GPU=0 MPI=0" in log
     assert f"-e {ROOT}" in log
