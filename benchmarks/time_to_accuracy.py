@@ -1,0 +1,167 @@
+"""Time to accuracy: wall-clock seconds to a target loss, per compressor, network and ranks.
+
+    python -m benchmarks.time_to_accuracy            # full sweep (needs root for ip netns / tc)
+    python -m benchmarks.time_to_accuracy --quick    # 2 and 4 ranks at 100 Mbit/s and unshaped only, shorter runs
+
+For every network (unshaped loopback, loopback shaped to 1 Gbit/s, to 100
+Mbit/s: a network namespace whose ``lo`` has a tc tbf qdisc, see
+benchmarks/netns.py and ../shared/DESIGN.md) and every rank count (2, 4; -np
+4 on a 2-core machine oversubscribes the CPU, which slows the compute part of
+every compressor alike), one ``horovodrun`` runs benchmarks/workers/tta_worker.py,
+which trains a wide softmax regression (16384 features x 32 classes = 524,288
+weights, 2 MiB of fp32 gradient per step; see the worker's docstring for the
+data and why that size) with each compressor in turn and measures, inside the
+worker, the training seconds until the test loss first drops to --target-loss,
+and the final test accuracy. Prints a markdown table and logs every figure to
+MLflow (experiment "hvdspar-benchmarks"; MLFLOW_TRACKING_URI or
+sqlite:///mlflow.db in the working directory). Namespaces are removed at the
+end, also on errors or Ctrl-C.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import netns
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPRESSORS = ["none", "fp16", "gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01,memory=true", "qsgd:levels=4"]
+NETWORKS = {"100mbit": "100mbit", "loopback": None, "1gbit": "1gbit"}
+
+
+def horovodrun():
+    exe = Path(sys.executable).with_name("horovodrun")
+    return str(exe) if exe.exists() else shutil.which("horovodrun")
+
+
+def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout):
+    """One horovodrun (inside a fresh namespace) -> the worker's result dicts."""
+    out = Path(out_dir) / f"tta-{network}-{ranks}.json"
+    cmd = [horovodrun(), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
+           sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *compressors,
+           "--out", str(out), *worker_args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    name = f"hvdspar-tta-{os.getpid()}"
+    start = time.time()
+    with netns.namespace(name, rate) as prefix:
+        proc = subprocess.run(prefix + cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "[tta]" in line:
+            print(f"  {network:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise RuntimeError(f"horovodrun failed ({proc.returncode}) on {network}, {ranks} ranks:\n{tail}")
+    rows = json.loads(out.read_text())["results"]
+    for r in rows:
+        r["network"] = network
+    print(f"  ({network}, {ranks} ranks: {time.time() - start:.0f} s including start-up)", flush=True)
+    return rows
+
+
+def add_relative(rows):
+    """Speed-up of time-to-target against none and fp16 of the same network and ranks."""
+    base = {(r["network"], r["ranks"], r["spec"]): r for r in rows}
+    for r in rows:
+        for ref in ("none", "fp16"):
+            b = base.get((r["network"], r["ranks"], ref))
+            ok = b and b["time_to_target_s"] and r["time_to_target_s"]
+            r[f"speedup_vs_{ref}"] = b["time_to_target_s"] / r["time_to_target_s"] if ok else None
+
+
+def fmt(v, f):
+    return "n/a" if v is None else format(v, f)
+
+
+def table(rows, target):
+    head = ("| network | ranks | compressor | s to loss<={t} | steps | ms/step | bytes/step | final loss | "
+            "final acc % | x vs none | x vs fp16 |").format(t=target)
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['ranks']} | {r['spec']} | {fmt(r['time_to_target_s'], '.2f')} | "
+            f"{fmt(r['steps_to_target'], 'd')} | {r['seconds_per_step'] * 1000:.1f} | {r['bytes_per_step']:.0f} | "
+            f"{r['final_loss']:.3f} | {100 * r['final_acc']:.1f} | {fmt(r['speedup_vs_none'], '.2f')} | "
+            f"{fmt(r['speedup_vs_fp16'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def log_mlflow(rows, params, text):
+    if os.environ.get("HVDSPAR_NO_MLFLOW"):
+        return
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    mlflow.set_experiment("hvdspar-benchmarks")
+    with mlflow.start_run(run_name="time_to_accuracy"):
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics = {}
+        for r in rows:
+            key = f"{r['network']}.np{r['ranks']}.{r['spec']}"
+            key = "".join(c if c.isalnum() or c in "._-/" else "_" for c in key)
+            for m in ("time_to_target_s", "steps_to_target", "final_loss", "final_acc", "seconds_per_step",
+                      "bytes_per_step", "speedup_vs_none", "speedup_vs_fp16"):
+                if r.get(m) is not None:
+                    metrics[f"{key}.{m}"] = float(r[m])
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(text, "time_to_accuracy.md")
+        mlflow.log_text(json.dumps(rows, indent=1), "time_to_accuracy.json")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="unshaped and 100 Mbit/s only, at most 15 s of training per run")
+    p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=None)
+    p.add_argument("--ranks", nargs="+", type=int, default=[4, 2])
+    p.add_argument("--compressors", nargs="+", default=COMPRESSORS)
+    p.add_argument("--target-loss", type=float, default=1.5)
+    p.add_argument("--lr", type=float, default=0.3)
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="training seconds per run before giving up on the target (default 80, --quick 15)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per horovodrun")
+    p.add_argument("--out", default="out", help="folder for the markdown table and JSON")
+    p.add_argument("--no-mlflow", action="store_true")
+    args = p.parse_args(argv)
+    networks = args.networks or (["loopback", "100mbit"] if args.quick else list(NETWORKS))
+    max_s = args.max_seconds or (15.0 if args.quick else 80.0)
+    worker_args = ["--target-loss", str(args.target_loss), "--lr", str(args.lr), "--max-seconds", str(max_s)]
+    if os.geteuid() != 0 and any(NETWORKS[n] for n in networks):
+        sys.exit("time_to_accuracy: shaping needs root (ip netns, tc); run as root or use --networks loopback")
+
+    rows = []
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for ranks in args.ranks:
+                for network in networks:
+                    rows += run_launch(network, NETWORKS[network], ranks, args.compressors, worker_args, tmp,
+                                       args.timeout)
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
+                    (Path(args.out) / "time_to_accuracy.partial.json").write_text(json.dumps(rows, indent=1))
+        finally:
+            netns.delete(f"hvdspar-tta-{os.getpid()}")
+    add_relative(rows)
+    text = table(rows, args.target_loss)
+    note = (f"\nSoftmax regression 16384x32 (2 MiB fp32 gradient), SGD lr={args.lr}, 32 rows/rank/step; "
+            f"time = training seconds until the test loss <= {args.target_loss} (n/a: not reached within "
+            f"{max_s:g} s); x vs none/fp16 = their time / this time. Sweep took {time.time() - start:.0f} s.")
+    print("\n" + text + note)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "time_to_accuracy.md").write_text(text + "\n" + note + "\n")
+    (out / "time_to_accuracy.json").write_text(json.dumps(rows, indent=1))
+    if not args.no_mlflow:
+        log_mlflow(rows, {**vars(args), "networks": networks, "max_seconds": max_s}, text + note)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The automatic dense fallback: exchange.prefer_dense and the per-tensor decision.
+
+The base class (hvdspar/compressor.py) sends a tensor dense through Horovod's
+own allreduce when an allgather of the expected message (M - 1) m would move
+at least as many bytes as a ring allreduce 2 (M - 1) / M D, i.e. when M m >= 2 D.
+The unit tests fake the world size (exchange.world) and the allgather, so they
+run without Horovod; the last test is a real 2-rank horovodrun.
+"""
+
+import pytest
+import tensorflow as tf
+
+import hvdspar
+from hvdspar import exchange
+
+
+# --- exchange.prefer_dense ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4, 8, 64, 1024])
+def test_switch_point_is_m_times_ranks_equal_twice_dense(ranks):
+    dense = 1_000_000
+    edge = 2 * dense / ranks  # M m = 2 D
+    assert not exchange.prefer_dense(edge * 0.999, dense, ranks)
+    assert exchange.prefer_dense(edge, dense, ranks)  # a tie goes dense (no gain from sparse)
+    assert exchange.prefer_dense(edge * 1.001, dense, ranks)
+
+
+def test_bytes_moved_formulas():
+    assert exchange.allgather_bytes_moved(100, 4) == 300
+    assert exchange.allreduce_bytes_moved(1000, 4) == 1500
+    assert exchange.allreduce_bytes_moved(1000, 2) == 1000
+    assert exchange.allgather_bytes_moved(100, 1) == 0
+
+
+def test_one_rank_never_prefers_dense():
+    assert not exchange.prefer_dense(10**9, 1, 1)
+    assert not exchange.prefer_dense(10**9, 1, 0)
+
+
+def test_message_as_big_as_the_tensor_goes_dense_from_two_ranks():
+    # M m >= 2 D already at M = 2 when m >= D
+    assert exchange.prefer_dense(4000, 4000, 2)
+    assert not exchange.prefer_dense(3999, 4000, 2)
+
+
+# --- the decision inside Compressor.compress ------------------------------------------------
+
+
+@pytest.fixture
+def fake_world(monkeypatch):
+    """Pretend to be rank 0 of ``size`` ranks whose messages all equal ours."""
+    state = {"size": 2, "gathers": 0}
+
+    def world():
+        return state["size"], 0
+
+    def allgather(message):
+        state["gathers"] += 1
+        return tf.concat([message] * state["size"], axis=0)
+
+    monkeypatch.setattr(exchange, "world", world)
+    monkeypatch.setattr(exchange, "allgather", allgather)
+    return state
+
+
+def _compress(comp, shape, seed=0):
+    g = tf.random.stateless_normal(shape, seed=[seed, 1])
+    out, ctx = comp.compress(g)
+    return g, out, ctx
+
+
+def test_high_rho_small_tensor_many_ranks_goes_dense(fake_world):
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.5, seed=1)
+    d = 100
+    m = comp.expected_nbytes(d, tf.float32)
+    assert exchange.prefer_dense(m, 4 * d, 32)
+    assert not exchange.prefer_dense(m, 4 * d, 2)  # the same tensor goes sparse on 2 ranks
+    g, out, ctx = _compress(comp, [10, 10])
+    assert ctx[0] == "dense"
+    assert fake_world["gathers"] == 0
+    # dense path: the tensor itself goes to Horovod's allreduce, untouched
+    assert out.shape == g.shape and bool(tf.reduce_all(out == g))
+    t = comp.traffic()
+    assert t["dense_tensors"] == 1 and t["bytes_sent"] == t["dense_bytes"] == 4 * d
+    assert bool(tf.reduce_all(comp.decompress(out, ctx) == g))
+
+
+def test_low_rho_big_tensor_two_ranks_goes_sparse(fake_world):
+    fake_world["size"] = 2
+    comp = hvdspar.GSpar(rho=0.01, seed=1)
+    d = 100_000
+    assert not exchange.prefer_dense(comp.expected_nbytes(d, tf.float32), 4 * d, 2)
+    _, out, ctx = _compress(comp, [d])
+    assert ctx[0] == "sparse"
+    assert fake_world["gathers"] == 1
+    assert out.shape == [1] and out.dtype == exchange.PLACEHOLDER_DTYPE
+    t = comp.traffic()
+    assert t["dense_tensors"] == 0
+    assert t["bytes_sent"] < t["dense_bytes"] / 50
+
+
+def test_fallback_false_forces_sparse(fake_world):
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.5, fallback=False, seed=1)
+    _, out, ctx = _compress(comp, [10, 10])
+    assert ctx[0] == "sparse"
+    assert fake_world["gathers"] == 1
+    assert comp.traffic()["dense_tensors"] == 0
+
+
+def test_decision_is_per_tensor(fake_world):
+    # 32 ranks, rho = 0.05: the big kernel travels sparse, the 10-element bias dense.
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.05, seed=1)
+    kinds = [_compress(comp, s, seed=i)[2][0] for i, s in enumerate(([20_000, 10], [10]))]
+    assert kinds == ["sparse", "dense"]
+    assert comp.traffic()["dense_tensors"] == 1
+
+
+@pytest.mark.parametrize("spec", ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "qsgd:levels=4"])
+def test_switch_follows_the_rule_for_every_compressor(fake_world, spec):
+    """For each rank count the decision equals M * expected_nbytes >= 2 D."""
+    d = 50_000
+    for ranks in (2, 8, 64, 512):
+        fake_world["size"] = ranks
+        comp = hvdspar.from_spec(spec)
+        m = comp.expected_nbytes(d, tf.float32)
+        _, _, ctx = _compress(comp, [d])
+        assert (ctx[0] == "dense") == (ranks * m >= 2 * 4 * d), (spec, ranks, m)
+
+
+# --- a real 2-rank run ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_ranks_high_rho_sends_dense_and_trains_identically(horovodrun):
+    # On 2 ranks "dense" needs m >= D, which a GSpar message reaches only for tiny
+    # tensors (<= 3 fp32 elements); the worker's model is made of such tensors.
+    results, output = horovodrun("fallback_worker", np=2)
+    assert all(r is not None for r in results), output[-4000:]
+    for r in results:
+        t = r["traffic"]
+        assert r["expected_dense"] == [True, True], r  # both tensors predicted dense by the cost model
+        assert t["dense_tensors"] == t["tensors"] == 2, t
+        assert r["gathered_bytes"] == 0  # nothing went through the allgather
+        assert t["bytes_sent"] == t["dense_bytes"] == r["dense_bytes_per_step"] * t["steps"], t
+        assert t["steps"] == r["steps"]
+        assert r["identical"]
+        assert r["loss"][-1] < r["loss"][0]
+    assert results[0]["weights_digest"] == results[1]["weights_digest"]
