@@ -49,13 +49,23 @@ def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     name = f"hvdspar-tta-{os.getpid()}"
     start = time.time()
+    lines = []
     with netns.namespace(name, rate) as prefix:
-        proc = subprocess.run(prefix + cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "[tta]" in line:
-            print(f"  {network:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
+        proc = subprocess.Popen(prefix + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            for line in proc.stdout:  # stream the per-compressor lines as they come
+                lines.append(line.rstrip())
+                if "[tta]" in line:
+                    print(f"  {network:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
+                if time.time() - start > timeout:
+                    break
+        finally:
+            if proc.poll() is None and time.time() - start > timeout:
+                proc.kill()
+            proc.wait()
     if proc.returncode != 0 or not out.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        tail = "\n".join(lines[-30:])
         raise RuntimeError(f"horovodrun failed ({proc.returncode}) on {network}, {ranks} ranks:\n{tail}")
     rows = json.loads(out.read_text())["results"]
     for r in rows:
