@@ -1,0 +1,162 @@
+"""Tracking against a real `mlflow server` on loopback, checked through MLflow's REST API.
+
+- a 2-rank Keras training with hvdspar.GSpar: params, step and epoch metrics, artifacts; bytes in
+  MLflow equal the compressors' own counters summed over ranks;
+- the training CLI (training.train) against the server, when it exists;
+- the server killed mid-run and restarted on the same port and store: no metric is lost.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.workers.tracking_mlflow_server import MlflowServer, metrics, params, tags
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "workers" / "tracking_train_worker.py"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield srv
+    srv.kill()
+
+
+def tracking_env(server, experiment, **extra):
+    return {"MLFLOW_TRACKING_URI": server.url, "HVDSPAR_EXPERIMENT": experiment, "MLFLOW_DISABLE_TELEMETRY": "true",
+            "HVDSPAR_TRACKING_FLUSH_SECS": "1", **extra}
+
+
+def test_two_rank_run_logs_summed_bytes_params_and_artifacts(server, horovodrun):
+    steps, epochs, every = 10, 2, 5
+    results, _ = horovodrun("tracking_train_worker", "--compressor", "gspar:rho=0.1", "--epochs", epochs,
+                            "--steps", steps, "--seed", 5,
+                            env=tracking_env(server, "two-rank", HVDSPAR_LOG_EVERY=str(every)))
+    run_id = results[0]["run_id"]
+    assert run_id and results[1]["run_id"] is None  # only rank 0 talks to MLflow
+    (run,) = server.runs("two-rank")
+    assert run["info"]["run_id"] == run_id and run["info"]["status"] == "FINISHED"
+
+    p, m = params(run), metrics(run)
+    assert p["compressor"].startswith("gspar:rho=0.1") and p["compressor.rho"] == "0.1" and p["num_ranks"] == "2"
+    assert p["model"] == "mlp" and p["data"] == "synthetic" and p["optimizer"] == "sgd" and p["seed"] == "5"
+    assert p["learning_rate"] == "0.1" and p["batch_size"] == "16" and p["log_every"] == str(every)
+    assert p["version.tensorflow"].startswith("2.15") and p["version.horovod"] == "0.28.1"
+    assert p["version.hvdspar"] and len(p["git_commit"]) in (40, len("unknown"))
+    assert tags(run)["hvdspar.compressor"] == p["compressor"]
+
+    # bytes summed over ranks == the compressors' own counters summed
+    traffic = [r["traffic"] for r in results]
+    sent = sum(t["bytes_sent"] for t in traffic)
+    dense = sum(t["dense_bytes"] for t in traffic)
+    assert all(t["steps"] == steps * epochs for t in traffic)
+    assert m["bytes_sent"] == sent and m["dense_bytes"] == dense and 0 < sent < dense
+    assert m["last_step_bytes_sent"] == sum(t["last_step_bytes_sent"] for t in traffic)
+    assert m["compression_ratio"] == pytest.approx(sent / dense) and m["bits_communicated"] == 8 * sent
+    assert m["bits_saved"] == 8 * (dense - sent)
+    assert m["density"] == pytest.approx(sum(t["density"] for t in traffic) / 2, rel=1e-9)  # equal sizes per rank
+    lo, hi = sorted(t["variance_ratio"] for t in traffic)
+    assert lo - 1e-9 <= m["variance_ratio"] <= hi + 1e-9 and m["variance_ratio"] > 1  # pooled, unbiased Q: >= 1
+    assert {"loss", "accuracy", "test_accuracy", "data_passes", "epoch_time_s"} <= set(m)
+
+    # every logged step is there, the last one equal to the final counters
+    step_bytes = server.history(run_id, "step/bytes_sent")
+    assert [s for s, _ in step_bytes] == list(range(every, steps * epochs + 1, every))
+    assert step_bytes[-1][1] == sent and all(a[1] < b[1] for a, b in zip(step_bytes, step_bytes[1:]))
+    assert [s for s, _ in server.history(run_id, "step/loss")] == [s for s, _ in step_bytes]
+    assert [s for s, _ in server.history(run_id, "loss")] == [1, 2]
+    assert [s for s, _ in server.history(run_id, "bits_communicated")] == [1, 2]
+
+    assert {"config.json", "config.yaml", "plots"} <= server.artifacts(run_id)
+    assert server.artifacts(run_id, "plots") == {"plots/loss_vs_epochs.png", "plots/loss_vs_bits.png"}
+    config = json.loads(server.get("get-artifact", path="config.json", run_uuid=run_id))
+    assert config["compressor"] == p["compressor"] and config["num_ranks"] == 2
+    png = server.get("get-artifact", path="plots/loss_vs_bits.png", run_uuid=run_id)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not (ROOT / "training" / "train.py").exists(), reason="training/train.py is not written yet")
+def test_training_cli_tracks_by_default(server, horovodrun, tmp_path):
+    results, output = horovodrun(
+        ["-m", "training.train", "--model", "logreg", "--data", "synthetic", "--epochs", "1",
+         "--compressor", "gspar:rho=0.1", "--checkpoint-dir", str(tmp_path / "ckpt")],
+        env=tracking_env(server, "cli"),
+    )
+    runs = server.runs("cli")
+    assert len(runs) == 1, output[-3000:]
+    run = runs[0]
+    p, m = params(run), metrics(run)
+    assert run["info"]["status"] == "FINISHED"
+    assert p["model"] == "logreg" and p["data"] == "synthetic" and p["num_ranks"] == "2"
+    assert p["compressor"].startswith("gspar:rho=0.1")
+    for key in ("loss", "suboptimality", "test_accuracy", "bytes_sent", "dense_bytes", "compression_ratio",
+                "bits_communicated", "density", "variance_ratio"):
+        assert key in m, key
+    assert 0 < m["bytes_sent"] < m["dense_bytes"]
+    assert (tmp_path / "ckpt" / "mlflow_run_id").read_text().strip() == run["info"]["run_id"]
+    assert {"config.json", "plots"} <= server.artifacts(run["info"]["run_id"])
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_server_killed_mid_run_loses_no_metric(tmp_path):
+    """Epoch 1 with the server up, epoch 2 with it dead, epoch 3 after a restart (same port and store)."""
+    server = MlflowServer(tmp_path / "server").start()
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    steps, epochs, every = 20, 3, 2
+    env = {**os.environ, **tracking_env(server, "outage", HVDSPAR_LOG_EVERY=str(every)),
+           "PYTHONPATH": str(ROOT), "HVDSPAR_TEST_OUT": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER), "--compressor", "none", "--epochs", str(epochs), "--steps", str(steps),
+         "--checkpoint-dir", str(tmp_path / "ckpt"), "--hold-dir", str(hold), "--sleep", "0.02"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        def delivered(key, n):
+            runs = server.runs("outage") if (tmp_path / "ckpt" / "mlflow_run_id").exists() else []
+            return runs and len(server.history(runs[0]["info"]["run_id"], key)) >= n
+
+        wait_for(lambda: (hold / "at1").exists() or worker.poll() is not None, 300, "epoch 1")
+        wait_for(lambda: delivered("loss", 1), 60, "epoch 1 in MLflow")
+        server.kill()
+        (hold / "go1").touch()
+        wait_for(lambda: (hold / "at2").exists() or worker.poll() is not None, 120, "epoch 2 (server down)")
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        server.start()
+        (hold / "go2").touch()
+        wait_for(lambda: (hold / "at3").exists() or worker.poll() is not None, 120, "epoch 3")
+        (hold / "go3").touch()
+        assert worker.wait(timeout=300) == 0
+        out = (tmp_path / "worker.log").read_text()
+        assert "cannot reach the MLflow tracking store" in out and "is back" in out, out[-3000:]
+        assert "stayed unreachable" not in out
+
+        (run,) = server.runs("outage")
+        run_id = run["info"]["run_id"]
+        assert run["info"]["status"] == "FINISHED"
+        expected = list(range(every, steps * epochs + 1, every))
+        for key in ("step/loss", "step/bytes_sent", "step/compression_ratio", "step/density"):
+            assert [s for s, _ in server.history(run_id, key)] == expected, key
+        assert [s for s, _ in server.history(run_id, "loss")] == [1, 2, 3]
+        assert [s for s, _ in server.history(run_id, "test_accuracy")] == [1, 2, 3]
+        assert {"config.json", "plots"} <= server.artifacts(run_id)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        server.kill()
