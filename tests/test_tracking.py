@@ -248,3 +248,19 @@ def test_sweep_runs_children_under_one_parent(local_env):
     assert {"summary.md", "summary.csv", "comparison.png", "logs"} <= arts
     table = Path(c.download_artifacts(parent.info.run_id, "summary.md", str(local_env))).read_text()
     assert "unisp(rho=0.5) seed=3" in table and "bits_communicated" in table and "compression_ratio" in table
+
+
+def test_plots_draw_both_axes(tmp_path):
+    from tracking.plots import comparison, run_plots
+
+    def hist(scale):
+        h = {"loss": [(e, 1.0 / e) for e in (1, 2, 3)], "bits_communicated": [(e, scale * e) for e in (1, 2, 3)],
+             "global_step": [(e, 10 * e) for e in (1, 2, 3)], "suboptimality": [(e, 0.1 ** e) for e in (1, 2, 3)]}
+        h["step/loss"] = [(s, 1.0 / s) for s in range(5, 31, 5)]
+        h["step/bits_communicated"] = [(s, scale * s / 10) for s in range(5, 31, 5)]
+        return h
+
+    paths = run_plots(hist(800.0), str(tmp_path), title="t") + [
+        comparison([("a", hist(800.0)), ("b", hist(8000.0))], str(tmp_path / "comparison.png"))]
+    for path in paths:
+        assert Path(path).read_bytes()[:4] == b"\x89PNG" and Path(path).stat().st_size > 10_000

@@ -95,22 +95,40 @@ def run_plots(history, directory, title=None):
 
 
 def comparison(runs, path, title="sweep: loss against epochs and bits communicated"):
-    """One figure for many runs: [(label, history)] -> objective against epochs and against bits."""
+    """One figure for many runs: [(label, history)] -> objective against epochs and against bits.
+
+    The objective is suboptimality when any run has it (convex models), else loss. Epoch values
+    are markers; where step values exist (step/loss) they draw the line between them, with
+    optimizer steps turned into epochs by the run's global_step per epoch.
+    """
     key = next((k for k in OBJECTIVES if any(h.get(k) for _, h in runs)), "loss")
     fig, (ax_e, ax_b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, history in runs:
         steps, values = _series(history, key)
-        if steps:
-            line = ax_e.plot(steps, values, "o-", label=label)[0]
-            x, y = _joined(history, "bits_communicated", key)
-            ax_b.plot(x, y, "o-", color=line.get_color(), label=label)
+        if not steps:
+            continue
+        line = ax_e.plot(steps, values, "o", label=label)[0]
+        color = line.get_color()
+        x, y = _joined(history, "bits_communicated", key)
+        ax_b.plot(x, y, "o", color=color, label=label)
+        per_epoch = dict(history.get("global_step", ())).get(1)
+        s_steps, s_values = _series(history, f"step/{key}")
+        if s_steps and per_epoch:
+            ax_e.plot([s / per_epoch for s in s_steps], s_values, "-", color=color, alpha=0.6)
+            bx, by = _joined(history, "step/bits_communicated", f"step/{key}")
+            ax_b.plot(bx, by, "-", color=color, alpha=0.6)
+        else:
+            ax_e.plot(steps, values, "-", color=color)
+            ax_b.plot(x, y, "-", color=color)
     for ax, xlabel in ((ax_e, "epochs (data passes)"), (ax_b, "bits communicated (all ranks, cumulative)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(key)
         if key == "suboptimality":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    ax_b.set_xscale("symlog" if any(v == 0 for _, h in runs for _, v in h.get("bits_communicated", ())) else "log")
+    bits = [v for _, h in runs for _, v in h.get("bits_communicated", ())]
+    if bits and min(bits) > 0:
+        ax_b.set_xscale("log")
     if ax_e.lines:
         ax_e.legend(fontsize=8)
     fig.suptitle(title)

@@ -134,7 +134,8 @@ def summarize(client, experiment_id, parent_id, children, out_dir):
         row["run_id"] = run.info.run_id if run else ""
         rows.append(row)
         if run:
-            curves.append((child["label"], _history(client, run.info.run_id, ("loss", "suboptimality", "bits_communicated"))))
+            curves.append((child["label"], _history(client, run.info.run_id, (
+                "loss", "suboptimality", "bits_communicated", "global_step", "step/loss", "step/bits_communicated"))))
     columns = list(rows[0]) if rows else []
     # drop metric columns no run has
     columns = [c for c in columns if c not in SUMMARY_METRICS or any(r[c] is not None for r in rows)]

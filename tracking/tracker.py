@@ -41,6 +41,15 @@ def numeric(metrics):
     return out
 
 
+def _user():
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
 def short_spec(config):
     """'gspar(rho=0.01)' from a run config: the compressor's name, budget and memory, not every setting."""
     name = str(config.get("compressor", "none")).split(":")[0]
@@ -110,6 +119,7 @@ class Tracker:
             "mlflow.source.git.commit": self.config["git_commit"],
             "mlflow.source.name": " ".join(sys.argv[:1]) or "python",
             "mlflow.source.type": "LOCAL",
+            "mlflow.user": _user(),
         }
         if parent:
             tags["mlflow.parentRunId"] = parent
