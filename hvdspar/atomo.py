@@ -39,8 +39,11 @@ import tensorflow as tf
 
 from hvdspar import bits, coding
 from hvdspar.compressor import Compressor, Encoded
-from hvdspar.probabilities import atom_probabilities, compute_dtype
-from hvdspar.sparsify import bernoulli, gspar_message
+from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
+from hvdspar.sparsify import bernoulli
+
+# Plain TF ops with explicit tf.cond: nothing for AutoGraph to convert (and traces get faster).
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 SCHEME_SPECTRAL = 16
 ATOMS = ("svd", "entry")
@@ -66,6 +69,7 @@ def uses_svd(shape, atoms="svd"):
     return atoms == "svd" and layout is not None and min(layout) >= 2
 
 
+@_no_autograph
 def spectral_message(x, rows, cols, budget, seed, dtype=None):
     """Sample ATOMO's spectral atoms of x viewed as a rows x cols matrix.
 
@@ -87,14 +91,35 @@ def spectral_message(x, rows, cols, budget, seed, dtype=None):
     return msg, p, sigma
 
 
+@_no_autograph
 def entry_message(x, budget, seed):
-    """Entry-wise ATOMO = GSpar's exact water-filling with rho = budget / d; a coding.SparseMessage."""
+    """Entry-wise ATOMO: (coding.SparseMessage, p), GSpar's exact water-filling with rho = budget / d.
+
+    p = atom_probabilities(x, budget) = min(lambda |x_i|, 1); kept entries with
+    p_i = 1 go to Q_A with their exact value, the others all carry
+    x_i / p_i = sign(x_i) / lambda and go to Q_B as signs with the scale 1/lambda.
+    """
     x = tf.reshape(tf.convert_to_tensor(x), [-1])
-    rho = min(1.0, float(budget) / max(1, x.shape[0]))
-    msg, _ = gspar_message(x, seed, rho=rho, method="exact")
-    return msg
+    a = tf.abs(tf.cast(x, compute_dtype(x.dtype)))
+    d = x.shape[0]
+    lam = lambda_rho_exact(a, tf.minimum(tf.cast(budget, a.dtype) / max(1, d), 1))  # as atom_probabilities
+    scaled = lam * a
+    keep = bernoulli(tf.minimum(scaled, 1), seed)
+    idx = tf.where(keep)[:, 0]
+    top = tf.gather(scaled, idx) >= 1
+    idx_a = tf.boolean_mask(idx, top)
+    idx_b = tf.boolean_mask(idx, tf.logical_not(top))
+    msg = coding.SparseMessage(
+        idx_a=idx_a,
+        val_a=tf.gather(x, idx_a),
+        idx_b=idx_b,
+        neg_b=tf.gather(x, idx_b) < 0,
+        scale=tf.math.reciprocal_no_nan(lam),
+    )
+    return msg, tf.minimum(scaled, 1)
 
 
+@_no_autograph
 def spectral_dense(msg, d, dtype):
     """Q(g) = u^T diag(scale) v, flattened to [d], in ``dtype`` (the one formula both sides use)."""
     scale = tf.cast(msg.scale, dtype)
@@ -102,6 +127,7 @@ def spectral_dense(msg, d, dtype):
     return tf.reshape(tf.matmul(u, tf.cast(msg.v, dtype), transpose_a=True), [d])
 
 
+@_no_autograph
 def spectral_sq_norm(msg):
     """||Q(g)||^2 (float64), exact for orthonormal u_k, v_k: sum_k scale_k^2 ||u_k||^2 ||v_k||^2."""
     scale = tf.cast(msg.scale, tf.float64)
@@ -116,6 +142,7 @@ def spectral_nbytes(n, rows, cols, value_dtype):
     return _HEADER_NBYTES + n * (coding.scale_dtype(value_dtype).size + (rows + cols) * value_dtype.size)
 
 
+@_no_autograph
 def encode_spectral(msg, rows, cols, value_dtype):
     n = tf.shape(msg.scale, out_type=tf.int64)[0]
     return tf.concat(
@@ -132,6 +159,7 @@ def encode_spectral(msg, rows, cols, value_dtype):
     )
 
 
+@_no_autograph
 def decode_spectral_at(data, offset, value_dtype):
     """(SpectralMessage, total bytes) of the spectral message at ``offset``."""
     value_dtype = tf.as_dtype(value_dtype)
@@ -151,6 +179,7 @@ def decode_spectral_at(data, offset, value_dtype):
     return SpectralMessage(scale, u, v), total
 
 
+@_no_autograph
 def decode_dense_at(data, offset, d, value_dtype, accumulate_dtype):
     """The message at ``offset`` of either kind -> (Q [d] in accumulate_dtype, total bytes, finite flag)."""
     first = tf.cast(tf.gather(data, tf.cast(offset, tf.int64)), tf.int64)
@@ -167,6 +196,7 @@ def decode_dense_at(data, offset, d, value_dtype, accumulate_dtype):
     return tf.cond(tf.equal(first, SCHEME_SPECTRAL), spectral, entry)
 
 
+@_no_autograph
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite)."""
     acc = tf.zeros([d], accumulate_dtype)
@@ -180,6 +210,15 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     return acc, all_finite
 
 
+@_no_autograph
+def contraction_scale(weights, p):
+    """gamma = sum w_i^2 / sum_{p_i > 0} w_i^2 / p_i = ||g||^2 / E||Q(g)||^2 (float64), 0 for g = 0."""
+    w2 = tf.square(tf.cast(weights, tf.float64))
+    p = tf.cast(p, tf.float64)
+    second = tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
+    return tf.math.divide_no_nan(tf.reduce_sum(w2), second)
+
+
 class Atomo(Compressor):
     """ATOMO with variance-optimal (water-filling) atom probabilities; unbiased.
 
@@ -188,7 +227,9 @@ class Atomo(Compressor):
         cost rows + cols + 1 numbers each, entry-wise atoms about one index + sign.
       atoms: "svd" (spectral atoms for matrices and conv kernels, entry-wise for the
         rest) or "entry" (entry-wise everywhere).
-      memory, fallback, seed: as for every hvdspar compressor.
+      memory: error feedback; then it sends C(e) = gamma Q(e), gamma = ||e||^2 / E||Q(e)||^2
+        (= sum sigma_i^2 / sum sigma_i^2 / p_i), a contraction, and keeps m = e - C(e).
+      fallback, seed: as for every hvdspar compressor.
 
     ``traffic()["density"]`` counts the numbers sent (n (rows + cols + 1) for n
     spectral atoms) over the tensor's elements.
@@ -209,6 +250,7 @@ class Atomo(Compressor):
     def config(self):
         return {"budget": self.budget, "atoms": self.atoms, **super().config()}
 
+    @_no_autograph
     def compress(self, tensor):
         # The base class hands encode() and expected_nbytes() a flat tensor; remember its shape.
         self._shape = tf.convert_to_tensor(tensor).shape
@@ -230,6 +272,7 @@ class Atomo(Compressor):
         rows, cols = layout
         return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
 
+    @_no_autograph
     def encode(self, x, seed, dtype, shape=None):
         """As the base class; ``shape`` (default: the tensor being compressed) picks the atoms."""
         d = x.shape[0]
@@ -239,13 +282,22 @@ class Atomo(Compressor):
 
         def spectral():
             rows, cols = layout
-            msg, _, _ = spectral_message(x, rows, cols, self.budget, seed, dtype)
+            msg, p, sigma = spectral_message(x, rows, cols, self.budget, seed, dtype)
+            if self.memory:
+                gamma = contraction_scale(sigma, p)
+                msg = msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
             n = tf.shape(msg.scale, out_type=tf.int64)[0]
             q = spectral_dense(msg, d, cdt) if self.memory else tf.zeros([0], cdt)
             return Encoded(encode_spectral(msg, rows, cols, dtype), q, n * (rows + cols + 1), spectral_sq_norm(msg))
 
         def entry():
-            msg = entry_message(x, self.budget, seed)
+            msg, p = entry_message(x, self.budget, seed)
+            if self.memory:
+                gamma = contraction_scale(x, p)
+                msg = msg._replace(
+                    val_a=tf.cast(tf.cast(msg.val_a, tf.float64) * gamma, msg.val_a.dtype),
+                    scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype),
+                )
             msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
             kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
             q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
@@ -257,5 +309,6 @@ class Atomo(Compressor):
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), spectral if layout else entry, nonfinite)
 
+    @_no_autograph
     def decode_sum(self, data, num_ranks, d, dtype):
         return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))

@@ -30,6 +30,9 @@ from hvdspar import bits, coding
 from hvdspar.compressor import Compressor, Encoded
 from hvdspar.probabilities import compute_dtype
 
+# Plain TF ops with explicit tf.cond/tf.case: nothing for AutoGraph to convert (and traces get faster).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 SCHEME_SPARSE = 0
 SCHEME_DENSE = 1
 SCHEME_NONFINITE = 255
@@ -72,12 +75,14 @@ def max_nbytes(d, levels, value_dtype):
     return header_nbytes(d, value_dtype) + bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8)
 
 
+@_no_autograph
 def dequantize(scale, level, neg, levels, dtype):
     """scale * (level / s) * sign, in ``dtype``; the one formula senders and receivers share."""
     magnitude = tf.cast(scale, dtype) * (tf.cast(level, dtype) / tf.cast(levels, dtype))
     return tf.where(neg, -magnitude, magnitude)
 
 
+@_no_autograph
 def _stochastic_round(r, seed):
     """floor(r) + Bernoulli(r - floor(r)), int64; E = r."""
     low = tf.floor(r)
@@ -85,6 +90,7 @@ def _stochastic_round(r, seed):
     return tf.cast(low, tf.int64) + tf.cast(u < r - low, tf.int64)
 
 
+@_no_autograph
 def qsgd_quantize(x, levels, seed):
     """QSGD with s = ``levels``: QuantMessage with scale ||x||_2 (unbiased)."""
     x = tf.reshape(tf.convert_to_tensor(x), [-1])
@@ -97,6 +103,7 @@ def qsgd_quantize(x, levels, seed):
     return QuantMessage(level, xc < 0, tf.cast(norm, sdt))
 
 
+@_no_autograph
 def terngrad_quantize(x, seed):
     """TernGrad: QuantMessage with s = 1, scale max|x|, level_i ~ Bernoulli(|x_i| / scale)."""
     x = tf.reshape(tf.convert_to_tensor(x), [-1])
@@ -107,6 +114,36 @@ def terngrad_quantize(x, seed):
     r = tf.math.divide_no_nan(tf.abs(xc), scale)
     level = tf.minimum(_stochastic_round(r, seed), 1)
     return QuantMessage(level, xc < 0, tf.cast(scale, sdt))
+
+
+@_no_autograph
+def expected_sq_norm(x, scale, levels):
+    """E||Q(x)||^2 (float64) of the quantiser with this scale and s = ``levels``.
+
+    With r_i = s |x_i| / scale, l_i = floor(r_i), f_i = r_i - l_i:
+    E[level_i^2] = l_i^2 + (2 l_i + 1) f_i, so E||Q||^2 = (scale/s)^2 sum_i (l_i^2 + (2 l_i + 1) f_i).
+    (TernGrad: s = 1, r_i <= 1, which gives scale * ||x||_1.)
+    """
+    x = tf.cast(x, tf.float64)
+    scale = tf.cast(scale, tf.float64)
+    s = tf.constant(float(levels), tf.float64)
+    r = tf.math.divide_no_nan(tf.abs(x) * s, scale)
+    low = tf.minimum(tf.floor(r), s)
+    frac = r - low
+    return tf.square(scale / s) * tf.reduce_sum(low * low + (2 * low + 1) * frac)
+
+
+@_no_autograph
+def contracted(msg, x, levels):
+    """gamma Q(x) with gamma = ||x||^2 / E||Q(x)||^2: the message with its scale times gamma.
+
+    Error feedback needs E||C(x) - x||^2 < ||x||^2; an unbiased Q with relative
+    variance above 1 makes the memory grow geometrically. gamma Q is the best
+    scalar shrinkage, with E||gamma Q(x) - x||^2 = (1 - gamma) ||x||^2.
+    """
+    x64 = tf.cast(x, tf.float64)
+    gamma = tf.math.divide_no_nan(tf.reduce_sum(x64 * x64), expected_sq_norm(x, msg.scale, levels))
+    return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
 
 
 def _header(scheme, n, scale, d, value_dtype):
@@ -120,6 +157,7 @@ def _header(scheme, n, scale, d, value_dtype):
     )
 
 
+@_no_autograph
 def encode(msg, d, levels, value_dtype):
     """QuantMessage -> uint8 bytes, the smaller of the sparse and dense schemes."""
     level = tf.cast(msg.level, tf.int64)
@@ -146,10 +184,12 @@ def encode(msg, d, levels, value_dtype):
     return tf.concat([_header(scheme, n, msg.scale, d, value_dtype), body], axis=0)
 
 
+@_no_autograph
 def encode_nonfinite(d, value_dtype):
     return _header(SCHEME_NONFINITE, tf.constant(0, tf.int64), 0.0, d, value_dtype)
 
 
+@_no_autograph
 def decode_at(data, offset, d, levels, value_dtype):
     """The message at ``offset``: ((idx, level, neg) of its non-zero levels, scale), scheme, total bytes."""
     w = coding.count_width(d)
@@ -187,6 +227,7 @@ def decode_at(data, offset, d, levels, value_dtype):
     return (idx, level, neg, scale), scheme, hdr + size
 
 
+@_no_autograph
 def decode(data, d, levels, value_dtype):
     """One message -> QuantMessage (dense levels), the inverse of ``encode``."""
     (idx, level, neg, scale), _, _ = decode_at(data, 0, d, levels, value_dtype)
@@ -196,10 +237,12 @@ def decode(data, d, levels, value_dtype):
     )
 
 
+@_no_autograph
 def to_dense(msg, levels, dtype):
     return dequantize(msg.scale, msg.level, msg.neg, levels, dtype)
 
 
+@_no_autograph
 def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
     """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)."""
     acc = tf.zeros([d], accumulate_dtype)
@@ -215,7 +258,12 @@ def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
 
 
 class QuantCompressor(Compressor):
-    """A compressor whose message is a ``QuantMessage``; subclasses give ``levels`` and ``quantize``."""
+    """A compressor whose message is a ``QuantMessage``; subclasses give ``levels`` and ``quantize``.
+
+    With ``memory=True`` (error feedback) it sends C(e) = gamma Q(e) for e = m + g,
+    gamma = ||e||^2 / E||Q(e)||^2 (``contracted``), and keeps m = e - C(e):
+    a contraction, so the memory stays bounded (plain Q(e) would not be one).
+    """
 
     levels = 1
 
@@ -226,6 +274,7 @@ class QuantCompressor(Compressor):
         # The level distribution is data-dependent: plan for the largest (dense) message.
         return max_nbytes(d, self.levels, dtype)
 
+    @_no_autograph
     def encode(self, x, seed, dtype, **unused):
         d = x.shape[0]
         cdt = compute_dtype(dtype)
@@ -233,6 +282,8 @@ class QuantCompressor(Compressor):
 
         def finite():
             msg = self.quantize(x, seed)
+            if self.memory:
+                msg = contracted(msg, x, self.levels)
             q = to_dense(msg, self.levels, cdt)
             kept = tf.reduce_sum(tf.cast(msg.level > 0, tf.int64))
             sq = tf.reduce_sum(tf.square(tf.cast(q, tf.float64)))
@@ -245,6 +296,7 @@ class QuantCompressor(Compressor):
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
 
+    @_no_autograph
     def decode_sum(self, data, num_ranks, d, dtype):
         return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype))
 

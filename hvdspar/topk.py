@@ -25,6 +25,9 @@ from hvdspar.coding import SparseMessage
 from hvdspar.compressors import SparseCompressor
 from hvdspar.probabilities import compute_dtype
 
+# Plain TF ops: nothing for AutoGraph to convert (and traces get faster).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 def check_ratio(ratio):
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
@@ -39,6 +42,7 @@ def num_kept(d, ratio):
     return int(min(d, max(1, round(ratio * d))))
 
 
+@_no_autograph
 def _a_only(g, idx, values):
     """A SparseMessage holding (sorted idx, values) in Q_A and nothing in Q_B."""
     order = tf.argsort(idx)
@@ -52,6 +56,7 @@ def _a_only(g, idx, values):
     )
 
 
+@_no_autograph
 def topk_message(g, k):
     """The k coordinates of largest |g_i| (ties: lowest index first), exact values."""
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
@@ -60,6 +65,7 @@ def topk_message(g, k):
     return _a_only(g, idx, tf.gather(g, idx))
 
 
+@_no_autograph
 def random_indices(d, k, seed):
     """k distinct indices, uniform over the k-subsets of [0, d), from a stateless seed."""
     keys = tf.random.stateless_uniform([d], seed=seed, dtype=tf.float32)
@@ -67,6 +73,7 @@ def random_indices(d, k, seed):
     return tf.cast(idx, tf.int64)
 
 
+@_no_autograph
 def randomk_message(g, k, seed, rescale=False):
     """k uniform coordinates without replacement; values g_i, or g_i * d / k with rescale."""
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
@@ -112,7 +119,8 @@ class RandomK(SparseCompressor):
     Args:
       ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
       rescale: multiply the kept values by d / k, which makes C unbiased (E[C(x)] = x,
-        E||C(x)||^2 = (d/k) ||x||^2); default False (MemSGD's plain rand-k).
+        E||C(x)||^2 = (d/k) ||x||^2); default False (MemSGD's plain rand-k). With
+        memory=True the error-feedback contraction factor k/d cancels it (see ``message``).
       memory: error feedback (default True); False gives the plain version.
       fallback, seed: as for every hvdspar compressor (each rank and tensor draws its own indices).
     """
@@ -131,7 +139,10 @@ class RandomK(SparseCompressor):
         return {"ratio": self.ratio, "rescale": self.rescale, **super().config()}
 
     def message(self, x, seed):
-        return randomk_message(x, num_kept(x.shape[0], self.ratio), seed, rescale=self.rescale)
+        # With memory, C(e) = gamma Q(e) with gamma = ||e||^2 / E||Q(e)||^2 = k/d (as GSpar and the
+        # other unbiased compressors do): the d/k rescaling cancels, and plain rand-k remains.
+        rescale = self.rescale and not self.memory
+        return randomk_message(x, num_kept(x.shape[0], self.ratio), seed, rescale=rescale)
 
     def expected_counts(self, d):
         return num_kept(d, self.ratio), 0

@@ -74,6 +74,39 @@ def test_memory_plus_sent_equals_memory_before_plus_gradient_every_step(name):
     assert 0 < t["bytes_sent"] < t["dense_bytes"], t
 
 
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda m: hvdspar.Atomo(budget=1.5, memory=m, seed=3), (12, 5)),
+        (lambda m: hvdspar.Atomo(budget=3, memory=m, seed=3), (60,)),
+        (lambda m: hvdspar.QSGD(levels=1, memory=m, seed=3), (60,)),
+        (lambda m: hvdspar.TernGrad(memory=m, seed=3), (60,)),
+        (lambda m: hvdspar.RandomK(ratio=0.1, rescale=True, memory=m, seed=3), (60,)),
+    ],
+)
+def test_with_memory_unbiased_compressors_send_a_contraction(make, shape):
+    """E||C(x) - x||^2 < ||x||^2 with memory (C = gamma Q), and > ||x||^2 for the plain unbiased Q.
+
+    Without the contraction the error-feedback memory m = x - C(x) grows geometrically.
+    """
+    x = tf.constant(np.random.default_rng(9).standard_t(3, size=int(np.prod(shape))).astype(np.float32))
+    sq = float(np.sum(x.numpy().astype(np.float64) ** 2))
+    errors = {}
+    for memory in (True, False):
+        comp = make(memory)
+        kwargs = {"shape": shape} if isinstance(comp, hvdspar.Atomo) else {}
+
+        @tf.function
+        def draw(seed, comp=comp, kwargs=kwargs):
+            enc = comp.encode(x, seed, tf.float32, **kwargs)
+            return comp.decode_sum(enc.message, 1, x.shape[0], tf.float32)[0]
+
+        err = [np.sum((draw(tf.constant([4, r], tf.int64)).numpy() - x.numpy()) ** 2) / sq for r in range(300)]
+        errors[memory] = (np.mean(err), np.std(err) / np.sqrt(len(err)))
+    assert errors[True][0] + 5 * errors[True][1] < 1.0, errors
+    assert errors[False][0] - 5 * errors[False][1] > 1.0, errors
+
+
 def test_memory_off_keeps_no_state_and_sends_compressed_gradient():
     comp = hvdspar.TopK(ratio=0.1, memory=False)
     sent = stepper(comp)(gradients(0))
