@@ -222,32 +222,38 @@ def test_sweep_grid_maps_budgets_to_each_compressor():
 
 @pytest.mark.slow
 def test_sweep_runs_children_under_one_parent(local_env):
-    """A 2x1 grid of 2-rank trainings: child runs under a parent with summary and comparison artifacts."""
+    """A grid of two 2-rank trainings (Horovod's none and fp16, the cheap ones to trace) as child runs
+    of one parent with summary and comparison artifacts; fp16's bytes are counted as half of dense."""
     worker = ROOT / "tests" / "workers" / "tracking_train_worker.py"
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
            "HVDSPAR_TEST_OUT": str(local_env)}
     proc = subprocess.run(
-        [sys.executable, "-m", "tracking.sweep", "--np", "2", "--compressors", "unisp,none", "--rho", "0.5",
+        [sys.executable, "-m", "tracking.sweep", "--np", "2", "--compressors", "none,fp16", "--rho", "0.5",
          "--seeds", "3", "--script", str(worker), "--", "--epochs", "1", "--steps", "10"],
         cwd=local_env, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| none seed=3 |" in proc.stdout  # the summary table is printed too
     c = client(f"sqlite:///{local_env / 'mlflow.db'}")
     exp = c.get_experiment_by_name("hvdspar").experiment_id
     (parent,) = c.search_runs([exp], filter_string="tags.`hvdspar.sweep` = 'true'")
     children = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["none seed=3", "unisp(rho=0.5) seed=3"]
+    assert sorted(r.info.run_name for r in children) == ["fp16 seed=3", "none seed=3"]
+    n_params = json.loads((local_env / "rank0.json").read_text())["n_params"]
     for r in children:
         assert r.info.status == "FINISHED" and r.data.params["parent_run_id"] == parent.info.run_id
-        assert r.data.params["seed"] == "3" and r.data.metrics["bytes_sent"] > 0
-    by_name = {r.info.run_name: r for r in children}
-    assert by_name["unisp(rho=0.5) seed=3"].data.metrics["compression_ratio"] < 1.0
-    assert by_name["none seed=3"].data.metrics["compression_ratio"] == 1.0
-    assert parent.info.status == "FINISHED" and parent.data.params["sweep.compressors"] == "unisp,none"
+        assert r.data.params["seed"] == "3" and r.data.params["num_ranks"] == "2"
+        assert r.data.metrics["dense_bytes"] == 2 * 10 * n_params * 4  # 2 ranks, 10 steps, float32
+    by_name = {r.info.run_name: r.data.metrics for r in children}
+    assert by_name["none seed=3"]["compression_ratio"] == 1.0
+    assert by_name["fp16 seed=3"]["compression_ratio"] == 0.5
+    assert by_name["fp16 seed=3"]["bytes_sent"] == 2 * 10 * n_params * 2
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.compressors"] == "none,fp16"
+    assert parent.data.metrics["children"] == 2 and parent.data.metrics["children_failed"] == 0
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"summary.md", "summary.csv", "comparison.png", "logs"} <= arts
     table = Path(c.download_artifacts(parent.info.run_id, "summary.md", str(local_env))).read_text()
-    assert "unisp(rho=0.5) seed=3" in table and "bits_communicated" in table and "compression_ratio" in table
+    assert "fp16 seed=3" in table and "bits_communicated" in table and "compression_ratio" in table
 
 
 def test_plots_draw_both_axes(tmp_path):
