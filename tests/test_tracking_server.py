@@ -2,7 +2,8 @@
 
 - a 2-rank Keras training with hvdspar.GSpar: params, step and epoch metrics, artifacts; bytes in
   MLflow equal the compressors' own counters summed over ranks;
-- the training CLI (training.train) against the server, when it exists;
+- the training CLI (python -m training.train) against the server with no tracking flag, then
+  resumed from its checkpoint: one run, counters and steps continuing;
 - the server killed mid-run and restarted on the same port and store: no metric is lost.
 """
 
@@ -83,25 +84,42 @@ def test_two_rank_run_logs_summed_bytes_params_and_artifacts(server, horovodrun)
 
 
 @pytest.mark.skipif(not (ROOT / "training" / "train.py").exists(), reason="training/train.py is not written yet")
-def test_training_cli_tracks_by_default(server, horovodrun, tmp_path):
-    results, output = horovodrun(
-        ["-m", "training.train", "--model", "logreg", "--data", "synthetic", "--epochs", "1",
-         "--compressor", "gspar:rho=0.1", "--checkpoint-dir", str(tmp_path / "ckpt")],
-        env=tracking_env(server, "cli"),
-    )
+def test_training_cli_tracks_by_default_and_resumes_into_the_same_run(server, horovodrun, tmp_path):
+    """python -m training.train with no tracking flag, 1 epoch, then resumed from its checkpoint to 2."""
+    def train(epochs):
+        return horovodrun(["-m", "training.train", "--model", "logreg", "--data", "synthetic", "--epochs", str(epochs),
+                           "--compressor", "gspar:rho=0.1", "--seed", "1", "--verbose", "0",
+                           "--checkpoint-dir", str(tmp_path / "ckpt")], env=tracking_env(server, "cli"))
+
+    _, output = train(1)
     runs = server.runs("cli")
     assert len(runs) == 1, output[-3000:]
     run = runs[0]
+    run_id = run["info"]["run_id"]
     p, m = params(run), metrics(run)
     assert run["info"]["status"] == "FINISHED"
-    assert p["model"] == "logreg" and p["data"] == "synthetic" and p["num_ranks"] == "2"
-    assert p["compressor"].startswith("gspar:rho=0.1")
+    assert p["model"] == "logreg" and p["data"] == "synthetic" and p["num_ranks"] == "2" and p["seed"] == "1"
+    assert p["compressor"].startswith("gspar:rho=0.1") and p["optimizer"] == "sgd" and p["learning_rate"]
+    assert p["batch_size"] == "8" and p["version.horovod"] == "0.28.1" and p["git_commit"]
     for key in ("loss", "suboptimality", "test_accuracy", "bytes_sent", "dense_bytes", "compression_ratio",
-                "bits_communicated", "density", "variance_ratio"):
+                "bits_communicated", "density", "variance_ratio", "data_passes"):
         assert key in m, key
-    assert 0 < m["bytes_sent"] < m["dense_bytes"]
-    assert (tmp_path / "ckpt" / "mlflow_run_id").read_text().strip() == run["info"]["run_id"]
-    assert {"config.json", "plots"} <= server.artifacts(run["info"]["run_id"])
+    assert 0 < m["bytes_sent"] < m["dense_bytes"] and m["density"] == pytest.approx(0.1, rel=0.2)
+    assert (tmp_path / "ckpt" / "mlflow_run_id").read_text().strip() == run_id
+    assert {"config.json", "config.yaml", "plots"} <= server.artifacts(run_id)
+    steps_per_epoch = int(p["steps_per_epoch"])
+
+    _, output = train(2)  # resumes from the checkpoint: same run, counters and steps continue
+    runs = server.runs("cli")
+    assert [r["info"]["run_id"] for r in runs] == [run_id], output[-3000:]
+    assert runs[0]["info"]["status"] == "FINISHED"
+    assert tags(runs[0])["hvdspar.resumed_param.epochs"] == "2"
+    sent = server.history(run_id, "bytes_sent")
+    assert [s for s, _ in sent] == [1, 2] and 1.5 < sent[1][1] / sent[0][1] < 2.5
+    assert [s for s, _ in server.history(run_id, "suboptimality")] == [1, 2]
+    step_sent = server.history(run_id, "step/bytes_sent")
+    assert [s for s, _ in step_sent] == list(range(10, 2 * steps_per_epoch + 1, 10))
+    assert all(a[1] < b[1] for a, b in zip(step_sent, step_sent[1:]))
 
 
 def wait_for(predicate, timeout, what):

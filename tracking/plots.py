@@ -68,7 +68,7 @@ def loss_vs_bits(history, path, title=None):
     for ax, key in zip(axes[0], keys):
         x, y = _joined(history, "step/bits_communicated", f"step/{key}")
         if x:
-            ax.plot(x, y, "-", alpha=0.5, label=f"{key} (every logged step)")
+            ax.plot(x, y, "-", alpha=0.5, label=f"{key} (logged steps{'; Keras: mean over the epoch so far' if key == 'loss' else ''})")
         x, y = _joined(history, "bits_communicated", key)
         if x:
             ax.plot(x, y, "o-", label=f"{key} (epoch end)")
