@@ -426,7 +426,8 @@ def main(argv=None):
             if args.optimizer == "svrg":
                 from tracking import make_tracker
 
-                tracker = make_tracker(params, compressor, str(ckpt_dir) if ckpt_dir else None)
+                tracker = make_tracker(params, compressor, str(ckpt_dir) if ckpt_dir else None,
+                                       variables=model.trainable_variables)
             else:
                 from tracking import make_callbacks
 
