@@ -12,6 +12,33 @@ from hvdspar.probabilities import check_budget, compute_dtype, default_method
 from hvdspar.sparsify import gspar_message, uniform_message
 
 
+def contraction_scale(x, lam):
+    """gamma = ||x||^2 / E||Q(x)||^2, with E||Q(x)||^2 = sum_i x_i^2 / p_i, p_i = min(lam |x_i|, 1).
+
+    Error feedback needs a contraction, E||C(x) - x||^2 < ||x||^2, and an
+    unbiased sparsifier is not one: the residual x - Q(x) has second moment
+    sum_i x_i^2 (1/p_i - 1), larger than ||x||^2 once p_i < 1/2, so the memory
+    would grow geometrically. gamma Q(x) is the best scalar shrinkage:
+    E||gamma Q(x) - x||^2 = ||x||^2 (1 - gamma) < ||x||^2. It scales the
+    whole message (top-set values and 1/lambda alike), so the coding is kept.
+    For UniSp (p_i = rho) gamma = rho and gamma Q(x) = Z * x: MemSGD's rand-k.
+    """
+    x = tf.cast(x, tf.float64)
+    lam = tf.cast(lam, tf.float64)
+    a = tf.abs(x)
+    p = tf.minimum(lam * a, 1)
+    second = tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(a * a, p), tf.zeros_like(a)))
+    return tf.math.divide_no_nan(tf.reduce_sum(a * a), second)
+
+
+def scaled(msg, gamma):
+    """The message of gamma * Q."""
+    return msg._replace(
+        val_a=tf.cast(tf.cast(msg.val_a, tf.float64) * gamma, msg.val_a.dtype),
+        scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype),
+    )
+
+
 class SparseCompressor(Compressor):
     """A compressor whose message is a ``coding.SparseMessage``; subclasses give ``message``."""
 
@@ -64,7 +91,9 @@ class GSpar(SparseCompressor):
       method: "greedy" (Algorithm 3, O(d), the paper's choice; default for rho) or
         "exact" (water-filling by sorting; the only method for epsilon).
       iterations: rescalings of Algorithm 3 (the paper uses 2).
-      memory: error feedback (send Q(m + g), keep m + g - Q(m + g)); not in the paper.
+      memory: error feedback, not in the paper: send C(e) = gamma Q(e) for e = m + g and keep
+        m = e - C(e), with gamma = ||e||^2 / sum e_i^2/p_i so that C is a contraction
+        (``contraction_scale``); plain Q(e) would make the memory diverge.
       fallback: send a tensor dense when the allgather would move more bytes
         than a ring allreduce (decided per tensor from its size and the ranks).
       seed: base of the random streams (each rank and tensor draws its own).
@@ -86,10 +115,10 @@ class GSpar(SparseCompressor):
         return {**budget, "method": self.method, "iterations": self.iterations, **super().config()}
 
     def message(self, x, seed):
-        msg, _ = gspar_message(
+        msg, lam = gspar_message(
             x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method, iterations=self.iterations
         )
-        return msg
+        return scaled(msg, contraction_scale(x, lam)) if self.memory else msg
 
     def expected_counts(self, d):
         # With an epsilon budget the density is data-dependent: plan for a dense message.
@@ -97,7 +126,10 @@ class GSpar(SparseCompressor):
 
 
 class UniSp(SparseCompressor):
-    """Uniform sampling, the paper's baseline: p_i = rho, Q(g)_i = Z_i g_i / rho (unbiased)."""
+    """Uniform sampling, the paper's baseline: p_i = rho, Q(g)_i = Z_i g_i / rho (unbiased).
+
+    With ``memory=True`` it sends rho Q(e) = Z * e (see ``contraction_scale``).
+    """
 
     spec_name = "unisp"
 
@@ -110,7 +142,8 @@ class UniSp(SparseCompressor):
         return {"rho": self.rho, **super().config()}
 
     def message(self, x, seed):
-        return uniform_message(x, seed, self.rho)
+        msg = uniform_message(x, seed, self.rho)
+        return scaled(msg, self.rho) if self.memory else msg  # gamma = rho: Z * x
 
     def expected_counts(self, d):
         return self.rho * d, 0

@@ -22,7 +22,7 @@ def roundtrip(msg, d, dtype):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    d=st.integers(1, 5000),
+    d=st.sampled_from([1, 2, 3, 8, 63, 1000, 4099]),  # few shapes: each traces its own graph
     rho=st.sampled_from([1e-3, 0.01, 0.1, 0.5, 1.0]),
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**31 - 1),

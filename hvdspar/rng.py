@@ -1,0 +1,35 @@
+"""Counter-based uniform random numbers: u_i = hash(i, seed), cheap and stateless.
+
+Sampling Z_i ~ Bernoulli(p_i) needs one uniform per coordinate, and TF's
+Philox generator cost about seven reductions' worth of time per element on
+CPU. Here u_i is two rounds of MurmurHash3's 32-bit finalizer applied to
+(i, key(seed)): a handful of integer ops that XLA fuses with the rest of the
+sampling pass. Quality is ample for sampling (uniform to 2^-24, independent
+enough across coordinates and seeds; checked statistically in the tests),
+not for cryptography. Indices are int64, so tensors over 2^32 elements get
+distinct streams per 2^32 block.
+"""
+
+import tensorflow as tf
+
+_M32 = 0xFFFFFFFF
+
+
+def _fmix32(x):
+    """MurmurHash3's 32-bit finalizer on int64 lanes holding 32-bit values."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = tf.bitwise.bitwise_and(x * 0x85EBCA6B, _M32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+    x = tf.bitwise.bitwise_and(x * 0xC2B2AE35, _M32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+@tf.autograph.experimental.do_not_convert
+def uniform(n, seed, dtype=tf.float32):
+    """n uniforms in [0, 1) (multiples of 2^-24) from a seed of shape [2] (int64)."""
+    seed = tf.cast(seed, tf.int64)
+    key = _fmix32(tf.bitwise.bitwise_and(_fmix32(tf.bitwise.bitwise_and(seed[0], _M32)) * 0x9E3779B9 + seed[1], _M32))
+    i = tf.range(tf.cast(n, tf.int64), dtype=tf.int64)
+    x = _fmix32(tf.bitwise.bitwise_xor(tf.bitwise.bitwise_and(i, _M32), key))
+    x = _fmix32(tf.bitwise.bitwise_and(x + tf.bitwise.right_shift(i, 32) + key, _M32))
+    return tf.cast(tf.bitwise.right_shift(x, 8), dtype) * (1.0 / 16777216.0)
