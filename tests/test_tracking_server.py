@@ -131,9 +131,10 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_server_killed_mid_run_loses_no_metric(tmp_path):
-    """Epoch 1 with the server up, epoch 2 with it dead, epoch 3 after a restart (same port and store)."""
-    server = MlflowServer(tmp_path / "server").start()
+def test_server_killed_mid_run_loses_no_metric(server, tmp_path):
+    """Epoch 1 with the server up, epoch 2 with it dead, epoch 3 after a restart (same port and store).
+
+    Uses (and kills, and restarts) the module's server: keep this test last in the module."""
     hold = tmp_path / "hold"
     hold.mkdir()
     steps, epochs, every = 20, 3, 2
@@ -177,4 +178,3 @@ def test_server_killed_mid_run_loses_no_metric(tmp_path):
     finally:
         if worker.poll() is None:
             worker.kill()
-        server.kill()

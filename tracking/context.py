@@ -15,6 +15,7 @@ Settings (all optional; a ``params`` entry of the same name wins over the enviro
 """
 
 import os
+import sys
 
 DEFAULT_EXPERIMENT = "hvdspar"
 DEFAULT_LOG_EVERY = 10
@@ -22,13 +23,16 @@ OFF_VALUES = ("0", "off", "false", "no", "none", "disabled")
 
 
 def horovod_world():
-    """(rank, size, hvd module or None). Without an initialized Horovod: one process, rank from env."""
-    try:
-        import horovod.tensorflow as hvd
+    """(rank, size, hvd module or None). Without an initialized Horovod: one process, rank from env.
 
-        if hvd.is_initialized():
+    Horovod cannot be initialized unless horovod.tensorflow was imported, so a process that never
+    imported it (a plain script, a test) is not made to import TensorFlow here.
+    """
+    hvd = sys.modules.get("horovod.tensorflow")
+    try:
+        if hvd is not None and hvd.is_initialized():
             return hvd.rank(), hvd.size(), hvd
-    except (ImportError, ValueError, AttributeError):  # pragma: no cover - Horovod missing or not built with TF
+    except (ValueError, AttributeError):  # pragma: no cover - an unusual Horovod build
         pass
     rank = int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
     return rank, 1, None

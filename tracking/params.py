@@ -21,6 +21,8 @@ def compressor_spec(compressor):
     """'gspar:rho=0.01,...', 'none', 'fp16', or a class name for anything else."""
     if compressor is None:
         return "none"
+    if callable(getattr(compressor, "spec", None)) and hasattr(compressor, "traffic"):
+        return compressor.spec()  # an hvdspar compressor (no need to import hvdspar for it)
     try:
         from hvdspar.spec import to_spec
 

@@ -42,10 +42,10 @@ w = np.random.default_rng(123).normal(size=(32,))
 y = (x @ w > 0).astype("int32")
 data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
 
-spec = args.compressor if ":" in args.compressor or args.compressor in ("none", "fp16") else args.compressor
+spec = args.compressor
+if spec not in ("none", "fp16") and "seed=" not in spec:  # the compressor's random streams follow --seed
+    spec += f"{',' if ':' in spec else ':'}seed={args.seed}"
 compressor = hvdspar.from_spec(spec)
-if hasattr(compressor, "seed") and "seed=" not in spec:
-    compressor.seed = args.seed
 
 model = tf.keras.Sequential(
     [tf.keras.Input((32,)), tf.keras.layers.Dense(64, activation="relu"), tf.keras.layers.Dense(2)], name="mlp"
