@@ -130,6 +130,8 @@ def test_runs_and_their_bytes_and_accuracy_show_in_the_ui(logged, tmp_path):
             page.locator("label:has(input[value=CHART])").click()
             for chart in ("step/bytes_sent", "step/bits_communicated"):  # charts below the fold render lazily
                 expect(page.get_by_text(chart, exact=True).first).to_be_visible()
+            expect(page.locator(".js-plotly-plot").first).to_be_visible()  # the charts have drawn
+            page.wait_for_timeout(1000)
             save(page, tmp_path, "mlflow_ui_charts.png")
 
             # 3. the compare page of the two runs: params and metrics side by side
