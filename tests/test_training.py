@@ -132,12 +132,15 @@ def test_svrg_converges_linearly_with_and_without_gspar(horovodrun, tmp_path, ca
     base = ["--model", "logreg", "--data", "synthetic", "--synthetic-n", "512", "--synthetic-d", "64", "--c2", "0.25",
             "--lambda2", "0.05", "--optimizer", "svrg", "--epochs", "7", "--seed", "5", "--verbose", "0",
             "--cache-dir", str(cache_dir)]
-    launch(horovodrun, [
+    results, _ = launch(horovodrun, [
         {"name": "none", "argv": base + ["--compressor", "none", "--lr", "0.3", "--metrics-out", "{out}/svrg-none.json"]},
         {"name": "gspar", "argv": base + ["--compressor", "gspar:rho=0.25", "--lr", "0.1", "--metrics-out", "{out}/svrg-gspar.json"]},
     ], env={"HVDSPAR_FAKE_TRACKING": "1"})
     out = tmp_path / "hvd-out"
     for name in ("none", "gspar"):
+        for rank_result in results:  # the custom loop talks to tracking through make_tracker
+            rec = rank_result[name]["tracking"]
+            assert rec["closed"] and len(rec["epochs"]) == 7 and all(k in rec["epochs"][-1] for k in LOG_KEYS)
         m = json.loads((out / f"svrg-{name}.json").read_text())
         passes = np.array([e["data_passes"] for e in m["epochs"]])
         sub = np.array([e["suboptimality"] for e in m["epochs"]])

@@ -47,7 +47,8 @@ def install_fake_tracking():
         seen["current"] = cb.record
         return [cb]
 
-    def make_tracker(params, compressor, checkpoint_dir):
+    def make_tracker(params, compressor, checkpoint_dir, variables=None):
+        assert variables, "train.py passes the trainable variables (tracking counts none/fp16 bytes with them)"
         t = Tracker(params)
         seen["current"] = t.record
         return t
