@@ -55,8 +55,12 @@ def parse(spec):
     return name.strip().lower(), kwargs
 
 
-def from_spec(spec):
-    """A compressor from its spec string (see the module docstring)."""
+def from_spec(spec, **defaults):
+    """A compressor from its spec string (see the module docstring).
+
+    ``defaults`` (e.g. ``seed=1``) fill arguments that the compressor takes and
+    the spec does not set; Horovod's none/fp16 ignore them.
+    """
     name, kwargs = parse(spec)
     if name in ("none", "fp16"):
         if kwargs:
@@ -68,6 +72,7 @@ def from_spec(spec):
         raise ValueError(f"hvdspar: unknown compressor {name!r} in {spec!r}; known: {', '.join(available())}")
     cls = _REGISTRY[name]
     params = inspect.signature(cls.__init__).parameters
+    kwargs = {**{k: v for k, v in defaults.items() if k in params and k != "self"}, **kwargs}
     unknown = [k for k in kwargs if k not in params or k == "self"]
     if unknown:
         allowed = [p for p in params if p != "self"]

@@ -231,16 +231,10 @@ def configure_threads(args):
 
 
 def make_compressor(text, seed):
-    """hvdspar.from_spec(text), with seed=<seed> added for compressors that take one."""
-    import inspect
+    """hvdspar.from_spec(text), with seed=<seed> for compressors that take one and whose spec sets none."""
+    from hvdspar.spec import from_spec
 
-    from hvdspar import spec as spec_mod
-
-    name, kwargs = spec_mod.parse(text)
-    cls = getattr(spec_mod, "_REGISTRY", {}).get(name)
-    if cls is not None and "seed" not in kwargs and "seed" in inspect.signature(cls.__init__).parameters:
-        text = f"{text.strip()}{',' if ':' in text else ':'}seed={seed}"
-    return spec_mod.from_spec(text)
+    return from_spec(text, seed=seed)
 
 
 def load_data(args, rank, hvd_tf):
