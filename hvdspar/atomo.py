@@ -199,15 +199,12 @@ def decode_dense_at(data, offset, d, value_dtype, accumulate_dtype):
 @_no_autograph
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite)."""
-    acc = tf.zeros([d], accumulate_dtype)
-    offset = tf.constant(0, tf.int64)
-    all_finite = tf.constant(True)
-    for _ in range(num_messages):
+
+    def add_message(acc, offset):
         q, total, finite = decode_dense_at(data, offset, d, value_dtype, accumulate_dtype)
-        acc = acc + q
-        all_finite = tf.logical_and(all_finite, finite)
-        offset = offset + total
-    return acc, all_finite
+        return acc + q, total, finite
+
+    return coding.fold_messages(data, num_messages, d, accumulate_dtype, add_message)
 
 
 @_no_autograph

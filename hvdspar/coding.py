@@ -158,18 +158,21 @@ def body_nbytes(scheme, n_a, n_b, d, value_dtype):
     )
 
 
+def ef_nbytes_planned(n, d):
+    """Python twin of ``ef_nbytes`` (bytes of the EF code of n indices in [0, d))."""
+    n = int(round(n))
+    if n <= 0:
+        return 0
+    l = (d // n).bit_length() - 1 if d // n >= 1 else 0
+    return -(-n * l // 8) + -(-(((d - 1) >> l) + n) // 8)
+
+
 def expected_nbytes(n_a, n_b, d, value_dtype):
     """Python twin of the message size, for planning (dense fallback, benchmarks)."""
 
-    def ef(n):
-        if n <= 0:
-            return 0
-        l = int(math.floor(math.log2(d // n))) if d // n >= 1 else 0
-        return -(-n * l // 8) + -(-(((d - 1) >> l) + n) // 8)
-
     n_a, n_b = int(round(n_a)), int(round(n_b))
     values = n_a * tf.as_dtype(value_dtype).size
-    sparse = ef(n_a) + ef(n_b) + -(-n_b // 8) + values
+    sparse = ef_nbytes_planned(n_a, d) + ef_nbytes_planned(n_b, d) + -(-n_b // 8) + values
     dense = symbols_nbytes(d) + values
     return header_nbytes(d, value_dtype) + min(sparse, dense)
 
@@ -307,24 +310,20 @@ def sq_norm(msg, dtype):
 
 
 @_no_autograph
-def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
-    """Sum of the dense vectors of ``num_messages`` messages concatenated in ``data``.
+def fold_messages(data, num_messages, d, accumulate_dtype, add_message):
+    """Fold the ``num_messages`` messages concatenated in ``data`` into a [d] sum.
 
-    Messages are added in order, one scatter per message (indices are unique
-    within a message), so every rank computes bit-identical sums. The loop is
-    a tf.while_loop: the graph is built once, whatever the number of ranks.
-    Returns (sum [d], all_finite) where all_finite is False if any sender
-    flagged a non-finite gradient.
+    ``add_message(acc, offset) -> (acc, total bytes, finite)`` adds the message
+    at ``offset``. Messages are added in rank order, so every rank computes
+    bit-identical sums. The loop is a tf.while_loop: the graph is built once,
+    whatever the number of ranks. Every message format (this module's,
+    ``quantize``'s, ``atomo``'s) aggregates through here.
+    Returns (sum [d], all_finite): False if any sender flagged a non-finite gradient.
     """
-    value_dtype = tf.as_dtype(value_dtype)
 
     def body(i, offset, acc, all_finite):
-        msg, scheme, total = decode_at(data, offset, d, value_dtype)
-        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, accumulate_dtype))
-        scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
-        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
-        all_finite = tf.logical_and(all_finite, tf.not_equal(scheme, SCHEME_NONFINITE))
-        return i + 1, offset + total, acc, all_finite
+        acc, total, finite = add_message(acc, offset)
+        return i + 1, offset + total, acc, tf.logical_and(all_finite, finite)
 
     _, _, acc, all_finite = tf.while_loop(
         lambda i, *_: i < num_messages,
@@ -333,3 +332,22 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
         parallel_iterations=1,
     )
     return acc, all_finite
+
+
+@_no_autograph
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
+    """Sum of the dense vectors of ``num_messages`` hybrid messages concatenated in ``data``.
+
+    One scatter per message (indices are unique within a message). Returns
+    (sum [d], all_finite), see ``fold_messages``.
+    """
+    value_dtype = tf.as_dtype(value_dtype)
+
+    def add_message(acc, offset):
+        msg, scheme, total = decode_at(data, offset, d, value_dtype)
+        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, accumulate_dtype))
+        scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
+        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
+        return acc, total, tf.not_equal(scheme, SCHEME_NONFINITE)
+
+    return fold_messages(data, num_messages, d, accumulate_dtype, add_message)

@@ -23,6 +23,7 @@ the spirit of QSGD's Elias coding of the non-zero positions.
 """
 
 import collections
+import math
 
 import tensorflow as tf
 
@@ -245,16 +246,14 @@ def to_dense(msg, levels, dtype):
 @_no_autograph
 def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
     """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)."""
-    acc = tf.zeros([d], accumulate_dtype)
-    offset = tf.constant(0, tf.int64)
-    all_finite = tf.constant(True)
-    for _ in range(num_messages):
+
+    def add_message(acc, offset):
         (idx, level, neg, scale), scheme, total = decode_at(data, offset, d, levels, value_dtype)
         values = dequantize(scale, level, neg, levels, accumulate_dtype)
         acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), values)
-        all_finite = tf.logical_and(all_finite, tf.not_equal(scheme, SCHEME_NONFINITE))
-        offset = offset + total
-    return acc, all_finite
+        return acc, total, tf.not_equal(scheme, SCHEME_NONFINITE)
+
+    return coding.fold_messages(data, num_messages, d, accumulate_dtype, add_message)
 
 
 class QuantCompressor(Compressor):
@@ -323,6 +322,17 @@ class QSGD(QuantCompressor):
 
     def quantize(self, x, seed):
         return qsgd_quantize(x, self.levels, seed)
+
+    def expected_nbytes(self, d, dtype):
+        # Alistarh et al. (Lemma 3.1): E[#non-zero levels] <= s (s + sqrt(d)). Plan the
+        # message with that many, capped by the dense scheme (the worst case).
+        s = self.levels
+        n = min(d, s * (s + math.sqrt(d)))
+        sparse = (
+            header_nbytes(d, dtype) + coding.ef_nbytes_planned(n, d) + -(-int(n) // 8)
+            + -(-int(n) * nonzero_width(s) // 8)
+        )
+        return min(sparse, max_nbytes(d, s, dtype))
 
 
 class TernGrad(QuantCompressor):
