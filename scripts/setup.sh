@@ -113,10 +113,12 @@ elif [[ $installed_at != "$ROOT" ]]; then
 fi
 
 if (( WITH_TEST )); then
-  # Headless Chromium for the MLflow UI test; iproute2 for shaped networks.
+  # Headless Chromium for the MLflow UI test; iproute2 for shaped networks;
+  # Debian's Fashion-MNIST for the data tests.
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   command -v ip >/dev/null || missing+=(iproute2)
+  [[ -d /usr/share/datasets/fashion-mnist ]] || missing+=(dataset-fashion-mnist)
   if (( ${#missing[@]} )); then
     if [[ $(id -u) == 0 ]]; then
       log "installing system packages: ${missing[*]}"

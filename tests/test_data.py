@@ -225,3 +225,14 @@ def test_fstar_cache(tmp_path, small_problem):
     other = fstar.cached_fstar("logreg", x, y, 2 * lam, cache_dir=tmp_path)
     assert other["cached"] is None and other["fstar"] != first["fstar"]
     assert len(list((tmp_path / "fstar").glob("*.json"))) == 2
+
+
+def test_fashion_mnist_from_debian_package():
+    """The complete data set from Debian's dataset-fashion-mnist (installed by scripts/setup.sh --test)."""
+    root = Path("/usr/share/datasets/fashion-mnist")
+    assert root.is_dir(), "Debian's dataset-fashion-mnist is missing: scripts/setup.sh --test installs it"
+    ds = data.load("fashion-mnist")
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert ds.num_classes == 10
+    np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
