@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from hvdspar import bits, coding
 from hvdspar.compressor import Compressor, Encoded
+from hvdspar.compressors import encode_sparse, scaled
 from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
 from hvdspar.sparsify import bernoulli
 
@@ -290,15 +291,8 @@ class Atomo(Compressor):
         def entry():
             msg, p = entry_message(x, self.budget, seed)
             if self.memory:
-                gamma = contraction_scale(x, p)
-                msg = msg._replace(
-                    val_a=tf.cast(tf.cast(msg.val_a, tf.float64) * gamma, msg.val_a.dtype),
-                    scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype),
-                )
-            msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
-            kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
-            q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
-            return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
+                msg = scaled(msg, contraction_scale(x, p))
+            return encode_sparse(msg, d, dtype, self.memory)
 
         def nonfinite():
             zero = tf.constant(0, tf.int64)

@@ -39,6 +39,15 @@ def scaled(msg, gamma):
     )
 
 
+def encode_sparse(msg, d, dtype, memory):
+    """A SparseMessage -> ``Encoded``: bytes, Q as sent (if ``memory``), kept count, ||Q||^2."""
+    msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
+    kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
+    cdt = compute_dtype(dtype)
+    q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if memory else tf.zeros([0], cdt)
+    return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
+
+
 class SparseCompressor(Compressor):
     """A compressor whose message is a ``coding.SparseMessage``; subclasses give ``message``."""
 
@@ -60,11 +69,7 @@ class SparseCompressor(Compressor):
         cdt = compute_dtype(dtype)
 
         def finite():
-            msg = self.message(x, seed)
-            msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
-            kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
-            q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if self.memory else tf.zeros([0], cdt)
-            return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
+            return encode_sparse(self.message(x, seed), d, dtype, self.memory)
 
         def nonfinite():
             zero = tf.constant(0, tf.int64)
