@@ -9,21 +9,12 @@ import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
 from hvdspar import exchange
-from tests.workers.common import report
+from tests.workers.common import count_allgathered_bytes, report
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
 
-gathered_bytes = tf.Variable(0, dtype=tf.int64)
-_allgather = exchange.allgather
-
-
-def counting_allgather(message):
-    gathered_bytes.assign_add(tf.size(message, out_type=tf.int64))
-    return _allgather(message)
-
-
-exchange.allgather = counting_allgather
+gathered_bytes = count_allgathered_bytes()
 
 # With 2 ranks the rule M m >= 2 D means m >= D: a GSpar message (about 2 bits a
 # kept element plus a 13-byte header for fp32) reaches the dense size only for

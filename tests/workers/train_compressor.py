@@ -18,29 +18,13 @@ import tensorflow as tf
 import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from hvdspar import exchange
-from tests.workers.common import report
+from tests.workers.common import count_allgathered_bytes, report, same_on_all_ranks
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
 specs = sys.argv[1:]
 
-gathered_bytes = tf.Variable(0, dtype=tf.int64)
-_allgather = exchange.allgather
-
-
-def counting_allgather(message):
-    gathered_bytes.assign_add(tf.size(message, out_type=tf.int64))
-    return _allgather(message)
-
-
-exchange.allgather = counting_allgather
-
-
-def same_on_all_ranks(values):
-    flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in values], 0)
-    everyone = hvd_tf.allgather(tf.reshape(flat, [1, -1]))
-    return bool(tf.reduce_all(everyone == everyone[0]))
+gathered_bytes = count_allgathered_bytes()
 
 
 d_in, d_out, n = 32, 16, 256
