@@ -1,5 +1,6 @@
 """Shared helpers for the benchmarks: timing, markdown tables, MLflow logging."""
 
+import contextlib
 import os
 import time
 
@@ -26,27 +27,41 @@ def markdown(rows, columns):
     return "\n".join([head, sep, *body])
 
 
-def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None):
-    """One MLflow run per benchmark invocation; metrics named by key fields.
+def metric_key(text, keep="._-"):
+    """``text`` as a legal MLflow metric name: characters outside alphanumerics and ``keep`` become '_'."""
+    return "".join(c if c.isalnum() or c in keep else "_" for c in str(text))
+
+
+@contextlib.contextmanager
+def mlflow_run(run_name):
+    """An MLflow run in the experiment "hvdspar-benchmarks", or None when HVDSPAR_NO_MLFLOW is set.
 
     Uses the default local store (sqlite:///mlflow.db in the working directory)
-    unless MLFLOW_TRACKING_URI is set. Set HVDSPAR_NO_MLFLOW=1 to skip.
+    unless MLFLOW_TRACKING_URI is set. Yields the mlflow module (or None).
     """
     if os.environ.get("HVDSPAR_NO_MLFLOW"):
-        return None
+        yield None
+        return
     import mlflow
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri("sqlite:///mlflow.db")
     mlflow.set_experiment("hvdspar-benchmarks")
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name):
+        yield mlflow
+
+
+def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None):
+    """One MLflow run per benchmark invocation; metrics named by key fields (see ``mlflow_run``)."""
+    with mlflow_run(run_name) as mlflow:
+        if mlflow is None:
+            return
         mlflow.log_params(params)
         metrics = {}
         for r in rows:
-            prefix = ".".join(str(r[k]).replace(":", "_").replace("=", "_").replace(",", "_") for k in key_fields)
+            prefix = ".".join(metric_key(r[k]) for k in key_fields)
             for m in metric_fields:
                 metrics[f"{prefix}.{m}"] = float(r[m])
         mlflow.log_metrics(metrics)
         if table:
             mlflow.log_text(table, f"{run_name}.md")
-        return run.info.run_id

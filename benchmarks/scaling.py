@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 import hvdspar  # noqa: E402
 from hvdspar import exchange  # noqa: E402
+from benchmarks.common import metric_key, mlflow_run  # noqa: E402
 
 RANKS = [2**i for i in range(1, 11)]
 COMPRESSORS = ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "randomk:ratio=0.01", "qsgd:levels=4",
@@ -242,22 +243,17 @@ def markdown(rows, switches, ranks_shown):
 
 
 def log_mlflow(rows, switches, params, text, png):
-    if os.environ.get("HVDSPAR_NO_MLFLOW"):
-        return
-    import mlflow
-
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    mlflow.set_experiment("hvdspar-benchmarks")
-    with mlflow.start_run(run_name="scaling"):
+    with mlflow_run("scaling") as mlflow:
+        if mlflow is None:
+            return
         mlflow.log_params(params)
         metrics = {}
         for r in rows:
-            key = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{r['model']}.{r['compressor']}.M{r['ranks']}")
+            key = metric_key(f"{r['model']}.{r['compressor']}.M{r['ranks']}")
             for m in ("dense_bytes", "sparse_bytes", "fallback_bytes", "dense_s", "sparse_s", "fallback_s", "dense_tensors"):
                 metrics[f"{key}.{m}"] = float(r[m])
         for s in switches:
-            key = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{s['model']}.{s['compressor']}")
+            key = metric_key(f"{s['model']}.{s['compressor']}")
             metrics[f"{key}.switch_largest"] = float(s["switch_largest"])
         mlflow.log_metrics(metrics)
         mlflow.log_text(text, "scaling.md")

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks import netns
+from benchmarks.common import metric_key, mlflow_run
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESSORS = ["none", "fp16", "gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01,memory=true", "qsgd:levels=4"]
@@ -103,19 +104,13 @@ def table(rows, target):
 
 
 def log_mlflow(rows, params, text):
-    if os.environ.get("HVDSPAR_NO_MLFLOW"):
-        return
-    import mlflow
-
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")
-    mlflow.set_experiment("hvdspar-benchmarks")
-    with mlflow.start_run(run_name="time_to_accuracy"):
+    with mlflow_run("time_to_accuracy") as mlflow:
+        if mlflow is None:
+            return
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for r in rows:
-            key = f"{r['network']}.np{r['ranks']}.{r['spec']}"
-            key = "".join(c if c.isalnum() or c in "._-/" else "_" for c in key)
+            key = metric_key(f"{r['network']}.np{r['ranks']}.{r['spec']}", keep="._-/")
             for m in ("time_to_target_s", "steps_to_target", "final_loss", "final_acc", "seconds_per_step",
                       "bytes_per_step", "speedup_vs_none", "speedup_vs_fp16"):
                 if r.get(m) is not None:
