@@ -50,8 +50,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         tf.Module.__init__(self, name=name or type(self).__name__)
         if not isinstance(memory, bool):
             raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
-        if not isinstance(fallback, bool):
-            raise ValueError(f"hvdspar: fallback must be True or False, got {fallback!r}")
+        if not (isinstance(fallback, bool) or fallback == "auto"):
+            raise ValueError(f"hvdspar: fallback must be True, False or 'auto', got {fallback!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"hvdspar: seed must be a non-negative integer or None, got {seed!r}")
         self.memory = memory
@@ -62,6 +62,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.slots = []
         self._trace = None
         self._next_slot = 0
+        self.__dict__["_compute_costs"] = {}  # dtype -> link.Compute (fallback="auto"); not checkpointed
 
     # --- what a subclass provides -----------------------------------------------------------
 
@@ -104,14 +105,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         if self.memory:
             x = tf.cast(x, cdt) + slot.memory  # e = m + g (error feedback)
 
-        if d == 0 or (self.fallback and exchange.prefer_dense(self.expected_nbytes(d, dtype), dense_nbytes, num_ranks)):
+        if d == 0 or (self.fallback and not self._sparse_pays(d, dtype, num_ranks)):
             sent = tf.cast(x, dtype)
             if self.memory:
                 slot.memory.assign(x - tf.cast(sent, cdt))
             self.counters.record(slot, dense_nbytes, dense_nbytes, d, d, dense=True)
-            sq = tf.reduce_sum(tf.square(tf.cast(x, tf.float64)))
-            self.counters.record_norms(sq, sq)
-            return tf.reshape(sent, tensor.shape), ("dense", tensor.shape)
+            # Nothing heavier before Horovod's allreduce: tf.function runs stateful ops in program
+            # order, so work here would delay the collective. The norm is taken in decompress.
+            return tf.reshape(sent, tensor.shape), ("dense", tensor.shape, x)
 
         seed = tf.stack([tf.constant(self._seed_base(rank, slot.index), tf.int64), slot.calls.read_value()])
         slot.calls.assign_add(1)
@@ -132,14 +133,17 @@ class Compressor(_HorovodCompressor, tf.Module):
             slot.memory.assign(x - enc.q)
         nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
         self.counters.record(slot, nbytes, dense_nbytes, d, enc.kept, dense=False)
-        self.counters.record_norms(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))), enc.q_sq_norm)
+        self.counters.record_norms(tf.cast(_sq_norm(x), tf.float64), enc.q_sq_norm)
         return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
 
     @tf.autograph.experimental.do_not_convert
     def decompress(self, tensor, ctx):
-        kind, payload = ctx
+        kind, payload = ctx[0], ctx[1]
         if kind == "sparse":
             return payload
+        x = ctx[2]
+        sq = tf.cast(_sq_norm(x), tf.float64)  # dense: Q(g) = g, so both norms are ||g||^2
+        self.counters.record_norms(sq, sq)
         check = tf.debugging.Assert(
             tf.reduce_all(tf.math.is_finite(tensor)),
             [f"hvdspar: an averaged gradient of shape {payload.as_list()} holds NaN or Inf (dense path)"],
@@ -174,6 +178,25 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     # --- internals --------------------------------------------------------------------------
 
+    def _sparse_pays(self, d, dtype, num_ranks):
+        """The fallback's per-tensor decision, taken at trace time, the same on every rank.
+
+        fallback=True: by bytes (``exchange.prefer_dense``). fallback="auto":
+        also by time, from the measured network and this compressor's measured
+        compute (``hvdspar.link``): sparse must be AUTO_MARGIN times faster.
+        """
+        message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype), d * dtype.size
+        if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
+            return False
+        if self.fallback != "auto":
+            return True
+        from hvdspar import link
+
+        if dtype.name not in self._compute_costs:
+            self._compute_costs[dtype.name] = link.measure_compute(self, dtype, num_ranks)
+        return link.sparse_pays(link.network(), self._compute_costs[dtype.name], d, message_nbytes, dense_nbytes,
+                                num_ranks)
+
     def _seed_base(self, rank, slot_index):
         # Distinct streams per (seed, rank, tensor); the step comes from slot.calls.
         return (self.seed * 1_000_003 + rank * 65_537 + slot_index) % (2**62)
@@ -201,6 +224,14 @@ class Compressor(_HorovodCompressor, tf.Module):
                 "instance per optimizer, with a fixed set of trainable variables."
             )
         return slot
+
+
+def _sq_norm(x):
+    """||x||^2 in one pass (a dot product; float64 stays float64)."""
+    x = tf.reshape(x, [-1])
+    if x.dtype not in (tf.float32, tf.float64):
+        x = tf.cast(x, tf.float32)
+    return tf.tensordot(x, x, 1)
 
 
 def _fmt(value):

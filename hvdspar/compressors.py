@@ -99,8 +99,10 @@ class GSpar(SparseCompressor):
       memory: error feedback, not in the paper: send C(e) = gamma Q(e) for e = m + g and keep
         m = e - C(e), with gamma = ||e||^2 / sum e_i^2/p_i so that C is a contraction
         (``contraction_scale``); plain Q(e) would make the memory diverge.
-      fallback: send a tensor dense when the allgather would move more bytes
-        than a ring allreduce (decided per tensor from its size and the ranks).
+      fallback: True: send a tensor dense when the allgather would move more bytes
+        than a ring allreduce (decided per tensor from its size and the ranks);
+        "auto": also when the dense allreduce is faster on this network (measured
+        at the first step, see ``hvdspar.link``); False: always sparse.
       seed: base of the random streams (each rank and tensor draws its own).
     """
 

@@ -25,11 +25,15 @@ def _fmix32(x):
 
 
 @tf.autograph.experimental.do_not_convert
-def uniform(n, seed, dtype=tf.float32):
-    """n uniforms in [0, 1) (multiples of 2^-24) from a seed of shape [2] (int64)."""
+def uniform(n, seed, dtype=tf.float32, offset=0):
+    """Uniforms u_offset, ..., u_{offset+n-1} in [0, 1) (multiples of 2^-24) from a seed of shape [2] (int64).
+
+    u_i depends only on (i, seed), so a tensor can be sampled in chunks
+    (``offset`` = the chunk's first index) with the same result as in one go.
+    """
     seed = tf.cast(seed, tf.int64)
     key = _fmix32(tf.bitwise.bitwise_and(_fmix32(tf.bitwise.bitwise_and(seed[0], _M32)) * 0x9E3779B9 + seed[1], _M32))
-    i = tf.range(tf.cast(n, tf.int64), dtype=tf.int64)
+    i = tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(offset, tf.int64)
     x = _fmix32(tf.bitwise.bitwise_xor(tf.bitwise.bitwise_and(i, _M32), key))
     x = _fmix32(tf.bitwise.bitwise_and(x + tf.bitwise.right_shift(i, 32) + key, _M32))
     return tf.cast(tf.bitwise.right_shift(x, 8), dtype) * (1.0 / 16777216.0)

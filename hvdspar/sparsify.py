@@ -5,18 +5,19 @@ Pure TensorFlow, usable without Horovod. Randomness is stateless: the same
 every rank draw independently (each rank folds its rank into the seed).
 
 The dense part of GSpar (lambda, then u_i < min(lambda |g_i|, 1)) is, for
-the greedy method on tensors of at least ``XLA_MIN_ELEMENTS``, one
-XLA-compiled function, so its
-element-wise work fuses into a few passes over g; only the variable-length
-gather of the kept coordinates runs outside it. Smaller tensors skip XLA:
-compiling per shape would cost more than it saves.
+the greedy method on tensors of at least ``XLA_MIN_ELEMENTS``, three kinds
+of small XLA-compiled functions applied chunk by chunk: each fuses its
+element-wise work into one pass over its chunk, and the chunks of a pass run
+concurrently (4 passes over g in all: sum |g|, two greedy rescalings, the
+sampling). Only the variable-length gather of the kept coordinates runs
+outside XLA. Smaller tensors skip XLA: compiling per shape would cost more
+than it saves.
 """
 
-import functools
 
 import tensorflow as tf
 
-from hvdspar.probabilities import compute_dtype, default_method, water_level
+from hvdspar.probabilities import check_budget, compute_dtype, default_method, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
 
@@ -33,24 +34,74 @@ def bernoulli(p, seed):
 
 
 XLA_MIN_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 
 
 def _keep(a, seed, rho, epsilon, method, iterations):
-    """(lambda, keep mask, top-set mask) for magnitudes a."""
+    """(lambda, keep mask, top-set mask) for magnitudes a, in plain TF ops."""
     lam = water_level(a, rho=rho, epsilon=epsilon, method=method, iterations=iterations)
     scaled = lam * a  # p_i before clipping at 1
     kept = rng.uniform(tf.size(a), seed, a.dtype) < scaled
     return lam, kept, scaled >= 1
 
 
-@functools.lru_cache(maxsize=None)
-def _keep_xla(rho, epsilon, method, iterations):
-    """_keep for one budget, XLA-compiled (once per shape)."""
-    return tf.function(
-        functools.partial(_keep, rho=rho, epsilon=epsilon, method=method, iterations=iterations),
-        jit_compile=True,
-        autograph=False,
-    )
+# The greedy method on large tensors, in chunks of CHUNK_ELEMENTS. Each function below
+# is one XLA computation over one chunk of g (|g| is fused in, never materialised); XLA
+# runs a computation on one CPU thread, and TF's executor runs the independent chunk
+# calls of a graph concurrently, so a pass uses every core. Chunk results are combined
+# in a fixed order: the same g and seed give the same message on any machine.
+
+
+def _abs(g):
+    return tf.abs(tf.cast(g, compute_dtype(g.dtype)))
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_l1(g):
+    """sum_i |g_i| over one chunk."""
+    return tf.reduce_sum(_abs(g))
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_tail(g, lam):
+    """(#{i : lambda |g_i| >= 1}, sum of lambda |g_i| over the non-zero rest) for one chunk."""
+    scaled = lam * _abs(g)
+    saturated = scaled >= 1
+    active = tf.logical_and(tf.logical_not(saturated), scaled > 0)
+    n_saturated = tf.reduce_sum(tf.cast(saturated, tf.int64))
+    return n_saturated, tf.reduce_sum(tf.where(active, scaled, tf.zeros_like(scaled)))
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_keep(g, lam, seed, offset):
+    """Z_i = [u_i < lambda |g_i|] for one chunk starting at element ``offset``."""
+    a = _abs(g)
+    return rng.uniform(tf.size(a), seed, a.dtype, offset) < lam * a
+
+
+def _greedy_lambda_chunked(parts, d, rho, iterations, cdt):
+    """Algorithm 3 (``probabilities.lambda_rho_greedy``) with every pass done chunk by chunk."""
+    budget = tf.constant(rho * d, cdt)
+    lam = tf.math.divide_no_nan(budget, tf.add_n([_chunk_l1(p) for p in parts]))
+    for _ in range(iterations):
+        stats = [_chunk_tail(p, lam) for p in parts]
+        n_saturated = tf.cast(tf.add_n([n for n, _ in stats]), cdt)
+        active_sum = tf.add_n([s for _, s in stats])
+        c = tf.math.divide_no_nan(budget - n_saturated, active_sum)
+        lam = tf.where(c > 1, lam * c, lam)
+    return lam
+
+
+def _greedy_keep_chunked(g, seed, rho, iterations):
+    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g."""
+    d = g.shape.num_elements()
+    cdt = compute_dtype(g.dtype)
+    sizes = [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
+    parts = tf.split(g, sizes) if len(sizes) > 1 else [g]
+    lam = _greedy_lambda_chunked(parts, d, rho, iterations, cdt)
+    offsets = [i * CHUNK_ELEMENTS for i in range(len(sizes))]
+    kept = [tf.where(_chunk_keep(p, lam, seed, tf.constant(o, tf.int64)))[:, 0] + o for p, o in zip(parts, offsets)]
+    return lam, tf.concat(kept, axis=0) if len(kept) > 1 else kept[0]
 
 
 @_no_autograph
@@ -70,16 +121,19 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
     cdt = compute_dtype(g.dtype)
     method = method or default_method(rho, epsilon)
-    a = tf.abs(tf.cast(g, cdt))
     seed = tf.cast(seed, tf.int64)
     # Greedy only: XLA lowers the exact methods' cumsum to an O(d^2) reduce-window on CPU.
-    big = a.shape.num_elements() is not None and a.shape.num_elements() >= XLA_MIN_ELEMENTS
+    big = g.shape.num_elements() is not None and g.shape.num_elements() >= XLA_MIN_ELEMENTS
     if method == "greedy" and big:
-        lam, keep, saturated = _keep_xla(rho, epsilon, method, iterations)(a, seed)
+        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
+        lam, idx = _greedy_keep_chunked(g, seed, rho, iterations)
+        # p_i = 1 exactly where the sampler's own test lambda |g_i| >= 1 holds (same float ops)
+        top = lam * _abs(tf.gather(g, idx)) >= 1
     else:
+        a = tf.abs(tf.cast(g, cdt))
         lam, keep, saturated = _keep(a, seed, rho, epsilon, method, iterations)
-    idx = tf.where(keep)[:, 0]
-    top = tf.gather(saturated, idx)
+        idx = tf.where(keep)[:, 0]
+        top = tf.gather(saturated, idx)
     idx_a = tf.boolean_mask(idx, top)
     idx_b = tf.boolean_mask(idx, tf.logical_not(top))
     msg = SparseMessage(

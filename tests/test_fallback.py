@@ -150,3 +150,94 @@ def test_two_ranks_high_rho_sends_dense_and_trains_identically(horovodrun):
         assert r["identical"]
         assert r["loss"][-1] < r["loss"][0]
     assert results[0]["weights_digest"] == results[1]["weights_digest"]
+
+
+# --- fallback="auto": the time model of hvdspar.link ----------------------------------------
+
+
+def test_time_model_formulas():
+    from hvdspar import link
+
+    net = link.Network(latency_s=1e-3, bandwidth_Bps=1e6)
+    assert net.allreduce_seconds(1_000_000, 4) == pytest.approx(1e-3 + 1.5)
+    assert net.allgather_seconds(1000, 4) == pytest.approx(1e-3 + 3e-3)
+    compute = link.Compute(fixed_s=1e-4, per_element_s=1e-9)
+    assert compute.seconds(1_000_000) == pytest.approx(1.1e-3)
+    # t_sparse = 2 alpha + allgather + compute; it must beat t_dense by AUTO_MARGIN
+    t_dense = net.allreduce_seconds(4_000_000, 4)
+    t_sparse = 2e-3 + 3 * 40_000 / 1e6 + 1e-4 + 1e-9 * 1_000_000
+    assert link.sparse_pays(net, compute, 1_000_000, 40_000, 4_000_000, 4) == (t_sparse * link.AUTO_MARGIN <= t_dense)
+    assert link.sparse_pays(net, compute, 1_000_000, 40_000, 4_000_000, 4)  # slow link: sparse
+    fast = link.Network(latency_s=1e-5, bandwidth_Bps=1e11)
+    assert not link.sparse_pays(fast, compute, 1_000_000, 40_000, 4_000_000, 4)  # compute dominates: dense
+
+
+def test_fit_recovers_a_line_and_never_goes_negative():
+    from hvdspar import link
+
+    assert link._fit(10, 1.0 + 2 * 10, 1000, 1.0 + 2 * 1000) == pytest.approx((1.0, 2.0))
+    intercept, slope = link._fit(10, 5.0, 1000, 4.0)  # noise: the larger size timed faster
+    assert intercept >= 0 and slope > 0
+
+
+def test_fallback_argument_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="fallback must be True, False or 'auto'"):
+        hvdspar.GSpar(rho=0.01, fallback="fast")
+    comp = hvdspar.from_spec("gspar:rho=0.01,fallback=auto")
+    assert comp.fallback == "auto"
+    assert hvdspar.from_spec(comp.spec()).fallback == "auto"
+
+
+@pytest.fixture
+def fake_link(monkeypatch):
+    """Fix the measured network and compute of fallback="auto" (no collectives, no timing)."""
+    from hvdspar import link
+
+    state = {"network": link.Network(1e-3, 1e6), "compute": link.Compute(1e-4, 1e-9), "measured": 0}
+
+    def measure_compute(compressor, dtype, num_ranks):
+        state["measured"] += 1
+        return state["compute"]
+
+    monkeypatch.setattr(link, "network", lambda: state["network"])
+    monkeypatch.setattr(link, "measure_compute", measure_compute)
+    return state
+
+
+def test_auto_goes_sparse_on_a_slow_link_and_dense_on_a_fast_one(fake_world, fake_link):
+    from hvdspar import link
+
+    fake_world["size"] = 4
+    slow = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
+    assert _compress(slow, [100_000])[2][0] == "sparse"
+    fake_link["network"] = link.Network(1e-5, 1e11)
+    fast = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
+    assert _compress(fast, [100_000])[2][0] == "dense"
+    assert fast.traffic()["dense_tensors"] == 1
+
+
+def test_auto_keeps_the_byte_rule_and_measures_compute_once_per_dtype(fake_world, fake_link):
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.05, fallback="auto", seed=1)
+    kinds = [_compress(comp, s, seed=i)[2][0] for i, s in enumerate(([20_000, 10], [10], [30_000]))]
+    assert kinds == ["sparse", "dense", "sparse"]  # the bias is dense by bytes, before any timing
+    assert fake_link["measured"] == 1
+
+
+@pytest.mark.slow
+def test_two_ranks_auto_fallback_decides_alike_on_every_rank(horovodrun):
+    results, output = horovodrun("auto_fallback_worker", np=2)
+    assert all(r is not None for r in results), output[-4000:]
+    for r in results:
+        assert r["figures_same"] and r["compute_same"], r
+        latency, bandwidth = r["figures"]
+        assert latency >= 0 and bandwidth > 0
+        fixed, per_element = r["compute"]
+        assert fixed >= 0 and per_element > 0
+        for case in ("measured", "slow", "fast"):
+            assert r[case]["identical"], (case, r[case])
+            assert r[case]["loss"][-1] < r[case]["loss"][0], (case, r[case])
+        assert r["slow"]["dense_tensors"] == 1 and r["slow"]["ratio"] < 0.1, r["slow"]  # kernel sparse, bias dense
+        assert r["fast"]["dense_tensors"] == 2 and r["fast"]["ratio"] == 1.0, r["fast"]
+    assert results[0]["measured"]["dense_tensors"] == results[1]["measured"]["dense_tensors"]
+    assert results[0]["figures"] == results[1]["figures"]

@@ -33,3 +33,10 @@ def test_neighbouring_coordinates_and_seeds_are_uncorrelated():
 def test_same_seed_same_numbers():
     s = tf.constant([9, 9], tf.int64)
     np.testing.assert_array_equal(rng.uniform(1000, s).numpy(), rng.uniform(1000, s).numpy())
+
+
+def test_offset_continues_the_same_stream():
+    s = tf.constant([5, 6], tf.int64)
+    whole = rng.uniform(3000, s).numpy()
+    parts = np.concatenate([rng.uniform(1000, s, offset=0).numpy(), rng.uniform(2000, s, offset=1000).numpy()])
+    np.testing.assert_array_equal(whole, parts)

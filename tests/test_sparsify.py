@@ -103,3 +103,26 @@ def test_lemma3_expected_density_for_approximately_sparse_gradients():
     g[tail] *= rho * np.abs(g[support]).sum() / np.abs(g[tail]).sum()  # ||g_Sc||_1 = rho ||g_S||_1
     p = hvdspar.probabilities(tf.constant(g), epsilon=rho).numpy()
     assert p.sum() <= (1 + rho) * s
+
+
+def test_chunked_greedy_sampler_equals_the_one_pass_definition():
+    """Large tensors are sampled chunk by chunk (XLA, concurrently); the result must be
+    Algorithm 3's lambda and exactly the set {i : u_i < lambda |g_i|} of the plain path."""
+    import importlib
+
+    from hvdspar import rng, sparsify
+
+    probabilities = importlib.import_module("hvdspar.probabilities")
+    d = 2 * sparsify.CHUNK_ELEMENTS + 12_345  # two full chunks and a remainder
+    g = tf.constant(np.random.default_rng(7).standard_t(2, size=d), tf.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
+    a = tf.abs(g)
+    assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, 0.01, 2)), rel=1e-5)
+    plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
+    np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+    msg, lam_msg = gspar_message(g, seed, rho=0.01)
+    assert float(lam_msg) == float(lam)
+    both = np.sort(np.concatenate([msg.idx_a.numpy(), msg.idx_b.numpy()]))
+    np.testing.assert_array_equal(both, plain.numpy())
+    np.testing.assert_array_equal(float(lam) * np.abs(g.numpy()[msg.idx_a.numpy()]) >= 1, True)
