@@ -1,6 +1,7 @@
 """Time to accuracy: wall-clock seconds to a target loss, per compressor, network and ranks.
 
-    python -m benchmarks.time_to_accuracy            # full sweep (needs root for ip netns / tc)
+    python -m benchmarks.time_to_accuracy            # softmax task, every network, 4 and 2 ranks (needs root)
+    python -m benchmarks.time_to_accuracy --tasks cnn-cifar10 logreg-a9a --ranks 4 --append
     python -m benchmarks.time_to_accuracy --quick    # 2 and 4 ranks at 100 Mbit/s and unshaped only, shorter runs
 
 For every network (unshaped loopback, loopback shaped to 1 Gbit/s, to 100
@@ -8,11 +9,14 @@ Mbit/s: a network namespace whose ``lo`` has a tc tbf qdisc, see
 benchmarks/netns.py and ../shared/DESIGN.md) and every rank count (2, 4; -np
 4 on a 2-core machine oversubscribes the CPU, which slows the compute part of
 every compressor alike), one ``horovodrun`` runs benchmarks/workers/tta_worker.py,
-which trains a wide softmax regression (16384 features x 32 classes = 524,288
-weights, 2 MiB of fp32 gradient per step; see the worker's docstring for the
-data and why that size) with each compressor in turn and measures, inside the
-worker, the training seconds until the test loss first drops to --target-loss,
-and the final test accuracy. Prints a markdown table and logs every figure to
+which trains one task (--tasks: a wide softmax regression, 16384 features x 32
+classes = 2 MiB of fp32 gradient per step; l2-logistic regression on the
+paper's synthetic data and on a9a; the paper's CNN on CIFAR-10; see the
+worker's docstring) with each compressor in turn and measures, inside the
+worker, the training seconds until the loss first drops to the task's target
+(and the test accuracy reaches its target), and the final test accuracy.
+``--append`` merges the new rows into out/time_to_accuracy.json, so several
+sweeps build one table. Prints a markdown table and logs every figure to
 MLflow (experiment "hvdspar-benchmarks"; MLFLOW_TRACKING_URI or
 sqlite:///mlflow.db in the working directory). Namespaces are removed at the
 end, also on errors or Ctrl-C.
@@ -32,7 +36,15 @@ from benchmarks import netns
 from benchmarks.common import metric_key, mlflow_run
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPRESSORS = ["none", "fp16", "gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01,memory=true", "qsgd:levels=4"]
+COMPRESSORS = ["none", "fp16", "gspar:rho=0.01", "gspar:rho=0.01,fallback=auto", "unisp:rho=0.01",
+               "topk:ratio=0.01,memory=true", "qsgd:levels=4"]
+#: per task: learning rate, target loss, target accuracy (see benchmarks/workers/tta_worker.py)
+TASKS = {
+    "softmax": {"lr": 0.3, "target_loss": 1.5, "target_acc": 0.6},
+    "logreg-synthetic": {"lr": 0.5, "target_loss": 0.05, "target_acc": 0.62},
+    "logreg-a9a": {"lr": 0.5, "target_loss": 0.36, "target_acc": 0.83},
+    "cnn-cifar10": {"lr": 5e-4, "target_loss": 1.5, "target_acc": 0.45},
+}
 NETWORKS = {"100mbit": "100mbit", "loopback": None, "1gbit": "1gbit"}
 
 
@@ -43,7 +55,7 @@ def horovodrun():
 
 def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout):
     """One horovodrun (inside a fresh namespace) -> the worker's result dicts."""
-    out = Path(out_dir) / f"tta-{network}-{ranks}.json"
+    out = Path(out_dir) / f"tta-{network}-{ranks}-{time.time_ns()}.json"
     cmd = [horovodrun(), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
            sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *compressors,
            "--out", str(out), *worker_args]
@@ -77,10 +89,10 @@ def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout)
 
 def add_relative(rows):
     """Speed-up of time-to-target against none and fp16 of the same network and ranks."""
-    base = {(r["network"], r["ranks"], r["spec"]): r for r in rows}
+    base = {(r["task"], r["network"], r["ranks"], r["spec"]): r for r in rows}
     for r in rows:
         for ref in ("none", "fp16"):
-            b = base.get((r["network"], r["ranks"], ref))
+            b = base.get((r["task"], r["network"], r["ranks"], ref))
             ok = b and b["time_to_target_s"] and r["time_to_target_s"]
             r[f"speedup_vs_{ref}"] = b["time_to_target_s"] / r["time_to_target_s"] if ok else None
 
@@ -89,16 +101,17 @@ def fmt(v, f):
     return "n/a" if v is None else format(v, f)
 
 
-def table(rows, target):
-    head = ("| network | ranks | compressor | s to loss<={t} | steps | ms/step | bytes/step | final loss | "
-            "final acc % | x vs none | x vs fp16 |").format(t=target)
-    lines = [head, "|" + "---|" * 11]
+def table(rows):
+    head = ("| task | network | ranks | compressor | s to target loss | s to target acc | steps | ms/step | "
+            "bytes/step | dense tensors | final loss | final acc % | x vs none | x vs fp16 |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
-            f"| {r['network']} | {r['ranks']} | {r['spec']} | {fmt(r['time_to_target_s'], '.2f')} | "
-            f"{fmt(r['steps_to_target'], 'd')} | {r['seconds_per_step'] * 1000:.1f} | {r['bytes_per_step']:.0f} | "
-            f"{r['final_loss']:.3f} | {100 * r['final_acc']:.1f} | {fmt(r['speedup_vs_none'], '.2f')} | "
-            f"{fmt(r['speedup_vs_fp16'], '.2f')} |"
+            f"| {r['task']} | {r['network']} | {r['ranks']} | {r['spec']} | {fmt(r['time_to_target_s'], '.2f')} | "
+            f"{fmt(r.get('time_to_acc_s'), '.2f')} | {fmt(r['steps_to_target'], 'd')} | "
+            f"{r['seconds_per_step'] * 1000:.1f} | {r['bytes_per_step']:.0f} | "
+            f"{r['dense_tensors']}/{r.get('tensors', '?')} | {r['final_loss']:.3f} | {100 * r['final_acc']:.1f} | "
+            f"{fmt(r['speedup_vs_none'], '.2f')} | {fmt(r['speedup_vs_fp16'], '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -110,8 +123,8 @@ def log_mlflow(rows, params, text):
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         metrics = {}
         for r in rows:
-            key = metric_key(f"{r['network']}.np{r['ranks']}.{r['spec']}", keep="._-/")
-            for m in ("time_to_target_s", "steps_to_target", "final_loss", "final_acc", "seconds_per_step",
+            key = metric_key(f"{r['task']}.{r['network']}.np{r['ranks']}.{r['spec']}", keep="._-/")
+            for m in ("time_to_target_s", "time_to_acc_s", "dense_tensors", "steps_to_target", "final_loss", "final_acc", "seconds_per_step",
                       "bytes_per_step", "speedup_vs_none", "speedup_vs_fp16"):
                 if r.get(m) is not None:
                     metrics[f"{key}.{m}"] = float(r[m])
@@ -120,47 +133,71 @@ def log_mlflow(rows, params, text):
         mlflow.log_text(json.dumps(rows, indent=1), "time_to_accuracy.json")
 
 
+def merge(old, new):
+    """Rows of ``old`` not re-measured in ``new``, then ``new`` (keyed by task, network, ranks, spec)."""
+    key = lambda r: (r.get("task", "softmax"), r["network"], r["ranks"], r["spec"])  # noqa: E731
+    seen = {key(r) for r in new}
+    return [r for r in old if key(r) not in seen] + new
+
+
+NOTE = """
+time = mean over ranks of the training seconds (evaluation excluded) until the target loss
+(softmax: test loss; logreg: the training objective f(w) incl. the l2 term; CNN: test loss, BatchNorm
+on batch statistics) and the target test accuracy; n/a = not reached within the run's cap. Each run
+stops at the target loss, so "final" is the model at that point. x vs none/fp16 = their time to
+the target loss / this time. dense tensors = tensors the fallback sent dense / all. Targets
+(loss, accuracy) and learning rates: {targets}. -np 4 on a 2-core machine oversubscribes the CPU.
+"""
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="unshaped and 100 Mbit/s only, at most 15 s of training per run")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["softmax"])
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=None)
     p.add_argument("--ranks", nargs="+", type=int, default=[4, 2])
     p.add_argument("--compressors", nargs="+", default=COMPRESSORS)
-    p.add_argument("--target-loss", type=float, default=1.5)
-    p.add_argument("--lr", type=float, default=0.3)
+    p.add_argument("--target-loss", type=float, default=None, help="override the task's target loss")
+    p.add_argument("--lr", type=float, default=None, help="override the task's learning rate")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="training seconds per run before giving up on the target (default 80, --quick 15)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per horovodrun")
+                   help="training seconds per run before giving up on the target (default 150, --quick 15)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per horovodrun")
     p.add_argument("--out", default="out", help="folder for the markdown table and JSON")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows of out/time_to_accuracy.json that this sweep does not re-measure")
     p.add_argument("--no-mlflow", action="store_true")
     args = p.parse_args(argv)
     networks = args.networks or (["loopback", "100mbit"] if args.quick else list(NETWORKS))
-    max_s = args.max_seconds or (15.0 if args.quick else 80.0)
-    worker_args = ["--target-loss", str(args.target_loss), "--lr", str(args.lr), "--max-seconds", str(max_s)]
+    max_s = args.max_seconds or (15.0 if args.quick else 150.0)
     if os.geteuid() != 0 and any(NETWORKS[n] for n in networks):
         sys.exit("time_to_accuracy: shaping needs root (ip netns, tc); run as root or use --networks loopback")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / "time_to_accuracy.json").read_text()) if args.append and (out / "time_to_accuracy.json").exists() else []
 
     rows = []
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for ranks in args.ranks:
-                for network in networks:
-                    rows += run_launch(network, NETWORKS[network], ranks, args.compressors, worker_args, tmp,
-                                       args.timeout)
-                    Path(args.out).mkdir(parents=True, exist_ok=True)
-                    (Path(args.out) / "time_to_accuracy.partial.json").write_text(json.dumps(rows, indent=1))
+            for task in args.tasks:
+                cfg = {**TASKS[task], **{k: v for k, v in (("lr", args.lr), ("target_loss", args.target_loss)) if v}}
+                worker_args = ["--task", task, "--target-loss", str(cfg["target_loss"]), "--target-acc",
+                               str(cfg["target_acc"]), "--lr", str(cfg["lr"]), "--max-seconds", str(max_s)]
+                for ranks in args.ranks:
+                    for network in networks:
+                        rows += run_launch(network, NETWORKS[network], ranks, args.compressors, worker_args, tmp,
+                                           args.timeout)
+                        (out / "time_to_accuracy.partial.json").write_text(json.dumps(merge(previous, rows), indent=1))
         finally:
             netns.delete(f"hvdspar-tta-{os.getpid()}")
+    rows = merge(previous, rows)
+    for r in rows:
+        r.setdefault("task", "softmax")
     add_relative(rows)
-    text = table(rows, args.target_loss)
-    note = (f"\nSoftmax regression 16384x32 (2 MiB fp32 gradient), SGD lr={args.lr}, 32 rows/rank/step; "
-            f"time = training seconds until the test loss <= {args.target_loss} (n/a: not reached within "
-            f"{max_s:g} s); x vs none/fp16 = their time / this time. Sweep took {time.time() - start:.0f} s.")
+    text = table(rows)
+    note = NOTE.format(targets=json.dumps(TASKS)) + f"This sweep took {time.time() - start:.0f} s."
     print("\n" + text + note)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "time_to_accuracy.md").write_text(text + "\n" + note + "\n")
     (out / "time_to_accuracy.json").write_text(json.dumps(rows, indent=1))
     if not args.no_mlflow:

@@ -3,7 +3,20 @@
     horovodrun -np M -H localhost:M --gloo python -m benchmarks.workers.tta_worker \
         --compressors none gspar:rho=0.01 --out result.json
 
-Model: a wide multinomial logistic regression (softmax, no hidden layer) on
+Tasks (--task):
+
+  softmax           a wide multinomial logistic regression, below (the default);
+  logreg-synthetic  l2-logistic regression on the paper's synthetic data (sec. 4,
+                    training.data.load_synthetic: N=1024, d=2048; 8 KB gradient);
+  logreg-a9a        l2-logistic regression on LIBSVM a9a (123 features);
+  cnn-cifar10       the paper's CNN (training.models.cnn, 1.08M weights, 4.3 MB
+                    gradient) on the exact-pixel CIFAR-10 subset, Adam.
+
+The data sets are sharded over the ranks (training.data.shard_indices); loss
+and accuracy are measured on the test set by rank 0 and broadcast (BatchNorm's
+moving statistics differ between ranks).
+
+softmax: a wide multinomial logistic regression (softmax, no hidden layer) on
 synthetic data in the spirit of the paper's sec. 4 generator (skewed feature
 scales): a_bar ~ N(0, I_f), a = a_bar * B where B_i = 1 on a random set S of
 --informative features and B_i ~ --noise-scale * U[0, 1] elsewhere, and
@@ -38,6 +51,8 @@ import horovod.tensorflow as hvd
 import hvdspar
 from hvdspar.spec import to_spec
 
+TASKS = ("softmax", "logreg-synthetic", "logreg-a9a", "cnn-cifar10")
+
 
 def make_problem(f, k, informative, noise_scale, seed):
     """The fixed part of the generator: informative set S, per-feature scale B, W_bar."""
@@ -57,57 +72,139 @@ def draw(n, problem, seed):
     return a_bar, labels
 
 
-def run_one(spec, data, args):
-    rank, size = hvd.rank(), hvd.size()
-    xs, ys, xt, yt = data  # this rank's training pool; the test set (the same on every rank)
-    compression = hvdspar.from_spec(spec)
-    f, k = xs.shape[1], args.classes
-    w = tf.Variable(tf.zeros([f, k]))
-    b = tf.Variable(tf.zeros([k]))
-    variables = [w, b]
-    opt = tf.keras.optimizers.SGD(args.lr)
+def load_data(args, rank, size):
+    """(this rank's training rows and labels, the test rows and labels) for args.task."""
+    if args.task == "softmax":
+        problem = make_problem(args.features, args.classes, args.informative, args.noise_scale, args.seed)
+        xs, ys = draw(args.n, problem, args.seed + 1 + rank)
+        xt, yt = draw(args.n_test, problem, args.seed)
+        return xs, ys, xt, yt
+    from training import data
 
-    def loss_fn(xb, yb):
-        logits = tf.matmul(xb, w) + b
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits))
+    name = {"logreg-synthetic": "synthetic", "logreg-a9a": "a9a", "cnn-cifar10": "cifar10-subset"}[args.task]
+    ds = data.load(name)
+    idx = data.shard_indices(ds.n_train, rank, size, args.seed)
+    x_all = data.to_dense(ds.x_train)
+    xs, ys = x_all[idx], ds.y_train[idx]
+    xt, yt = data.to_dense(ds.x_test)[: args.n_test], ds.y_test[: args.n_test]
+    if args.task.startswith("logreg"):  # convex: the target is on the training objective f(w)
+        return xs, ys, xt, yt, x_all, ds.y_train
+    return xs, ys, xt, yt
+
+
+class Task:
+    """One benchmark problem on this rank: its variables, a training loss on a batch,
+    the test loss and accuracy, and the optimizer."""
+
+    def __init__(self, args, data):
+        self.args = args
+        self.xs, self.ys, self.xt, self.yt = data[:4]
+        # where the target loss is measured: the training objective for the convex tasks,
+        # the test set otherwise
+        self.xe, self.ye = data[4:] if len(data) > 4 else data[2:4]
+        if args.task == "softmax":
+            f = self.xs.shape[1]
+            self.w = tf.Variable(tf.zeros([f, args.classes]))
+            self.b = tf.Variable(tf.zeros([args.classes]))
+            self.variables = [self.w, self.b]
+            self.model = None
+        else:
+            from training import models
+
+            name = "cnn" if args.task.startswith("cnn") else "logreg"
+            kwargs = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)} if name == "cnn" else {}
+            self.model, self.loss_fn, _ = models.build(name, self.xs.shape[1:], lambda2=args.lambda2, **kwargs)
+            self.variables = self.model.trainable_variables
+        self.state = self.model.variables if self.model is not None else self.variables  # BatchNorm stats too
+        self.opt = (tf.keras.optimizers.Adam(args.lr) if args.task.startswith("cnn")
+                    else tf.keras.optimizers.SGD(args.lr))
+
+    def initial(self):
+        return [v.numpy() for v in self.state]
+
+    def reset(self, initial):
+        for v, x in zip(self.state, initial):
+            v.assign(x)
+
+    def loss(self, xb, yb, training):
+        if self.model is None:
+            logits = tf.matmul(xb, self.w) + self.b
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)), logits
+        out = self.model(xb, training=training)
+        if self.args.task.startswith("cnn"):
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(yb, out, from_logits=True))
+        else:
+            loss = self.loss_fn(yb, out) + tf.add_n(self.model.losses) if self.model.losses else self.loss_fn(yb, out)
+        return loss, out
+
+    def accuracy(self, yb, out):
+        if self.model is None or self.args.task.startswith("cnn"):
+            return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(out, 1, output_type=tf.int32), tf.cast(yb, tf.int32)), tf.float32))
+        pred = tf.where(tf.reshape(out, [-1]) >= 0, 1.0, -1.0)
+        return tf.reduce_mean(tf.cast(tf.equal(pred, tf.reshape(yb, [-1])), tf.float32))
+
+
+def run_one(spec, task, initial, args):
+    rank, size = hvd.rank(), hvd.size()
+    xs, ys, xt, yt = task.xs, task.ys, task.xt, task.yt
+    compression = hvdspar.from_spec(spec)
+    task.reset(initial)
+    variables = task.variables
+    opt = task.opt
 
     @tf.function
     def step(xb, yb):
         with tf.GradientTape() as tape:
-            loss = loss_fn(xb, yb)
+            loss, _ = task.loss(xb, yb, True)
         tape = hvd.DistributedGradientTape(tape, compression=compression)
         grads = tape.gradient(loss, variables)
         opt.apply_gradients(zip(grads, variables))
         return loss
 
+    # The CNN is evaluated with BatchNorm on batch statistics (training=True): its moving
+    # averages lag far behind in a short run and made the test loss jump by 0.3.
+    bn_batch_stats = args.task.startswith("cnn")
+
     @tf.function
-    def evaluate():
-        logits = tf.matmul(xt, w) + b
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yt, logits=logits))
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), yt), tf.float32))
-        return loss, acc
+    def evaluate(xb, yb):
+        loss, out = task.loss(xb, yb, bn_batch_stats)
+        n = tf.cast(tf.shape(xb)[0], tf.float32)
+        return loss * n, task.accuracy(yb, out) * n
+
+    def mean_over(x, y, which):
+        total = 0.0
+        for i in range(0, len(x), 2048):
+            total += float(evaluate(x[i:i + 2048], y[i:i + 2048])[which])
+        return total / len(x)
 
     def global_eval(train_seconds):
-        # Test loss/accuracy: the weights are identical on all ranks, so rank 0's figures are
-        # everyone's; the allreduce only shares the clock (mean over ranks) and the stop decision.
-        loss, acc = evaluate()
-        v = hvd.allreduce(tf.constant([train_seconds], tf.float64), op=hvd.Sum).numpy()
-        return float(loss), float(acc), float(v[0] / size)
+        # rank 0's loss (task.xe) and test accuracy, broadcast (BatchNorm statistics differ
+        # between ranks), and the mean training clock over ranks.
+        loss, acc = mean_over(task.xe, task.ye, 0), mean_over(xt, yt, 1)
+        v = tf.constant([loss, acc, train_seconds / size], tf.float64)
+        mine = hvd.broadcast(v[:2], root_rank=0, name="tta_eval")
+        clock = hvd.allreduce(v[2:], op=hvd.Sum, name="tta_clock")
+        return float(mine[0]), float(mine[1]), float(clock[0])
 
     rng = np.random.default_rng(args.seed + 1000 * rank)
     bs = args.batch_size
-    # Warm up (trace) outside the clock: one step on a zero batch leaves the weights
-    # at zero (zero input, and the bias gradient is reset below by re-zeroing).
-    step(tf.zeros([bs, f]), tf.zeros([bs], tf.int32))
-    w.assign(tf.zeros_like(w))
-    b.assign(tf.zeros_like(b))
+    # Warm up (trace, and fallback="auto"'s measurements) outside the clock, then
+    # restart from the common initial weights and a fresh optimizer state.
+    idx = rng.integers(0, len(xs), size=bs)
+    step(xs[idx], ys[idx])
+    task.reset(initial)
+    for v in opt.variables:
+        v.assign(tf.zeros_like(v))
     if hasattr(compression, "reset_traffic"):
         compression.reset_traffic()
+        for slot in compression.slots:  # error-feedback memory of the warm-up step
+            if slot.memory is not None:
+                slot.memory.assign(tf.zeros_like(slot.memory))
 
     train_s, steps, curve = 0.0, 0, []
     loss0, acc0, _ = global_eval(0.0)
     curve.append((0, 0.0, loss0, acc0))
-    t_target = step_target = acc_at_target = None
+    t_target = step_target = acc_at_target = t_acc = None
     stop_at = None
     while True:
         idx = rng.integers(0, len(xs), size=bs)
@@ -118,6 +215,8 @@ def run_one(spec, data, args):
         if steps % args.eval_every == 0:
             loss, acc, mean_s = global_eval(train_s)
             curve.append((steps, mean_s, loss, acc))
+            if t_acc is None and args.target_acc is not None and acc >= args.target_acc:
+                t_acc = mean_s
             if t_target is None and loss <= args.target_loss:
                 t_target, step_target, acc_at_target = mean_s, steps, acc
                 stop_at = steps + args.after_target
@@ -135,6 +234,7 @@ def run_one(spec, data, args):
         item = 2 if spec == "fp16" else 4
         bytes_per_step = sum(int(np.prod(v.shape)) for v in variables) * item
         dense_tensors = len(variables)
+    tensors = len(variables)
     return {
         "spec": spec,
         "full_spec": to_spec(compression) if hasattr(compression, "spec") else spec,
@@ -142,6 +242,7 @@ def run_one(spec, data, args):
         "time_to_target_s": t_target,
         "steps_to_target": step_target,
         "acc_at_target": acc_at_target,
+        "time_to_acc_s": t_acc,
         "final_loss": final_loss,
         "final_acc": final_acc,
         "steps": steps,
@@ -149,6 +250,8 @@ def run_one(spec, data, args):
         "seconds_per_step": mean_s / max(steps, 1),
         "bytes_per_step": bytes_per_step,
         "dense_tensors": dense_tensors,
+        "tensors": tensors,
+        "task": args.task,
         "curve": curve,
     }
 
@@ -156,15 +259,18 @@ def run_one(spec, data, args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compressors", nargs="+", required=True)
-    p.add_argument("--features", type=int, default=16384)
-    p.add_argument("--classes", type=int, default=32)
-    p.add_argument("--n", type=int, default=1024, help="training rows per rank")
-    p.add_argument("--n-test", type=int, default=512)
-    p.add_argument("--informative", type=int, default=32, help="features the labels depend on")
-    p.add_argument("--noise-scale", type=float, default=0.05, help="scale of the other features")
+    p.add_argument("--task", choices=TASKS, default="softmax")
+    p.add_argument("--features", type=int, default=16384, help="softmax: features")
+    p.add_argument("--classes", type=int, default=32, help="softmax: classes")
+    p.add_argument("--n", type=int, default=1024, help="softmax: training rows per rank")
+    p.add_argument("--n-test", type=int, default=4096, help="test rows (at most; the data set's own test set)")
+    p.add_argument("--informative", type=int, default=32, help="softmax: features the labels depend on")
+    p.add_argument("--noise-scale", type=float, default=0.05, help="softmax: scale of the other features")
+    p.add_argument("--lambda2", type=float, default=1e-4, help="logreg: l2 regularisation")
     p.add_argument("--batch-size", type=int, default=32, help="per rank")
     p.add_argument("--lr", type=float, default=0.3)
     p.add_argument("--target-loss", type=float, default=1.5)
+    p.add_argument("--target-acc", type=float, default=None, help="also time the first test accuracy >= this")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--after-target", type=int, default=0, help="steps to keep training after the target")
     p.add_argument("--max-seconds", type=float, default=30.0)
@@ -176,14 +282,14 @@ def main(argv=None):
     for s in args.compressors:
         hvdspar.from_spec(s)
     hvd.init()
-    problem = make_problem(args.features, args.classes, args.informative, args.noise_scale, args.seed)
-    xs, ys = draw(args.n, problem, args.seed + 1 + hvd.rank())
-    xt, yt = draw(args.n_test, problem, args.seed)
-    data = (xs, ys, xt, yt)
+    data = load_data(args, hvd.rank(), hvd.size())
+    tf.keras.utils.set_random_seed(args.seed)
+    task = Task(args, data)
+    initial = task.initial()
     results = []
     for spec in args.compressors:
         tf.keras.utils.set_random_seed(args.seed)
-        r = run_one(spec, data, args)
+        r = run_one(spec, task, initial, args)
         results.append(r)
         if hvd.rank() == 0:
             print(f"[tta] {hvd.size()} ranks {spec}: target at {r['time_to_target_s']} s "
