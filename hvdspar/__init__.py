@@ -9,7 +9,8 @@ Modules, one idea each:
   probabilities  p_i = min(lambda |g_i|, 1): Algorithm 2, exact water-filling, Algorithm 3
   sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
   coding         the message's bytes (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
-  exchange       the allgather inside compress(), the dense-vs-sparse cost model
+  exchange       the allgather inside compress(), the dense-vs-sparse cost model (bytes)
+  link           the time model of fallback="auto": measured network and compute
   traffic        per-rank byte counters and per-tensor state in tf.Variables
   compressor     the base Horovod Compressor (memory, fallback, NaN policy, traffic)
   compressors    GSpar and UniSp

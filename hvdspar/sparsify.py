@@ -14,7 +14,6 @@ outside XLA. Smaller tensors skip XLA: compiling per shape would cost more
 than it saves.
 """
 
-
 import tensorflow as tf
 
 from hvdspar.probabilities import check_budget, compute_dtype, default_method, water_level

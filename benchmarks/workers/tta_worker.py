@@ -147,7 +147,7 @@ class Task:
 def run_one(spec, task, initial, args):
     rank, size = hvd.rank(), hvd.size()
     xs, ys, xt, yt = task.xs, task.ys, task.xt, task.yt
-    compression = hvdspar.from_spec(spec)
+    compression = hvdspar.from_spec(spec, seed=args.seed)  # the same random streams in every sweep
     task.reset(initial)
     variables = task.variables
     opt = task.opt
