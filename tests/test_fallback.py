@@ -241,3 +241,14 @@ def test_two_ranks_auto_fallback_decides_alike_on_every_rank(horovodrun):
         assert r["fast"]["dense_tensors"] == 2 and r["fast"]["ratio"] == 1.0, r["fast"]
     assert results[0]["measured"]["dense_tensors"] == results[1]["measured"]["dense_tensors"]
     assert results[0]["figures"] == results[1]["figures"]
+
+
+def test_dense_path_stops_on_a_non_finite_average(fake_world):
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.5, seed=1)
+    g, out, ctx = _compress(comp, [10, 10])
+    assert ctx[0] == "dense"
+    bad = tf.tensor_scatter_nd_update(out, [[3, 4]], [float("nan")])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        comp.decompress(bad, ctx)
+    assert comp.traffic()["variance_ratio"] == 1.0  # nothing went compressed: Q = identity
