@@ -76,8 +76,8 @@ def load_data(args, rank, size):
     """(this rank's training rows and labels, the test rows and labels) for args.task."""
     if args.task == "softmax":
         problem = make_problem(args.features, args.classes, args.informative, args.noise_scale, args.seed)
-        xs, ys = draw(args.n, problem, args.seed + 1 + rank)
-        xt, yt = draw(args.n_test, problem, args.seed)
+        xs, ys = draw(args.rows, problem, args.seed + 1 + rank)
+        xt, yt = draw(args.test_rows, problem, args.seed)
         return xs, ys, xt, yt
     from training import data
 
@@ -86,7 +86,7 @@ def load_data(args, rank, size):
     idx = data.shard_indices(ds.n_train, rank, size, args.seed)
     x_all = data.to_dense(ds.x_train)
     xs, ys = x_all[idx], ds.y_train[idx]
-    xt, yt = data.to_dense(ds.x_test)[: args.n_test], ds.y_test[: args.n_test]
+    xt, yt = data.to_dense(ds.x_test)[: args.test_rows], ds.y_test[: args.test_rows]
     if args.task.startswith("logreg"):  # convex: the target is on the training objective f(w)
         return xs, ys, xt, yt, x_all, ds.y_train
     return xs, ys, xt, yt
@@ -262,8 +262,8 @@ def main(argv=None):
     p.add_argument("--task", choices=TASKS, default="softmax")
     p.add_argument("--features", type=int, default=16384, help="softmax: features")
     p.add_argument("--classes", type=int, default=32, help="softmax: classes")
-    p.add_argument("--n", type=int, default=1024, help="softmax: training rows per rank")
-    p.add_argument("--n-test", type=int, default=4096, help="test rows (at most; the data set's own test set)")
+    p.add_argument("--rows", type=int, default=1024, help="softmax: training rows per rank")
+    p.add_argument("--test-rows", type=int, default=4096, help="test rows (at most; the data set's own test set)")
     p.add_argument("--informative", type=int, default=32, help="softmax: features the labels depend on")
     p.add_argument("--noise-scale", type=float, default=0.05, help="softmax: scale of the other features")
     p.add_argument("--lambda2", type=float, default=1e-4, help="logreg: l2 regularisation")
