@@ -26,22 +26,23 @@ built for, and the problem is learnable in a few hundred steps. With
 f = 16384 features and K = 32 classes the kernel has 524,288 weights: 2 MiB
 per dense fp32 gradient per step, so a 100 Mbit/s link (12.5 MB/s) costs
 about 0.17 s (2 ranks) to 0.25 s (4 ranks) a step for the ring allreduce,
-far above the compute. Each rank trains on its own pool of --n rows (drawn
+far above the compute. Each rank trains on its own pool of --rows rows (drawn
 with its own seed); loss and accuracy are measured on a common test set.
 
-Per compressor (in turn, same seed, same initial weights on every rank):
-SGD with a DistributedGradientTape step in a tf.function; wall-clock training
-time is summed over steps (time.time() after each step, evaluation excluded).
-Every --eval-every steps the test loss and accuracy are computed (the same
-weights on every rank); the first time the test loss <= --target-loss the training time so far is the time to target.
-A run stops at the target plus --after-target steps, when the test loss
+Per compressor (in turn, same seeds, same initial weights on every rank):
+SGD (Adam for the CNN) with a DistributedGradientTape step in a tf.function,
+after one untimed warm-up step (tracing; fallback="auto"'s measurements) and
+a reset to the initial weights; wall-clock training time is summed over
+steps (time.time() after each step, evaluation excluded). Every --eval-every
+steps rank 0 computes the loss and test accuracy and broadcasts them; the
+first time the loss <= --target-loss the training time so far (mean over
+ranks) is the time to target, likewise for --target-acc. A run stops at the target plus --after-target steps, when the test loss
 exceeds --diverge-factor x its initial value (diverged), or
 at --max-seconds of training time, or at --max-steps. Rank 0 writes JSON.
 """
 
 import argparse
 import json
-import os
 import time
 
 import numpy as np
