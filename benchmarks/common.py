@@ -2,21 +2,13 @@
 
 import contextlib
 import os
-import time
 
-import numpy as np
+from hvdspar.link import median_seconds
 
 
 def best_time(fn, repeat=5, warmup=2):
     """Median wall time of fn() over ``repeat`` calls after ``warmup`` calls (seconds)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(fn, repeat, warmup)
 
 
 def markdown(rows, columns):

@@ -52,10 +52,13 @@ class Compute(collections.namedtuple("Compute", ["fixed_s", "per_element_s"])):
         return self.fixed_s + self.per_element_s * d
 
 
-def _median_seconds(fn, repeats=_REPEATS):
-    fn()  # warm-up: first-call costs (negotiation, tracing) are not the steady state
+def median_seconds(fn, repeat=_REPEATS, warmup=1):
+    """Median wall time of fn() over ``repeat`` calls, after ``warmup`` untimed calls
+    (first-call costs: negotiation, tracing, are not the steady state). Seconds."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(repeat):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -92,7 +95,7 @@ def network():
             times = []
             for n in (_SMALL, _LARGE):
                 buf = tf.zeros([n // 4], tf.float32)
-                times.append(_median_seconds(lambda: hvd.allreduce(buf, op=hvd.Sum, name=f"hvdspar.link.{n}").numpy()))
+                times.append(median_seconds(lambda: hvd.allreduce(buf, op=hvd.Sum, name=f"hvdspar.link.{n}").numpy()))
             if num_ranks > 1:
                 latency, per_byte = _fit(moved[0], times[0], moved[1], times[1])
             else:  # nothing moves: an "allreduce" costs its fixed overhead only
@@ -113,7 +116,7 @@ def measure_compute(compressor, dtype, num_ranks):
     with tf.init_scope():
         for d in (_D_SMALL, _D_LARGE):
             round_trip = _round_trip(compressor, dtype, d, num_ranks)
-            timings.append(_median_seconds(lambda: round_trip().numpy()))
+            timings.append(median_seconds(lambda: round_trip().numpy()))
         fixed, per_element = _fit(_D_SMALL, timings[0], _D_LARGE, timings[1])
         fixed, per_element = _broadcast([fixed, per_element], f"hvdspar.link.compute.{compressor.name}.{dtype.name}")
     return Compute(fixed, per_element)

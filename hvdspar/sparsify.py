@@ -118,7 +118,6 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
       (SparseMessage, lambda).
     """
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
-    cdt = compute_dtype(g.dtype)
     method = method or default_method(rho, epsilon)
     seed = tf.cast(seed, tf.int64)
     # Greedy only: XLA lowers the exact methods' cumsum to an O(d^2) reduce-window on CPU.
@@ -129,7 +128,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
         # p_i = 1 exactly where the sampler's own test lambda |g_i| >= 1 holds (same float ops)
         top = lam * _abs(tf.gather(g, idx)) >= 1
     else:
-        a = tf.abs(tf.cast(g, cdt))
+        a = _abs(g)
         lam, keep, saturated = _keep(a, seed, rho, epsilon, method, iterations)
         idx = tf.where(keep)[:, 0]
         top = tf.gather(saturated, idx)

@@ -110,10 +110,10 @@ class Task:
             self.variables = [self.w, self.b]
             self.model = None
         else:
-            from training import models
+            from training import data as data_sets, models
 
             name = "cnn" if args.task.startswith("cnn") else "logreg"
-            kwargs = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)} if name == "cnn" else {}
+            kwargs = {"mean": data_sets.CIFAR10_MEAN, "std": data_sets.CIFAR10_STD} if name == "cnn" else {}
             self.model, self.loss_fn, _ = models.build(name, self.xs.shape[1:], lambda2=args.lambda2, **kwargs)
             self.variables = self.model.trainable_variables
         self.state = self.model.variables if self.model is not None else self.variables  # BatchNorm stats too
