@@ -25,7 +25,8 @@ import tensorflow as tf
 
 from hvdspar import exchange
 from hvdspar.probabilities import compute_dtype
-from hvdspar.traffic import SlotState, Traffic, trace_key
+from hvdspar import traffic as _traffic
+from hvdspar.traffic import SlotState, trace_key
 
 try:  # Horovod's interface; hvdspar's pure-TF parts work without Horovod.
     from horovod.tensorflow.compression import Compressor as _HorovodCompressor
@@ -57,8 +58,6 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.memory = memory
         self.fallback = fallback
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-        with tf.init_scope():
-            self.counters = Traffic()
         self.slots = []
         self._trace = None
         self._next_slot = 0
@@ -109,7 +108,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             sent = tf.cast(x, dtype)
             if self.memory:
                 slot.memory.assign(x - tf.cast(sent, cdt))
-            self.counters.record(slot, dense_nbytes, dense_nbytes, d, d, dense=True)
+            slot.record(dense_nbytes, dense_nbytes, d, d, dense=True)
             # Nothing heavier before Horovod's allreduce: tf.function runs stateful ops in program
             # order, so work here would delay the collective. The norm is taken in decompress.
             return tf.reshape(sent, tensor.shape), ("dense", tensor.shape)
@@ -132,8 +131,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if self.memory:
             slot.memory.assign(x - enc.q)
         nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
-        self.counters.record(slot, nbytes, dense_nbytes, d, enc.kept, dense=False)
-        self.counters.record_norms(tf.cast(_sq_norm(x), tf.float64), enc.q_sq_norm)
+        slot.record(nbytes, dense_nbytes, d, enc.kept, dense=False, sq_norm=_sq_norm(x), sq_norm_sent=enc.q_sq_norm)
         return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
 
     @tf.autograph.experimental.do_not_convert
@@ -161,13 +159,18 @@ class Compressor(_HorovodCompressor, tf.Module):
         wire, and the dense bytes of the gradients it replaced;
         last_step_*: the same for the most recent step (every tensor's latest
         call); ratio: bytes_sent / dense_bytes; density: kept / total
-        elements; steps: completed steps (calls of the first tensor);
-        dense_tensors: tensors sent dense by the fallback (last step).
+        elements (kept, elements: the raw counts); steps: completed steps
+        (calls of the first tensor); dense_tensors: tensors sent dense by the
+        fallback (last step); variance_ratio: sum ||Q(g)||^2 / sum ||g||^2
+        over the tensors sent compressed (sq_norm_sent, sq_norm: the sums).
+        The counters are per tensor (see ``hvdspar.traffic``); these are their sums.
         """
-        return self.counters.summary(self.slots)
+        return _traffic.summary(self.slots)
 
     def reset_traffic(self):
-        self.counters.reset(self.slots)
+        """Zero the traffic figures (not the random streams or the memory)."""
+        for slot in self.slots:
+            slot.reset()
 
     def spec(self):
         """A string that ``hvdspar.from_spec`` turns back into an equal compressor."""

@@ -2,9 +2,16 @@
 
 ``compress()`` runs while a tf.function is traced, so Python counters would
 count traces, not steps. Every number here is a variable updated by ops that
-run each step: cumulative counters on ``Traffic`` and, per tensor ("slot"),
-the bytes of its latest call, so the last step's total is the sum over slots
-whatever order the graph runs them in.
+run each step.
+
+All of it is per tensor ("slot"): a tensor's compress() touches only its own
+slot's variables. That matters for speed. Horovod runs each gradient's
+compress -> collective -> decompress in its own ``tf.cond``; TensorFlow orders
+the stateful ops of a tf.function that share a resource in program order, so
+one counter shared by all tensors would chain the conds and serialise every
+tensor's collective (no tensor fusion, no overlap). With per-slot variables
+the conds stay independent, as they are for Horovod's own compressors.
+Totals are sums over slots, taken when ``summary()`` is read.
 """
 
 import tensorflow as tf
@@ -20,6 +27,13 @@ try:  # TF's control-flow branch graphs (tf.cond / tf.while_loop bodies)
 except ImportError:  # pragma: no cover
     _CONTROL_FLOW_GRAPHS = ()
 
+#: fields of SlotState.totals (cumulative over calls)
+TOTALS = ("bytes_sent", "dense_bytes", "elements", "kept", "calls")
+#: fields of SlotState.last (the latest call)
+LAST = ("bytes_sent", "dense_bytes", "kept", "dense")
+#: fields of SlotState.sq_norms (cumulative): ||g||^2 and ||Q(g)||^2 of the calls sent compressed
+SQ_NORMS = ("sq_norm", "sq_norm_sent")
+
 
 def trace_key():
     """The graph of the tf.function being traced (control-flow branches skipped).
@@ -34,23 +48,23 @@ def trace_key():
     return graph
 
 
-def _counter(name):
-    return tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-
-
 class SlotState(tf.Module):
-    """State of the tensor at one position of the gradient list."""
+    """State of the tensor at one position of the gradient list.
+
+    calls: the random-stream counter of the sparse path (never reset, so a
+    stream is not reused); totals / last / sq_norms: the traffic figures
+    (fields in TOTALS, LAST, SQ_NORMS); memory: error feedback, if any.
+    """
 
     def __init__(self, index, shape, dtype, memory):
         super().__init__(name=f"slot_{index}")
         self.index = index
         self.shape = tf.TensorShape(shape)
         self.dtype = tf.as_dtype(dtype)
-        self.calls = _counter("calls")
-        self.last_bytes = _counter("last_bytes")
-        self.last_dense_bytes = _counter("last_dense_bytes")
-        self.last_kept = _counter("last_kept")
-        self.last_dense = tf.Variable(False, trainable=False, name="last_dense")
+        self.calls = tf.Variable(0, dtype=tf.int64, trainable=False, name="calls")
+        self.totals = tf.Variable(tf.zeros([len(TOTALS)], tf.int64), trainable=False, name="totals")
+        self.last = tf.Variable(tf.zeros([len(LAST)], tf.int64), trainable=False, name="last")
+        self.sq_norms = tf.Variable(tf.zeros([len(SQ_NORMS)], tf.float64), trainable=False, name="sq_norms")
         if memory:
             from hvdspar.probabilities import compute_dtype
 
@@ -60,67 +74,59 @@ class SlotState(tf.Module):
         else:
             self.memory = None
 
+    def record(self, nbytes, dense_nbytes, elements, kept, dense, sq_norm=None, sq_norm_sent=None):
+        """Count one call (two variable updates; three with the norms). Arguments may be tensors."""
 
-class Traffic(tf.Module):
-    """Cumulative traffic of one compressor on this rank."""
+        def i64(v):
+            return tf.cast(v, tf.int64)
 
-    def __init__(self):
-        super().__init__(name="traffic")
-        self.bytes_sent = _counter("bytes_sent")
-        self.dense_bytes = _counter("dense_bytes")
-        self.elements = _counter("elements")
-        self.kept = _counter("kept")
-        self.steps = _counter("steps")
-        # sum over calls of ||g||^2 and ||Q(g)||^2: their ratio estimates E||Q||^2 / ||g||^2
-        self.sq_norm = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="sq_norm")
-        self.sq_norm_sent = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="sq_norm_sent")
+        nbytes, kept = i64(nbytes), i64(kept)
+        self.totals.assign_add(tf.stack([nbytes, i64(dense_nbytes), i64(elements), kept, i64(1)]))
+        self.last.assign(tf.stack([nbytes, i64(dense_nbytes), kept, i64(dense)]))
+        if sq_norm is not None:
+            self.sq_norms.assign_add(tf.stack([tf.cast(sq_norm, tf.float64), tf.cast(sq_norm_sent, tf.float64)]))
 
-    def record(self, slot, nbytes, dense_nbytes, elements, kept, dense):
-        """Add one tensor's call; all arguments may be tensors."""
-        nbytes = tf.cast(nbytes, tf.int64)
-        kept = tf.cast(kept, tf.int64)
-        self.bytes_sent.assign_add(nbytes)
-        self.dense_bytes.assign_add(tf.cast(dense_nbytes, tf.int64))
-        self.elements.assign_add(tf.cast(elements, tf.int64))
-        self.kept.assign_add(kept)
-        slot.last_bytes.assign(nbytes)
-        slot.last_dense_bytes.assign(tf.cast(dense_nbytes, tf.int64))
-        slot.last_kept.assign(kept)
-        slot.last_dense.assign(dense)
-        if slot.index == 0:
-            self.steps.assign_add(1)
+    def reset(self):
+        self.totals.assign(tf.zeros_like(self.totals))
+        self.last.assign(tf.zeros_like(self.last))
+        self.sq_norms.assign(tf.zeros_like(self.sq_norms))
 
-    def record_norms(self, sq_norm, sq_norm_sent):
-        self.sq_norm.assign_add(tf.cast(sq_norm, tf.float64))
-        self.sq_norm_sent.assign_add(tf.cast(sq_norm_sent, tf.float64))
 
-    def summary(self, slots):
-        def total(name):
-            return int(sum(int(getattr(s, name).numpy()) for s in slots))
+def counts(slots):
+    """The raw sums over slots: TOTALS, SQ_NORMS and ``last_*`` of LAST, as Python numbers."""
+    out = {name: 0 for name in TOTALS}
+    out.update({name: 0.0 for name in SQ_NORMS})
+    out.update({f"last_{name}": 0 for name in LAST})
+    for s in slots:
+        for name, v in zip(TOTALS, s.totals.numpy().tolist()):
+            out[name] += int(v)
+        for name, v in zip(SQ_NORMS, s.sq_norms.numpy().tolist()):
+            out[name] += float(v)
+        for name, v in zip(LAST, s.last.numpy().tolist()):
+            out[f"last_{name}"] += int(v)
+    return out
 
-        sent, dense = int(self.bytes_sent.numpy()), int(self.dense_bytes.numpy())
-        last_sent, last_dense = total("last_bytes"), total("last_dense_bytes")
-        elements = int(self.elements.numpy())
-        return {
-            "bytes_sent": sent,
-            "dense_bytes": dense,
-            "ratio": sent / dense if dense else 0.0,
-            "last_step_bytes_sent": last_sent,
-            "last_step_dense_bytes": last_dense,
-            "last_step_ratio": last_sent / last_dense if last_dense else 0.0,
-            "density": int(self.kept.numpy()) / elements if elements else 0.0,
-            "steps": int(self.steps.numpy()),
-            "tensors": len(slots),
-            "dense_tensors": int(sum(bool(s.last_dense.numpy()) for s in slots)),
-            # over the tensors sent compressed; 1.0 when every tensor went dense (Q = identity)
-            "variance_ratio": float(self.sq_norm_sent.numpy() / self.sq_norm.numpy()) if self.sq_norm.numpy() else 1.0,
-        }
 
-    def reset(self, slots):
-        for v in (self.bytes_sent, self.dense_bytes, self.elements, self.kept, self.steps):
-            v.assign(0)
-        self.sq_norm.assign(0.0)
-        self.sq_norm_sent.assign(0.0)
-        for s in slots:
-            for v in (s.last_bytes, s.last_dense_bytes, s.last_kept):
-                v.assign(0)
+def summary(slots):
+    """The figures ``Compressor.traffic()`` returns (see there)."""
+    c = counts(slots)
+    sent, dense = c["bytes_sent"], c["dense_bytes"]
+    last_sent, last_dense = c["last_bytes_sent"], c["last_dense_bytes"]
+    return {
+        "bytes_sent": sent,
+        "dense_bytes": dense,
+        "ratio": sent / dense if dense else 0.0,
+        "last_step_bytes_sent": last_sent,
+        "last_step_dense_bytes": last_dense,
+        "last_step_ratio": last_sent / last_dense if last_dense else 0.0,
+        "kept": c["kept"],
+        "elements": c["elements"],
+        "density": c["kept"] / c["elements"] if c["elements"] else 0.0,
+        "steps": int(slots[0].totals[TOTALS.index("calls")].numpy()) if slots else 0,
+        "tensors": len(slots),
+        "dense_tensors": c["last_dense"],
+        "sq_norm": c["sq_norm"],
+        "sq_norm_sent": c["sq_norm_sent"],
+        # over the tensors sent compressed; 1.0 when every tensor went dense (Q = identity)
+        "variance_ratio": c["sq_norm_sent"] / c["sq_norm"] if c["sq_norm"] else 1.0,
+    }

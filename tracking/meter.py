@@ -58,11 +58,10 @@ class TrafficMeter:
         """This rank's vector (see FIELDS) after ``steps`` optimizer steps."""
         if self.own_counters:
             t = self.compressor.traffic()
-            counters = getattr(self.compressor, "counters", None)
-            try:  # raw sums pool exactly across ranks; traffic()'s ratios are the fallback
-                kept, elements = float(counters.kept.numpy()), float(counters.elements.numpy())
-                sq, sq_sent = float(counters.sq_norm.numpy()), float(counters.sq_norm_sent.numpy())
-            except AttributeError:
+            if "kept" in t:  # raw sums pool exactly across ranks; the ratios are the fallback
+                kept, elements = float(t["kept"]), float(t["elements"])
+                sq, sq_sent = float(t["sq_norm"]), float(t["sq_norm_sent"])
+            else:
                 kept, elements = float(t.get("density", 0.0)), 1.0
                 sq, sq_sent = 1.0, float(t.get("variance_ratio", 0.0))
             return [
