@@ -47,3 +47,24 @@ def test_relative_speedups_and_merge():
     newer = [{**rows[2], "time_to_target_s": 5.0}]
     merged = tta.merge(rows, newer)
     assert len(merged) == 4 and merged[-1]["time_to_target_s"] == 5.0
+
+
+def test_final_accuracy_pairs_the_seeds_and_gives_a_t_interval():
+    from benchmarks import final_accuracy as fa
+
+    # a known case: diffs 1, 2, 3 -> mean 2, sd 1, se 1/sqrt(3), 95% half-width 4.303/sqrt(3)
+    mean, se, half = fa.paired([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and se == pytest.approx(3 ** -0.5) and half == pytest.approx(4.303 * 3 ** -0.5)
+
+    def res(acc, reached=True):
+        return {"final_acc": acc, "steps_to_target": 10 if reached else None}
+
+    # the pairing removes the seed-to-seed spread: "a" is 0.1 points below none on every seed
+    per_seed = {s: {"none": res(0.60 + 0.05 * s), "a": res(0.599 + 0.05 * s), "b": res(0.55, reached=s != 1)}
+                for s in range(4)}
+    rows = {r["spec"]: r for r in fa.summarize(per_seed, ["none", "a", "b"])}
+    assert rows["none"]["diff"] == 0 and rows["none"]["within_half_point"]
+    assert rows["a"]["diff"] == pytest.approx(-0.1) and rows["a"]["se"] == pytest.approx(0, abs=1e-9)
+    assert rows["a"]["within_half_point"]
+    assert rows["b"]["reached"] == 3 and not rows["b"]["within_half_point"]
+    assert rows["b"]["ci_low"] < rows["b"]["diff"] < rows["b"]["ci_high"]

@@ -1,0 +1,131 @@
+"""Final accuracy over several seeds: is a compressor's model as accurate as none's at the target?
+
+    python -m benchmarks.final_accuracy                       # softmax, 4 ranks, seeds 0-4
+    python -m benchmarks.final_accuracy --task cnn-cifar10 --seeds 0 1 2
+
+The time-to-accuracy table stops every run at the target loss and reports
+the test accuracy there; one run cannot tell a 0.5-point difference from
+noise (a 4096-row test set alone has a standard error of about 0.75 points
+at 63%). Here each seed (data, initial weights and compressor streams all
+change with it) is one horovodrun of benchmarks/workers/tta_worker.py on the
+unshaped loopback (the network changes the time, not the model), every
+compressor trained to the same target loss, on a larger test set. The
+comparison is paired: for seed s, diff_s = acc_s(compressor) - acc_s(none),
+reported as mean +- standard error and a 95% t-interval over the seeds.
+Prints a markdown table, writes out/final_accuracy.{md,json} and logs to
+MLflow (experiment "hvdspar-benchmarks").
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import markdown, metric_key, mlflow_run
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPRESSORS = ["none", "fp16", "gspar:rho=0.01", "gspar:rho=0.01,fallback=auto", "topk:ratio=0.01,memory=true",
+               "qsgd:levels=4"]
+# two-sided 97.5% quantiles of Student's t for 1..10 degrees of freedom
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+def run_seed(task_args, compressors, ranks, seed, tmp):
+    out = Path(tmp) / f"acc-{seed}.json"
+    exe = Path(sys.executable).with_name("horovodrun")
+    cmd = [str(exe) if exe.exists() else shutil.which("horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
+           "--gloo", sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *compressors,
+           "--seed", str(seed), "--out", str(out), *task_args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"horovodrun failed ({proc.returncode}) for seed {seed}:\n{proc.stdout[-3000:]}"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())["results"]
+
+
+def paired(diffs):
+    """(mean, standard error, half-width of the 95% t-interval) of a list of paired differences."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    return mean, se, T975[min(n - 1, len(T975)) - 1] * se
+
+
+def summarize(per_seed, compressors):
+    """per_seed: {seed: {spec: result}} -> one row per compressor (accuracies in points)."""
+    rows = []
+    for spec in compressors:
+        accs, diffs, reached = [], [], 0
+        for results in per_seed.values():
+            r, base = results[spec], results[compressors[0]]
+            if r["steps_to_target"] is not None:
+                reached += 1
+            accs.append(100 * r["final_acc"])
+            diffs.append(100 * (r["final_acc"] - base["final_acc"]))
+        mean, se, half = paired(diffs)
+        rows.append({
+            "spec": spec, "seeds": len(accs), "reached": reached, "acc": sum(accs) / len(accs),
+            "diff": mean, "se": se, "ci_low": mean - half, "ci_high": mean + half,
+            "within_half_point": bool(abs(mean) + half <= 0.5) if not math.isnan(half) else False,
+        })
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="softmax", choices=["softmax", "logreg-synthetic", "logreg-a9a", "cnn-cifar10"])
+    p.add_argument("--ranks", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--compressors", nargs="+", default=COMPRESSORS, help="the first is the baseline")
+    p.add_argument("--test-rows", type=int, default=16384, help="test rows (softmax: drawn; others: at most)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="training seconds per run before giving up")
+    p.add_argument("--out", default=str(ROOT / "out"))
+    args = p.parse_args(argv)
+    if len(args.seeds) < 2:
+        p.error("--seeds: give at least two seeds (the comparison is a paired t-interval)")
+    from benchmarks.time_to_accuracy import TASKS
+
+    cfg = TASKS[args.task]
+    task_args = ["--task", args.task, "--target-loss", str(cfg["target_loss"]), "--lr", str(cfg["lr"]),
+                 "--test-rows", str(args.test_rows), "--max-seconds", str(args.max_seconds)]
+    per_seed = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            results = run_seed(task_args, args.compressors, args.ranks, seed, tmp)
+            per_seed[seed] = {r["spec"]: r for r in results}
+            print(f"seed {seed}: " + ", ".join(f"{r['spec']} {100 * r['final_acc']:.2f}%" for r in results),
+                  flush=True)
+    rows = summarize(per_seed, args.compressors)
+    text = (f"{args.task}, {args.ranks} ranks, seeds {args.seeds}, test rows {args.test_rows}, each run stopped "
+            f"at the target loss {cfg['target_loss']}; diff = paired difference to {args.compressors[0]} "
+            "(points), mean +- s.e., 95% t-interval\n\n")
+    text += markdown(rows, [("spec", "{}"), ("reached", "{}"), ("acc", "{:.2f}"), ("diff", "{:+.2f}"),
+                            ("se", "{:.2f}"), ("ci_low", "{:+.2f}"), ("ci_high", "{:+.2f}"),
+                            ("within_half_point", "{}")])
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "final_accuracy.md").write_text(text + "\n")
+    (out / "final_accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "per_seed": {
+        str(s): {spec: {k: r[k] for k in ("final_acc", "final_loss", "steps_to_target", "time_to_target_s")}
+                 for spec, r in res.items()} for s, res in per_seed.items()}}, indent=1))
+    with mlflow_run("final_accuracy") as mlflow:
+        if mlflow is not None:
+            mlflow.log_params({k: str(v)[:500] for k, v in vars(args).items()})
+            mlflow.log_metrics({f"{args.task}.{metric_key(r['spec'])}.{m}": float(r[m])
+                                for r in rows for m in ("acc", "diff", "se", "ci_low", "ci_high")
+                                if not math.isnan(r[m])})
+            mlflow.log_text(text, "final_accuracy.md")
+
+
+if __name__ == "__main__":
+    main()
