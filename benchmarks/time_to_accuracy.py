@@ -23,6 +23,7 @@ end, also on errors or Ctrl-C.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -53,17 +54,19 @@ def horovodrun():
     return str(exe) if exe.exists() else shutil.which("horovodrun")
 
 
-def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout):
-    """One horovodrun (inside a fresh namespace) -> the worker's result dicts."""
+def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout,
+               worker="benchmarks.workers.tta_worker"):
+    """One horovodrun of ``worker`` (inside a fresh namespace) -> the worker's result dicts."""
     out = Path(out_dir) / f"tta-{network}-{ranks}-{time.time_ns()}.json"
     cmd = [horovodrun(), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
-           sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *compressors,
+           sys.executable, "-m", worker, "--compressors", *compressors,
            "--out", str(out), *worker_args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     name = f"hvdspar-tta-{os.getpid()}"
     start = time.time()
     lines = []
-    with netns.namespace(name, rate) as prefix:
+    # shaped: a fresh namespace (root); unshaped: the host's own loopback (no root needed)
+    with (netns.namespace(name, rate) if rate else contextlib.nullcontext([])) as prefix:
         proc = subprocess.Popen(prefix + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         try:

@@ -68,3 +68,21 @@ def test_final_accuracy_pairs_the_seeds_and_gives_a_t_interval():
     assert rows["a"]["within_half_point"]
     assert rows["b"]["reached"] == 3 and not rows["b"]["within_half_point"]
     assert rows["b"]["ci_low"] < rows["b"]["diff"] < rows["b"]["ci_high"]
+
+
+@pytest.mark.slow
+def test_step_time_worker_interleaves_blocks_and_reports_ratios(horovodrun, tmp_path):
+    out = tmp_path / "steps.json"
+    args = ["-m", "benchmarks.workers.step_time_worker", "--compressors", "none", "gspar:rho=0.05",
+            "--features", "1024", "--classes", "8", "--rows", "256", "--test-rows", "256",
+            "--blocks", "3", "--block-steps", "4", "--out", str(out)]
+    _, output = horovodrun(args, np=2)
+    rows = json.loads(out.read_text())["results"]
+    assert [r["spec"] for r in rows] == ["none", "gspar:rho=0.05"], output[-3000:]
+    none, gspar = rows
+    assert none["ratio"] == none["ratio_min"] == none["ratio_max"] == 1.0
+    for r in rows:
+        assert len(r["block_ms"]) == 3 and all(ms > 0 for ms in r["block_ms"]) and r["ranks"] == 2
+        assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+    assert gspar["dense_tensors"] < gspar["tensors"] == 2
+    assert gspar["ratio"] == pytest.approx(sorted(g / n for g, n in zip(gspar["block_ms"], none["block_ms"]))[1])

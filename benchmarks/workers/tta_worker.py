@@ -257,8 +257,9 @@ def run_one(spec, task, initial, args):
     }
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description=__doc__):
+    """The worker's options (shared with benchmarks/workers/step_time_worker.py)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compressors", nargs="+", required=True)
     p.add_argument("--task", choices=TASKS, default="softmax")
     p.add_argument("--features", type=int, default=16384, help="softmax: features")
@@ -279,7 +280,11 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=100000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     for s in args.compressors:
         hvdspar.from_spec(s)
     hvd.init()
