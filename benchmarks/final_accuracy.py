@@ -6,11 +6,11 @@
 The time-to-accuracy table stops every run at the target loss and reports
 the test accuracy there; one run cannot tell a 0.5-point difference from
 noise (a 4096-row test set alone has a standard error of about 0.75 points
-at 63%). Here each seed (data, initial weights and compressor streams all
+at 63%, though much of it is shared by two models scored on the same rows). Here each seed (data, initial weights and compressor streams all
 change with it) is one horovodrun of benchmarks/workers/tta_worker.py on the
 unshaped loopback (the network changes the time, not the model), every
-compressor trained to the same target loss, on a larger test set. The
-comparison is paired: for seed s, diff_s = acc_s(compressor) - acc_s(none),
+compressor trained to the same target loss and evaluated on the same test
+set. The comparison is paired: for seed s, diff_s = acc_s(compressor) - acc_s(none),
 reported as mean +- standard error and a 95% t-interval over the seeds.
 Prints a markdown table, writes out/final_accuracy.{md,json} and logs to
 MLflow (experiment "hvdspar-benchmarks").
@@ -86,7 +86,7 @@ def main(argv=None):
     p.add_argument("--ranks", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--compressors", nargs="+", default=COMPRESSORS, help="the first is the baseline")
-    p.add_argument("--test-rows", type=int, default=16384, help="test rows (softmax: drawn; others: at most)")
+    p.add_argument("--test-rows", type=int, default=4096, help="test rows (softmax: drawn; others: at most)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="training seconds per run before giving up")
     p.add_argument("--out", default=str(ROOT / "out"))
     args = p.parse_args(argv)
