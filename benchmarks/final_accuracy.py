@@ -19,14 +19,11 @@ MLflow (experiment "hvdspar-benchmarks").
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.common import markdown, metric_key, mlflow_run
+from benchmarks.time_to_accuracy import TASKS, run_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESSORS = ["none", "gspar:rho=0.01"]  # add others with --compressors (each costs ~1 min a seed)
@@ -35,17 +32,10 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
 
 
 def run_seed(task_args, compressors, ranks, seed, tmp):
-    out = Path(tmp) / f"acc-{seed}.json"
-    exe = Path(sys.executable).with_name("horovodrun")
-    cmd = [str(exe) if exe.exists() else shutil.which("horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}",
-           "--gloo", sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *compressors,
-           "--seed", str(seed), "--out", str(out), *task_args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"horovodrun failed ({proc.returncode}) for seed {seed}:\n{proc.stdout[-3000:]}"
-                           f"{proc.stderr[-3000:]}")
-    return json.loads(out.read_text())["results"]
+    """One horovodrun on the unshaped loopback -> {spec: the worker's result} for ``seed``."""
+    results = run_launch("loopback", None, ranks, compressors, ["--seed", str(seed), *task_args], tmp,
+                         timeout=7200)
+    return {r["spec"]: r for r in results}
 
 
 def paired(diffs):
@@ -91,18 +81,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if len(args.seeds) < 2:
         p.error("--seeds: give at least two seeds (the comparison is a paired t-interval)")
-    from benchmarks.time_to_accuracy import TASKS
-
     cfg = TASKS[args.task]
     task_args = ["--task", args.task, "--target-loss", str(cfg["target_loss"]), "--lr", str(cfg["lr"]),
                  "--test-rows", str(args.test_rows), "--max-seconds", str(args.max_seconds)]
     per_seed = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            results = run_seed(task_args, args.compressors, args.ranks, seed, tmp)
-            per_seed[seed] = {r["spec"]: r for r in results}
-            print(f"seed {seed}: " + ", ".join(f"{r['spec']} {100 * r['final_acc']:.2f}%" for r in results),
-                  flush=True)
+            per_seed[seed] = run_seed(task_args, args.compressors, args.ranks, seed, tmp)
+            print(f"seed {seed}: " + ", ".join(f"{spec} {100 * r['final_acc']:.2f}%"
+                                               for spec, r in per_seed[seed].items()), flush=True)
     rows = summarize(per_seed, args.compressors)
     text = (f"{args.task}, {args.ranks} ranks, seeds {args.seeds}, test rows {args.test_rows}, each run stopped "
             f"at the target loss {cfg['target_loss']}; diff = paired difference to {args.compressors[0]} "

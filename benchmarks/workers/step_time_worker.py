@@ -24,21 +24,7 @@ import tensorflow as tf
 
 import horovod.tensorflow as hvd
 import hvdspar
-from benchmarks.workers.tta_worker import Task, load_data, parser
-
-
-def make_step(task, compression):
-    variables, opt = task.variables, task.opt
-
-    @tf.function
-    def step(xb, yb):
-        with tf.GradientTape() as tape:
-            loss, _ = task.loss(xb, yb, True)
-        tape = hvd.DistributedGradientTape(tape, compression=compression)
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    return step
+from benchmarks.workers.tta_worker import Task, load_data, make_step, parser
 
 
 def main(argv=None):

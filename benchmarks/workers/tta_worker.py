@@ -145,22 +145,28 @@ class Task:
         return tf.reduce_mean(tf.cast(tf.equal(pred, tf.reshape(yb, [-1])), tf.float32))
 
 
-def run_one(spec, task, initial, args):
-    rank, size = hvd.rank(), hvd.size()
-    xs, ys, xt, yt = task.xs, task.ys, task.xt, task.yt
-    compression = hvdspar.from_spec(spec, seed=args.seed)  # the same random streams in every sweep
-    task.reset(initial)
-    variables = task.variables
-    opt = task.opt
+def make_step(task, compression):
+    """One training step of ``task`` (a tf.function): DistributedGradientTape with ``compression``."""
+    variables, opt = task.variables, task.opt
 
     @tf.function
     def step(xb, yb):
         with tf.GradientTape() as tape:
             loss, _ = task.loss(xb, yb, True)
         tape = hvd.DistributedGradientTape(tape, compression=compression)
-        grads = tape.gradient(loss, variables)
-        opt.apply_gradients(zip(grads, variables))
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
+
+    return step
+
+
+def run_one(spec, task, initial, args):
+    rank, size = hvd.rank(), hvd.size()
+    xs, ys, xt, yt = task.xs, task.ys, task.xt, task.yt
+    compression = hvdspar.from_spec(spec, seed=args.seed)  # the same random streams in every sweep
+    task.reset(initial)
+    variables, opt = task.variables, task.opt
+    step = make_step(task, compression)
 
     # The CNN is evaluated with BatchNorm on batch statistics (training=True): its moving
     # averages lag far behind in a short run and made the test loss jump by 0.3.
