@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import markdown, metric_key, mlflow_run
+from benchmarks.common import log_to_mlflow, markdown
 from benchmarks.time_to_accuracy import NETWORKS, TASKS, run_launch
 
 COMPRESSORS = ["none", "gspar:rho=0.01,fallback=auto", "gspar:rho=0.01"]
@@ -61,14 +61,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_time.md").write_text(text)
     (out / "step_time.json").write_text(json.dumps(rows, indent=1))
-    with mlflow_run("step_time") as mlflow:
-        if mlflow is not None:
-            mlflow.log_params({k: str(v)[:500] for k, v in vars(args).items()})
-            mlflow.log_metrics({
-                f"{r['task']}.{r['network']}.{r['ranks']}.{metric_key(r['spec'])}.{m}": float(r[m])
-                for r in rows for m in ("ms_per_step", "ratio", "ratio_min", "ratio_max")
-            })
-            mlflow.log_text(text, "step_time.md")
+    log_to_mlflow("step_time", {k: str(v)[:500] for k, v in vars(args).items()}, rows,
+                  ["task", "network", "ranks", "spec"], ["ms_per_step", "ratio", "ratio_min", "ratio_max"], table=text)
     return rows
 
 
