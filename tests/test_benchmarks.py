@@ -54,7 +54,7 @@ def test_final_accuracy_pairs_the_seeds_and_gives_a_t_interval():
 
     # a known case: diffs 1, 2, 3 -> mean 2, sd 1, se 1/sqrt(3), 95% half-width 4.303/sqrt(3)
     mean, se, half = fa.paired([1.0, 2.0, 3.0])
-    assert mean == pytest.approx(2.0) and se == pytest.approx(3 ** -0.5) and half == pytest.approx(4.303 * 3 ** -0.5)
+    assert mean == pytest.approx(2.0) and se == pytest.approx(3 ** -0.5) and half == pytest.approx(4.303 * 3 ** -0.5, rel=1e-4)
 
     def res(acc, reached=True):
         return {"final_acc": acc, "steps_to_target": 10 if reached else None}
@@ -68,6 +68,18 @@ def test_final_accuracy_pairs_the_seeds_and_gives_a_t_interval():
     assert rows["a"]["within_half_point"]
     assert rows["b"]["reached"] == 3 and not rows["b"]["within_half_point"]
     assert rows["b"]["ci_low"] < rows["b"]["diff"] < rows["b"]["ci_high"]
+
+    # "target" scores the model where the loss first reached the target, "final" the last one;
+    # a run that never reached the target is scored on its last model either way
+    def res2(at_target, final):
+        return {"acc_at_target": at_target, "final_acc": final, "steps_to_target": None if at_target is None else 10}
+
+    per_seed = {0: {"none": res2(0.60, 0.70), "c": res2(0.58, 0.70)},
+                1: {"none": res2(0.62, 0.72), "c": res2(None, 0.61)}}
+    target = {r["spec"]: r for r in fa.summarize(per_seed, ["none", "c"], "target")}
+    final = {r["spec"]: r for r in fa.summarize(per_seed, ["none", "c"], "final")}
+    assert target["c"]["diff"] == pytest.approx((-2.0 - 1.0) / 2) and target["c"]["reached"] == 1
+    assert final["c"]["diff"] == pytest.approx((0.0 - 11.0) / 2) and final["c"]["at"] == "final"
 
 
 @pytest.mark.slow
