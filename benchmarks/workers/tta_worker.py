@@ -178,16 +178,22 @@ def run_one(spec, task, initial, args):
         n = tf.cast(tf.shape(xb)[0], tf.float32)
         return loss * n, task.accuracy(yb, out) * n
 
-    def mean_over(x, y, which):
-        total = 0.0
+    def mean_over(x, y):
+        """(mean loss, mean accuracy) of the model on rows x, labels y, in chunks of 2048 rows."""
+        loss = acc = 0.0
         for i in range(0, len(x), 2048):
-            total += float(evaluate(x[i:i + 2048], y[i:i + 2048])[which])
-        return total / len(x)
+            chunk_loss, chunk_acc = evaluate(x[i:i + 2048], y[i:i + 2048])
+            loss, acc = loss + float(chunk_loss), acc + float(chunk_acc)
+        return loss / len(x), acc / len(x)
 
     def global_eval(train_seconds):
-        # rank 0's loss (task.xe) and test accuracy, broadcast (BatchNorm statistics differ
-        # between ranks), and the mean training clock over ranks.
-        loss, acc = mean_over(task.xe, task.ye, 0), mean_over(xt, yt, 1)
+        # Rank 0 alone evaluates its loss (on task.xe) and test accuracy and broadcasts them
+        # (BatchNorm statistics differ between ranks, so only one rank's model is scored);
+        # the training clock is the mean over ranks.
+        loss = acc = 0.0
+        if rank == 0:
+            test_loss, acc = mean_over(xt, yt)
+            loss = test_loss if task.xe is xt else mean_over(task.xe, task.ye)[0]
         v = tf.constant([loss, acc, train_seconds / size], tf.float64)
         mine = hvd.broadcast(v[:2], root_rank=0, name="tta_eval")
         clock = hvd.allreduce(v[2:], op=hvd.Sum, name="tta_clock")
