@@ -100,10 +100,15 @@ def main(argv=None):
     task_args = ["--task", args.task, "--target-loss", str(cfg["target_loss"]), "--lr", str(cfg["lr"]),
                  "--test-rows", str(args.test_rows), "--max-seconds", str(args.max_seconds),
                  "--after-target", str(args.after_target)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             per_seed[seed] = run_seed(task_args, args.compressors, args.ranks, seed, tmp)
+            # every finished seed is kept, also if a later one fails or is interrupted
+            (out / "final_accuracy.partial.json").write_text(json.dumps(
+                {"args": vars(args), "per_seed": {str(s): r for s, r in per_seed.items()}}))
             print(f"seed {seed}: " + ", ".join(
                 f"{spec} {100 * accuracy(r, 'target'):.2f}% at the target, {100 * r['final_acc']:.2f}% final"
                 for spec, r in per_seed[seed].items()), flush=True)
@@ -118,8 +123,6 @@ def main(argv=None):
                             ("se", "{:.2f}"), ("ci_low", "{:+.2f}"), ("ci_high", "{:+.2f}"),
                             ("within_half_point", "{}")])
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "final_accuracy.md").write_text(text + "\n")
     (out / "final_accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "per_seed": {
         str(s): {spec: {k: r[k] for k in ("acc_at_target", "final_acc", "final_loss", "steps_to_target",
