@@ -29,7 +29,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from benchmarks.common import markdown, metric_key, mlflow_run
+from benchmarks.common import log_to_mlflow, markdown
 from benchmarks.time_to_accuracy import TASKS, run_launch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,13 +128,9 @@ def main(argv=None):
         str(s): {spec: {k: r[k] for k in ("acc_at_target", "final_acc", "final_loss", "steps_to_target",
                                           "time_to_target_s", "steps")}
                  for spec, r in res.items()} for s, res in per_seed.items()}}, indent=1))
-    with mlflow_run("final_accuracy") as mlflow:
-        if mlflow is not None:
-            mlflow.log_params({k: str(v)[:500] for k, v in vars(args).items()})
-            mlflow.log_metrics({f"{args.task}.{metric_key(r['spec'])}.{r['at']}.{m}": float(r[m])
-                                for r in rows for m in ("acc", "diff", "se", "ci_low", "ci_high")
-                                if not math.isnan(r[m])})
-            mlflow.log_text(text, "final_accuracy.md")
+    log_to_mlflow("final_accuracy", {k: str(v)[:500] for k, v in vars(args).items()},
+                  [{**r, "task": args.task} for r in rows], ["task", "spec", "at"],
+                  ["acc", "diff", "se", "ci_low", "ci_high"], table=text)
 
 
 if __name__ == "__main__":
