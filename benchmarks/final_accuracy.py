@@ -8,8 +8,9 @@ The time-to-accuracy table stops every run at the target loss and reports
 the test accuracy there; one run cannot tell a 0.5-point difference from
 noise (a 4096-row test set alone has a standard error of about 0.75 points
 at 63%, though much of it is shared by two models scored on the same rows). Here each seed (data, initial weights and compressor streams all
-change with it) is one horovodrun of benchmarks/workers/tta_worker.py on the
-unshaped loopback (the network changes the time, not the model), every
+change with it) is one horovodrun of benchmarks/workers/tta_worker.py, on the
+unshaped loopback unless --network says otherwise (the network changes the
+time, and with fallback="auto" which tensors go sparse, hence the model), every
 compressor trained to the same target loss and evaluated on the same test
 set. The comparison is paired: for seed s, diff_s = acc_s(compressor) - acc_s(none),
 reported as mean +- standard error and a 95% t-interval over the seeds.
@@ -30,15 +31,15 @@ from pathlib import Path
 from scipy import stats
 
 from benchmarks.common import log_to_mlflow, markdown
-from benchmarks.time_to_accuracy import TASKS, run_launch
+from benchmarks.time_to_accuracy import NETWORKS, TASKS, run_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPRESSORS = ["none", "gspar:rho=0.01"]  # add others with --compressors (each costs ~1 min a seed)
 
 
-def run_seed(task_args, compressors, ranks, seed, tmp):
-    """One horovodrun on the unshaped loopback -> {spec: the worker's result} for ``seed``."""
-    results = run_launch("loopback", None, ranks, compressors, ["--seed", str(seed), *task_args], tmp,
+def run_seed(task_args, compressors, ranks, seed, tmp, network="loopback"):
+    """One horovodrun on ``network`` -> {spec: the worker's result} for ``seed``."""
+    results = run_launch(network, NETWORKS[network], ranks, compressors, ["--seed", str(seed), *task_args], tmp,
                          timeout=7200)
     return {r["spec"]: r for r in results}
 
@@ -92,6 +93,8 @@ def main(argv=None):
     p.add_argument("--max-seconds", type=float, default=120.0, help="training seconds per run before giving up")
     p.add_argument("--after-target", type=int, default=0,
                    help="steps every run keeps training after it reached the target loss")
+    p.add_argument("--network", default="loopback", choices=list(NETWORKS),
+                   help="shaped networks need root (a network namespace, see benchmarks/netns.py)")
     p.add_argument("--out", default=str(ROOT / "out"))
     args = p.parse_args(argv)
     if len(args.seeds) < 2:
@@ -105,7 +108,7 @@ def main(argv=None):
     per_seed = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            per_seed[seed] = run_seed(task_args, args.compressors, args.ranks, seed, tmp)
+            per_seed[seed] = run_seed(task_args, args.compressors, args.ranks, seed, tmp, args.network)
             # every finished seed is kept, also if a later one fails or is interrupted
             (out / "final_accuracy.partial.json").write_text(json.dumps(
                 {"args": vars(args), "per_seed": {str(s): r for s, r in per_seed.items()}}))
@@ -115,7 +118,7 @@ def main(argv=None):
     rows = summarize(per_seed, args.compressors, "target")
     if args.after_target:
         rows += summarize(per_seed, args.compressors, "final")
-    text = (f"{args.task}, {args.ranks} ranks, seeds {args.seeds}, test rows {args.test_rows}; at = test accuracy "
+    text = (f"{args.task}, {args.ranks} ranks, {args.network}, seeds {args.seeds}, test rows {args.test_rows}; at = test accuracy "
             f"at the target loss {cfg['target_loss']}"
             + (f" and final, {args.after_target} steps later" if args.after_target else "")
             + f"; diff = paired difference to {args.compressors[0]} (points), mean +- s.e., 95% t-interval\n\n")
