@@ -1,8 +1,9 @@
 """Final accuracy over several seeds: is a compressor's model as accurate as none's at the target?
 
-    python -m benchmarks.final_accuracy                       # none vs GSpar(0.01), softmax, 4 ranks, seeds 0-5
+    python -m benchmarks.final_accuracy                       # none vs GSpar(0.01) by bytes, softmax, 4 ranks, seeds 0-5
     python -m benchmarks.final_accuracy --after-target 100    # and keep training 100 steps past the target
     python -m benchmarks.final_accuracy --task cnn-cifar10 --seeds 0 1 2
+    sudo python -m benchmarks.final_accuracy --network 100mbit --compressors none gspar:rho=0.02   # the default fallback, as it decides there
 
 The time-to-accuracy table stops every run at the target loss and reports
 the test accuracy there; one run cannot tell a 0.5-point difference from
@@ -34,7 +35,9 @@ from benchmarks.common import log_to_mlflow, markdown
 from benchmarks.time_to_accuracy import NETWORKS, TASKS, run_launch
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPRESSORS = ["none", "gspar:rho=0.01"]  # add others with --compressors (each costs ~1 min a seed)
+# by bytes: on the loopback the default fallback="auto" would send everything dense (the same model
+# as none); add others with --compressors (each costs ~1 min a seed)
+COMPRESSORS = ["none", "gspar:rho=0.01,fallback=true"]
 
 
 def run_seed(task_args, compressors, ranks, seed, tmp, network="loopback"):

@@ -235,7 +235,7 @@ class Atomo(Compressor):
 
     spec_name = "atomo"
 
-    def __init__(self, budget=2, atoms="svd", memory=False, fallback=True, seed=None):
+    def __init__(self, budget=2, atoms="svd", memory=False, fallback="auto", seed=None):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:
             raise ValueError(f"hvdspar: budget must be a positive number (expected atoms), got {budget!r}")
         if atoms not in ATOMS:

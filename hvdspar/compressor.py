@@ -12,6 +12,20 @@ This class does the rest, once for all methods: slot bookkeeping across
 fallback, error feedback (``memory=True``), NaN/Inf handling and traffic
 accounting in ``tf.Variable`` counters (see ``traffic()``).
 
+The dense fallback (``fallback=``, per tensor, decided at trace time alike on
+every rank, counted in ``traffic()["dense_tensors"]``):
+
+    "auto" (default)  dense when the allgather would move more bytes than a
+                      ring allreduce, or when the dense allreduce is faster on
+                      this network once the compressor's own compute is paid
+                      (measured at the first step, ``hvdspar.link``): on a fast
+                      link (loopback, InfiniBand) compression does not pay and
+                      training runs as fast as without it
+    True              by bytes only (``exchange.prefer_dense``): deterministic,
+                      the same decisions on every machine; for studying the
+                      method itself on a fast link
+    False             always compressed
+
 State is a ``tf.Module``: put the compressor in a ``tf.train.Checkpoint`` (or
 ``hvdspar.track(model, compressor)``) and error-feedback memory survives a
 save and restore; restoring before the first step is deferred until the
@@ -47,7 +61,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     #: short name used by ``hvdspar.from_spec``
     spec_name = None
 
-    def __init__(self, memory=False, fallback=True, seed=None, name=None):
+    def __init__(self, memory=False, fallback="auto", seed=None, name=None):
         tf.Module.__init__(self, name=name or type(self).__name__)
         if not isinstance(memory, bool):
             raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
@@ -185,14 +199,16 @@ class Compressor(_HorovodCompressor, tf.Module):
     def _sparse_pays(self, d, dtype, num_ranks):
         """The fallback's per-tensor decision, taken at trace time, the same on every rank.
 
-        fallback=True: by bytes (``exchange.prefer_dense``). fallback="auto":
-        also by time, from the measured network and this compressor's measured
-        compute (``hvdspar.link``): sparse must be AUTO_MARGIN times faster.
+        fallback=True: by bytes (``exchange.prefer_dense``). fallback="auto"
+        (the default): by bytes first, then by time, from the measured network
+        and this compressor's measured compute (``hvdspar.link``): sparse must
+        be AUTO_MARGIN times faster. The measurement is collective (every rank
+        traces the same step), taken once and broadcast from rank 0.
         """
         message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype), d * dtype.size
         if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
             return False
-        if self.fallback != "auto":
+        if self.fallback != "auto" or num_ranks <= 1:  # one process: no network to measure
             return True
         from hvdspar import link
 

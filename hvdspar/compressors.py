@@ -99,16 +99,17 @@ class GSpar(SparseCompressor):
       memory: error feedback, not in the paper: send C(e) = gamma Q(e) for e = m + g and keep
         m = e - C(e), with gamma = ||e||^2 / sum e_i^2/p_i so that C is a contraction
         (``contraction_scale``); plain Q(e) would make the memory diverge.
-      fallback: True: send a tensor dense when the allgather would move more bytes
-        than a ring allreduce (decided per tensor from its size and the ranks);
-        "auto": also when the dense allreduce is faster on this network (measured
-        at the first step, see ``hvdspar.link``); False: always sparse.
+      fallback: "auto" (default): send a tensor dense when the allgather would move
+        more bytes than a ring allreduce (decided per tensor from its size and the
+        ranks), or when the dense allreduce is faster on this network (measured at
+        the first step, see ``hvdspar.link``); True: by bytes only (the same
+        decisions on every machine); False: always sparse.
       seed: base of the random streams (each rank and tensor draws its own).
     """
 
     spec_name = "gspar"
 
-    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True, seed=None):
+    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback="auto", seed=None):
         method = method or default_method(rho, epsilon)
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
         super().__init__(memory=memory, fallback=fallback, seed=seed)
@@ -140,7 +141,7 @@ class UniSp(SparseCompressor):
 
     spec_name = "unisp"
 
-    def __init__(self, rho, memory=False, fallback=True, seed=None):
+    def __init__(self, rho, memory=False, fallback="auto", seed=None):
         check_budget(rho=rho)
         super().__init__(memory=memory, fallback=fallback, seed=seed)
         self.rho = float(rho)

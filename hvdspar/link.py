@@ -2,8 +2,9 @@
 
 The byte rule of ``exchange.prefer_dense`` cannot see that on a fast network
 (a loopback, InfiniBand) the compressor's own compute costs more than the
-bytes it saves. With ``fallback="auto"`` a compressor sends a tensor sparse
-only when the time model says that pays by at least ``AUTO_MARGIN``:
+bytes it saves. With ``fallback="auto"`` (every compressor's default) a
+compressor sends a tensor sparse only when the time model says that pays by at
+least ``AUTO_MARGIN``:
 
     t_dense(D)     = alpha + (2 (M-1) / M) D / beta            ring allreduce of D bytes
     t_sparse(d, m) = 2 alpha + (M-1) m / beta + c_0 + c_1 d    allgather of m-byte messages,
@@ -102,6 +103,11 @@ def network():
                 latency, per_byte = times[0], 1e-15
             latency, per_byte = _broadcast([latency, per_byte], "hvdspar.link.network")
             _network = Network(latency, 1.0 / per_byte)
+    return _network
+
+
+def measured():
+    """The ``Network`` measured so far in this process, or None (nothing measured yet)."""
     return _network
 
 

@@ -311,7 +311,7 @@ class QSGD(QuantCompressor):
 
     spec_name = "qsgd"
 
-    def __init__(self, levels=4, memory=False, fallback=True, seed=None):
+    def __init__(self, levels=4, memory=False, fallback="auto", seed=None):
         if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels < 2**31:
             raise ValueError(f"hvdspar: levels must be an integer >= 1, got {levels!r}")
         super().__init__(memory=memory, fallback=fallback, seed=seed)
@@ -344,7 +344,7 @@ class TernGrad(QuantCompressor):
     spec_name = "terngrad"
     levels = 1
 
-    def __init__(self, memory=False, fallback=True, seed=None):
+    def __init__(self, memory=False, fallback="auto", seed=None):
         super().__init__(memory=memory, fallback=fallback, seed=seed)
 
     def quantize(self, x, seed):

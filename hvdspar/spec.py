@@ -25,7 +25,8 @@ def available():
     return sorted(set(_REGISTRY) | {"none", "fp16"})
 
 
-def _value(text):
+def parse_value(text):
+    """One spec value: true/false, none, an integer, a float, else the bare word."""
     low = text.strip().lower()
     if low in ("true", "yes", "on"):
         return True
@@ -51,7 +52,7 @@ def parse(spec):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"hvdspar: bad argument {item!r} in compressor spec {spec!r}; expected key=value")
-        kwargs[key.strip()] = _value(value)
+        kwargs[key.strip()] = parse_value(value)
     return name.strip().lower(), kwargs
 
 

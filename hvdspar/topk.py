@@ -92,13 +92,14 @@ class TopK(SparseCompressor):
     Args:
       ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
       memory: error feedback (default True); False gives plain, biased top-k.
-      fallback: send a tensor dense when that moves fewer bytes (see the base class).
+      fallback: send a tensor dense when that moves fewer bytes or, with "auto" (default),
+        is faster on this network (see the base class).
       seed: unused by top-k itself (deterministic); kept for a uniform interface.
     """
 
     spec_name = "topk"
 
-    def __init__(self, ratio, memory=True, fallback=True, seed=None):
+    def __init__(self, ratio, memory=True, fallback="auto", seed=None):
         ratio = check_ratio(ratio)
         super().__init__(memory=memory, fallback=fallback, seed=seed)
         self.ratio = ratio
@@ -127,7 +128,7 @@ class RandomK(SparseCompressor):
 
     spec_name = "randomk"
 
-    def __init__(self, ratio, rescale=False, memory=True, fallback=True, seed=None):
+    def __init__(self, ratio, rescale=False, memory=True, fallback="auto", seed=None):
         ratio = check_ratio(ratio)
         if not isinstance(rescale, bool):
             raise ValueError(f"hvdspar: rescale must be True or False, got {rescale!r}")

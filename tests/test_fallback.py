@@ -2,9 +2,11 @@
 
 The base class (hvdspar/compressor.py) sends a tensor dense through Horovod's
 own allreduce when an allgather of the expected message (M - 1) m would move
-at least as many bytes as a ring allreduce 2 (M - 1) / M D, i.e. when M m >= 2 D.
-The unit tests fake the world size (exchange.world) and the allgather, so they
-run without Horovod; the last test is a real 2-rank horovodrun.
+at least as many bytes as a ring allreduce 2 (M - 1) / M D, i.e. when M m >= 2 D
+(fallback=True, "by bytes"); the default, fallback="auto", applies that rule
+first and then the time model of hvdspar.link. The unit tests fake the world
+size (exchange.world), the allgather and the measured link, so they run
+without Horovod; the 2-rank tests are real horovodruns.
 """
 
 import pytest
@@ -89,7 +91,7 @@ def test_high_rho_small_tensor_many_ranks_goes_dense(fake_world):
 
 def test_low_rho_big_tensor_two_ranks_goes_sparse(fake_world):
     fake_world["size"] = 2
-    comp = hvdspar.GSpar(rho=0.01, seed=1)
+    comp = hvdspar.GSpar(rho=0.01, fallback=True, seed=1)
     d = 100_000
     assert not exchange.prefer_dense(comp.expected_nbytes(d, tf.float32), 4 * d, 2)
     _, out, ctx = _compress(comp, [d])
@@ -113,7 +115,7 @@ def test_fallback_false_forces_sparse(fake_world):
 def test_decision_is_per_tensor(fake_world):
     # 32 ranks, rho = 0.05: the big kernel travels sparse, the 10-element bias dense.
     fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.05, seed=1)
+    comp = hvdspar.GSpar(rho=0.05, fallback=True, seed=1)
     kinds = [_compress(comp, s, seed=i)[2][0] for i, s in enumerate(([20_000, 10], [10]))]
     assert kinds == ["sparse", "dense"]
     assert comp.traffic()["dense_tensors"] == 1
@@ -125,7 +127,7 @@ def test_switch_follows_the_rule_for_every_compressor(fake_world, spec):
     d = 50_000
     for ranks in (2, 8, 64, 512):
         fake_world["size"] = ranks
-        comp = hvdspar.from_spec(spec)
+        comp = hvdspar.from_spec(spec, fallback=True)
         m = comp.expected_nbytes(d, tf.float32)
         _, _, ctx = _compress(comp, [d])
         assert (ctx[0] == "dense") == (ranks * m >= 2 * 4 * d), (spec, ranks, m)
@@ -178,6 +180,29 @@ def test_fit_recovers_a_line_and_never_goes_negative():
     assert link._fit(10, 1.0 + 2 * 10, 1000, 1.0 + 2 * 1000) == pytest.approx((1.0, 2.0))
     intercept, slope = link._fit(10, 5.0, 1000, 4.0)  # noise: the larger size timed faster
     assert intercept >= 0 and slope > 0
+
+
+@pytest.mark.parametrize("spec", ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "randomk:ratio=0.01",
+                                  "qsgd:levels=4", "terngrad", "atomo:budget=2"])
+def test_auto_is_every_compressors_default(spec):
+    comp = hvdspar.from_spec(spec)
+    assert comp.fallback == "auto" and "fallback=auto" in comp.spec()
+
+
+def test_auto_on_one_rank_sends_compressed_without_measuring(fake_world, monkeypatch):
+    """A one-rank world: no network to measure and no bytes to save; the compressor runs
+    its method (simulations) and no timing collective is attempted."""
+    from hvdspar import link
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the link was measured in a one-process world")
+
+    monkeypatch.setattr(link, "network", no_measuring)
+    monkeypatch.setattr(link, "measure_compute", no_measuring)
+    fake_world["size"] = 1
+    comp = hvdspar.GSpar(rho=0.01, seed=1)
+    _, out, ctx = _compress(comp, [10_000])
+    assert ctx[0] == "sparse" and comp.traffic()["dense_tensors"] == 0
 
 
 def test_fallback_argument_is_validated_and_round_trips():

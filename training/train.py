@@ -93,6 +93,11 @@ def build_parser():
     g = p.add_argument_group("optimisation")
     g.add_argument("--compressor", default="none",
                    help="compressor spec for hvdspar.from_spec: e.g. gspar:rho=0.01, gspar:epsilon=1, none, fp16")
+    g.add_argument("--fallback", choices=("true", "auto", "false"), default="true",
+                   help="the dense fallback of a compressor whose spec sets none: true (by bytes alone: the same "
+                        "decisions on every machine, so runs here study the method; the default of these scripts), "
+                        "auto (also by the measured network and compute: the library's default, the fastest "
+                        "training on your network; on one machine it sends nearly everything dense), false (never)")
     g.add_argument("--optimizer", choices=("sgd", "adam", "svrg"), default=None,
                    help="default sgd for logreg/svm, adam for cnn; svrg (convex models) is the paper's Figure 2 loop")
     g.add_argument("--lr", type=float, default=None, help="step size; default depends on model and optimizer")
@@ -230,11 +235,12 @@ def configure_threads(args):
 # --------------------------------------------------------------------------------------------
 
 
-def make_compressor(text, seed):
-    """hvdspar.from_spec(text), with seed=<seed> for compressors that take one and whose spec sets none."""
-    from hvdspar.spec import from_spec
+def make_compressor(text, seed, fallback="true"):
+    """hvdspar.from_spec(text), with seed=<seed> and fallback=<fallback> ("true", "auto" or
+    "false") for compressors whose spec sets none."""
+    from hvdspar.spec import parse_value, from_spec
 
-    return from_spec(text, seed=seed)
+    return from_spec(text, seed=seed, fallback=parse_value(fallback))
 
 
 def load_data(args, rank, hvd_tf):
@@ -353,7 +359,7 @@ def main(argv=None):
 
     # ---- model, compressor, optimizer
     model, loss, metrics = models_mod.build(args.model, ds.input_shape, lambda2, args.channels, ds.num_classes, ds.mean, ds.std)
-    compressor = make_compressor(args.compressor, args.seed)
+    compressor = make_compressor(args.compressor, args.seed, args.fallback)
     is_module = isinstance(compressor, tf.Module)
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
 

@@ -45,7 +45,7 @@ data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
 spec = args.compressor
 if spec not in ("none", "fp16") and "seed=" not in spec:  # the compressor's random streams follow --seed
     spec += f"{',' if ':' in spec else ':'}seed={args.seed}"
-compressor = hvdspar.from_spec(spec)
+compressor = hvdspar.from_spec(spec, fallback=True)  # by bytes, unless the spec sets it: the tests need sparse traffic on a loopback
 
 model = tf.keras.Sequential(
     [tf.keras.Input((32,)), tf.keras.layers.Dense(64, activation="relu"), tf.keras.layers.Dense(2)], name="mlp"
