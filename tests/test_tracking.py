@@ -32,7 +32,8 @@ class FakeCompressor:
     def traffic(self):
         s = self.steps
         return {"bytes_sent": self.per_step * s, "dense_bytes": self.dense * s, "last_step_bytes_sent": self.per_step,
-                "last_step_dense_bytes": self.dense, "density": 0.1, "variance_ratio": 3.0, "steps": s}
+                "last_step_dense_bytes": self.dense, "density": 0.1, "variance_ratio": 3.0, "steps": s,
+                "tensors": 3, "dense_tensors": 2}
 
 
 @pytest.fixture
@@ -100,10 +101,13 @@ def test_dense_accounting_for_horovod_none_and_fp16():
     assert one_rank["bytes_sent"] == one_rank["dense_bytes"] == 0  # Horovod sends nothing with one rank
 
 
-def test_custom_loop_logs_to_the_local_default_store(local_env):
+def test_custom_loop_logs_to_the_local_default_store(local_env, monkeypatch):
+    from hvdspar import link
     from tracking import make_tracker
 
+    monkeypatch.setattr(link, "_network", link.Network(latency_s=2e-4, bandwidth_Bps=12.5e6))  # as if measured
     comp = FakeCompressor()
+    comp.fallback = "auto"
     tracker = make_tracker({"model": "logreg", "data": "synthetic", "log_every": 5}, comp)
     train(tracker, comp)
     tracker.close()
@@ -123,6 +127,9 @@ def test_custom_loop_logs_to_the_local_default_store(local_env):
     assert m["bytes_sent"] == 4000 and m["dense_bytes"] == 40000 and m["compression_ratio"] == 0.1
     assert m["bits_communicated"] == 32000 and m["bits_saved"] == 8 * 36000 and m["density"] == 0.1
     assert m["variance_ratio"] == 3.0 and m["test_accuracy"] == pytest.approx(0.6) and m["global_step"] == 40
+    # the fallback's decisions, and the link fallback="auto" decided on
+    assert m["dense_tensors"] == 2 and m["tensors"] == 3
+    assert m["link_latency_s"] == pytest.approx(2e-4) and m["link_bandwidth_MBps"] == pytest.approx(12.5)
     assert history(c, tracker.run_id, "loss") == [(1, 1.0), (2, 0.5)]
     files = {a.path for a in c.list_artifacts(tracker.run_id)} | {a.path for a in c.list_artifacts(tracker.run_id, "plots")}
     assert {"config.json", "config.yaml", "plots/loss_vs_epochs.png", "plots/loss_vs_bits.png"} <= files

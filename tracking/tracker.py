@@ -209,6 +209,23 @@ class Tracker:
             return {}
         return self.meter.totals(steps)
 
+    def _fallback(self):
+        """The dense fallback's decisions, alike on every rank: ``dense_tensors`` / ``tensors`` of
+        the last step and, once fallback="auto" has measured it, the link it decided on
+        (``link_latency_s``, ``link_bandwidth_MBps``). {} for compressors without them."""
+        try:
+            t = self.compressor.traffic()
+        except AttributeError:  # Horovod's none/fp16
+            return {}
+        out = {k: float(t[k]) for k in ("dense_tensors", "tensors") if k in t}
+        if getattr(self.compressor, "fallback", None) == "auto":
+            from hvdspar import link
+
+            net = link.measured()
+            if net is not None:
+                out.update(link_latency_s=net.latency_s, link_bandwidth_MBps=net.bandwidth_Bps / 1e6)
+        return out
+
     def log_step(self, step, metrics=None):
         """After optimizer step ``step`` (1, 2, ...); logs when step % log_every == 0. All ranks."""
         self.steps = int(step)
@@ -236,6 +253,7 @@ class Tracker:
             return
         values = numeric(metrics)
         values.update(traffic)
+        values.update(self._fallback())
         values["global_step"] = self.steps
         if self._epoch_started is not None:
             values["epoch_time_s"] = time.monotonic() - self._epoch_started
