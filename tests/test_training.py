@@ -200,6 +200,19 @@ def test_bad_flags_fail_before_training(args, message):
     assert "Epoch" not in proc.stdout and "epoch 1/" not in proc.stdout
 
 
+def test_fallback_flag_fills_specs_that_set_none():
+    """The scripts default to the byte rule (reproducible runs that exercise the method on one
+    machine); --fallback auto gives the library's default; a spec's own fallback wins."""
+    from training.train import make_compressor, parse_args
+
+    assert parse_args([]).fallback == "true"
+    assert make_compressor("gspar:rho=0.01", 1).fallback is True
+    assert make_compressor("gspar:rho=0.01", 1, parse_args(["--fallback", "auto"]).fallback).fallback == "auto"
+    assert make_compressor("topk:ratio=0.01", 1, "false").fallback is False
+    assert make_compressor("gspar:rho=0.01,fallback=auto", 1, "true").fallback == "auto"
+    assert make_compressor("none", 1, "auto") is not None  # Horovod's own ignore it
+
+
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"model": "svm", "data": "synthetic", "seed": 1, "size": 2}))
     proc = cli("--model", "logreg", "--checkpoint-dir", str(tmp_path), "--no-tracking")
