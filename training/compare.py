@@ -28,7 +28,7 @@ def dense_bytes_per_step(model, compression):
 
 def train(spec, data, args):
     tf.keras.utils.set_random_seed(args.seed)
-    compression = hvdspar.from_spec(spec, fallback=parse_value(args.fallback))
+    compression = hvdspar.from_spec(spec, seed=args.seed, fallback=parse_value(args.fallback))
     x = data.x_train[hvd.rank() :: hvd.size()]
     y = (data.y_train[hvd.rank() :: hvd.size()] + 1) / 2  # {-1, 1} -> {0, 1}
     lambda2 = 1.0 / data.n_train
@@ -69,6 +69,7 @@ def train(spec, data, args):
         if compression is hvd.Compression.fp16:
             dense = 2 * per_step
     return {
+        "name": spec,
         "spec": to_spec(compression) if hasattr(compression, "spec") else spec,
         "loss": hist.history["loss"],
         "full_loss": full,
@@ -108,18 +109,21 @@ def main(argv=None):
         return
     print(f"\nl2-logistic regression, synthetic data (N={data.n_train}, d={data.x_train.shape[1]}, C2={args.c2:g}), "
           f"{hvd.size()} ranks, SGD lr={args.lr}, minibatch {args.batch_size}\n")
-    head = "epoch | " + " | ".join(f"loss {r['spec'].split(',method')[0]:<28}" for r in runs)
+    head = "epoch | " + " | ".join(f"loss {r['name']:<28}" for r in runs)
     print(head)
     print("-" * len(head))
     for e in range(args.epochs):
         print(f"{e + 1:5d} | " + " | ".join(f"{r['loss'][e]:<33.4f}" for r in runs))
     print("\n(loss: mean minibatch loss of rank 0 during the epoch; full loss: all N rows after training)")
     print()
-    print(f"{'compressor':<45} {'full loss':>10} {'bytes/step':>12} {'dense':>10} {'ratio':>8} {'E|Q|2/|g|2':>11} {'seconds':>8}")
+    width = max(len("compressor"), *(len(r["name"]) for r in runs))
+    print(f"{'compressor':<{width}} {'full loss':>10} {'bytes/step':>12} {'dense':>10} {'ratio':>8} {'E|Q|2/|g|2':>11} "
+          f"{'seconds':>8}")
     for r in runs:
         ratio = r["bytes_per_step"] / r["dense_per_step"]
-        print(f"{r['spec'][:45]:<45} {r['full_loss']:>10.4f} {r['bytes_per_step']:>12.1f} "
+        print(f"{r['name']:<{width}} {r['full_loss']:>10.4f} {r['bytes_per_step']:>12.1f} "
               f"{r['dense_per_step']:>10.0f} {ratio:>8.4f} {r['variance_ratio']:>11.1f} {r['seconds']:>8.1f}")
+    print("\n(full specs, for hvdspar.from_spec: " + "; ".join(r["spec"] for r in runs if r["spec"] != r["name"]) + ")")
 
 
 if __name__ == "__main__":
