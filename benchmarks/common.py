@@ -43,8 +43,13 @@ def mlflow_run(run_name):
         yield mlflow
 
 
-def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None):
-    """One MLflow run per benchmark invocation; metrics named by key fields (see ``mlflow_run``)."""
+def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None, artifacts=None):
+    """One MLflow run per benchmark invocation (see ``mlflow_run``).
+
+    Each row gives the metrics ``<key fields>.<metric>`` (e.g. ``softmax.gspar_rho_0.01.final.diff``);
+    a metric that is None (a target not reached) is left out rather than logged as a number.
+    ``table`` is logged as ``<run_name>.md``, ``artifacts`` ({file name: text}) as text files.
+    """
     with mlflow_run(run_name) as mlflow:
         if mlflow is None:
             return
@@ -53,7 +58,10 @@ def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None)
         for r in rows:
             prefix = ".".join(metric_key(r[k]) for k in key_fields)
             for m in metric_fields:
-                metrics[f"{prefix}.{m}"] = float(r[m])
+                if r.get(m) is not None:
+                    metrics[f"{prefix}.{m}"] = float(r[m])
         mlflow.log_metrics(metrics)
         if table:
             mlflow.log_text(table, f"{run_name}.md")
+        for name, text in (artifacts or {}).items():
+            mlflow.log_text(text, name)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks import netns
-from benchmarks.common import metric_key, mlflow_run
+from benchmarks.common import log_to_mlflow
 
 ROOT = Path(__file__).resolve().parent.parent
 #: GSpar as a user gets it (fallback="auto", the default) and by bytes alone (fallback=true: the
@@ -121,21 +121,15 @@ def table(rows):
     return "\n".join(lines)
 
 
+#: logged per cell as <task>.<network>.np<ranks>.<spec>.<metric>
+METRICS = ("time_to_target_s", "time_to_acc_s", "dense_tensors", "steps_to_target", "final_loss", "final_acc",
+           "seconds_per_step", "bytes_per_step", "speedup_vs_none", "speedup_vs_fp16")
+
+
 def log_mlflow(rows, params, text):
-    with mlflow_run("time_to_accuracy") as mlflow:
-        if mlflow is None:
-            return
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        metrics = {}
-        for r in rows:
-            key = metric_key(f"{r['task']}.{r['network']}.np{r['ranks']}.{r['spec']}", keep="._-/")
-            for m in ("time_to_target_s", "time_to_acc_s", "dense_tensors", "steps_to_target", "final_loss", "final_acc", "seconds_per_step",
-                      "bytes_per_step", "speedup_vs_none", "speedup_vs_fp16"):
-                if r.get(m) is not None:
-                    metrics[f"{key}.{m}"] = float(r[m])
-        mlflow.log_metrics(metrics)
-        mlflow.log_text(text, "time_to_accuracy.md")
-        mlflow.log_text(json.dumps(rows, indent=1), "time_to_accuracy.json")
+    log_to_mlflow("time_to_accuracy", {k: str(v)[:500] for k, v in params.items()},
+                  [{**r, "np": f"np{r['ranks']}"} for r in rows], ["task", "network", "np", "spec"], METRICS,
+                  table=text, artifacts={"time_to_accuracy.json": json.dumps(rows, indent=1)})
 
 
 def merge(old, new):

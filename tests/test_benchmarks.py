@@ -98,3 +98,31 @@ def test_step_time_worker_interleaves_blocks_and_reports_ratios(horovodrun, tmp_
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
     assert gspar["dense_tensors"] < gspar["tensors"] == 2
     assert gspar["ratio"] == pytest.approx(sorted(g / n for g, n in zip(gspar["block_ms"], none["block_ms"]))[1])
+
+
+def test_time_to_accuracy_logs_one_mlflow_run_and_leaves_unreached_targets_out(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("HVDSPAR_NO_MLFLOW", raising=False)
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"task": "softmax", "network": "100mbit", "ranks": 4, "spec": "none", "time_to_target_s": 110.0,
+         "final_acc": 0.64},
+        {"task": "softmax", "network": "100mbit", "ranks": 4, "spec": "gspar:rho=0.01,fallback=true",
+         "time_to_target_s": None, "final_acc": 0.61},
+    ]
+    try:
+        tta.log_mlflow(rows, {"tasks": ["softmax"]}, "| table |")
+    finally:
+        mlflow.set_tracking_uri(None)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hvdspar-benchmarks").experiment_id])
+    m = run.data.metrics
+    assert m["softmax.100mbit.np4.none.time_to_target_s"] == 110.0
+    assert m["softmax.100mbit.np4.gspar_rho_0.01_fallback_true.final_acc"] == 0.61
+    assert "softmax.100mbit.np4.gspar_rho_0.01_fallback_true.time_to_target_s" not in m  # not reached: no number
+    assert run.data.params["tasks"] == "['softmax']"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"time_to_accuracy.md", "time_to_accuracy.json"}
