@@ -16,8 +16,9 @@ import tensorflow as tf
 
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from hvdspar.spec import parse_value, to_spec
+from hvdspar.spec import to_spec
 from training.data import load_synthetic
+from training.train import add_fallback_argument, make_compressor
 
 
 def dense_bytes_per_step(model, compression):
@@ -28,7 +29,7 @@ def dense_bytes_per_step(model, compression):
 
 def train(spec, data, args):
     tf.keras.utils.set_random_seed(args.seed)
-    compression = hvdspar.from_spec(spec, seed=args.seed, fallback=parse_value(args.fallback))
+    compression = make_compressor(spec, args.seed, args.fallback)
     x = data.x_train[hvd.rank() :: hvd.size()]
     y = (data.y_train[hvd.rank() :: hvd.size()] + 1) / 2  # {-1, 1} -> {0, 1}
     lambda2 = 1.0 / data.n_train
@@ -86,12 +87,7 @@ def main(argv=None):
         "--compressors", nargs="+", default=["none", "gspar:rho=0.1", "gspar:rho=0.01"], metavar="SPEC",
         help="compressor specs, e.g. none fp16 gspar:rho=0.01 topk:ratio=0.01 (default: %(default)s)",
     )
-    parser.add_argument(
-        "--fallback", choices=("true", "auto", "false"), default="true",
-        help="dense fallback of specs that set none: true (by bytes alone, the same on every machine: this job "
-             "shows the method's bytes and loss), auto (the library's default: also by measured time; on one "
-             "machine it sends nearly everything dense), false (default: %(default)s)",
-    )
+    add_fallback_argument(parser)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8, help="per rank (the paper's minibatch is 8)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD step size, the same for every compressor")

@@ -93,11 +93,7 @@ def build_parser():
     g = p.add_argument_group("optimisation")
     g.add_argument("--compressor", default="none",
                    help="compressor spec for hvdspar.from_spec: e.g. gspar:rho=0.01, gspar:epsilon=1, none, fp16")
-    g.add_argument("--fallback", choices=("true", "auto", "false"), default="true",
-                   help="the dense fallback of a compressor whose spec sets none: true (by bytes alone: the same "
-                        "decisions on every machine, so runs here study the method; the default of these scripts), "
-                        "auto (also by the measured network and compute: the library's default, the fastest "
-                        "training on your network; on one machine it sends nearly everything dense), false (never)")
+    add_fallback_argument(g)
     g.add_argument("--optimizer", choices=("sgd", "adam", "svrg"), default=None,
                    help="default sgd for logreg/svm, adam for cnn; svrg (convex models) is the paper's Figure 2 loop")
     g.add_argument("--lr", type=float, default=None, help="step size; default depends on model and optimizer")
@@ -233,6 +229,16 @@ def configure_threads(args):
 # --------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------
+
+
+def add_fallback_argument(parser):
+    """--fallback, shared by the training scripts (this one and training/compare.py)."""
+    parser.add_argument("--fallback", choices=("true", "auto", "false"), default="true",
+                        help="the dense fallback of a compressor whose spec sets none: true (by bytes alone: the same "
+                             "decisions on every machine, so runs here study the method; the default of these "
+                             "scripts), auto (also by the measured network and compute: the library's default, the "
+                             "fastest training on your network; on one machine it sends nearly everything dense), "
+                             "false (never)")
 
 
 def make_compressor(text, seed, fallback="true"):
