@@ -235,33 +235,27 @@ class Atomo(Compressor):
 
     spec_name = "atomo"
 
-    def __init__(self, budget=2, atoms="svd", memory=False, fallback="auto", seed=None):
+    def __init__(self, budget=2, atoms="svd", memory=False, fallback=True, nonfinite="propagate", seed=None):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:
             raise ValueError(f"hvdspar: budget must be a positive number (expected atoms), got {budget!r}")
         if atoms not in ATOMS:
             raise ValueError(f"hvdspar: atoms must be one of {ATOMS}, got {atoms!r}")
-        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
         self.budget = float(budget)
         self.atoms = atoms
-        self._shape = None
 
     def config(self):
         return {"budget": self.budget, "atoms": self.atoms, **super().config()}
 
-    @_no_autograph
-    def compress(self, tensor):
-        # The base class hands encode() and expected_nbytes() a flat tensor; remember its shape.
-        self._shape = tf.convert_to_tensor(tensor).shape
-        try:
-            return super().compress(tensor)
-        finally:
-            self._shape = None
-
     def _layout(self, d, shape):
-        shape = shape if shape is not None else self._shape
+        """(rows, cols) when a tensor of ``shape`` gets spectral atoms, else None (entry-wise)."""
         if shape is None or tf.TensorShape(shape).num_elements() != d or not uses_svd(shape, self.atoms):
             return None
         return matrix_layout(shape)
+
+    def _timing_shape(self, shape):
+        # fallback="auto" must time the encoder that will run: an SVD's cost depends on the matrix shape.
+        return tuple(tf.TensorShape(shape).as_list()) if uses_svd(shape, self.atoms) else None
 
     def expected_nbytes(self, d, dtype, shape=None):
         layout = self._layout(d, shape)
@@ -272,7 +266,7 @@ class Atomo(Compressor):
 
     @_no_autograph
     def encode(self, x, seed, dtype, shape=None):
-        """As the base class; ``shape`` (default: the tensor being compressed) picks the atoms."""
+        """As the base class; ``shape`` (of the tensor x is the flat view of) picks the atoms."""
         d = x.shape[0]
         cdt = compute_dtype(dtype)
         q_len = d if self.memory else 0

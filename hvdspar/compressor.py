@@ -3,38 +3,57 @@
 A subclass only says how one rank's (flattened) gradient becomes a message and
 how a concatenation of the ranks' messages becomes their sum::
 
-    encode(x, seed, dtype)                -> Encoded(message, q, kept, q_sq_norm)
+    encode(x, seed, dtype, shape)         -> Encoded(message, q, kept, q_sq_norm)
     decode_sum(data, num_ranks, d, dtype) -> (sum of the ranks' Q [d], all senders finite)
-    expected_nbytes(d, dtype)             -> planned message size (for the dense fallback)
+    expected_nbytes(d, dtype, shape)      -> planned message size (for the dense fallback)
 
-This class does the rest, once for all methods: slot bookkeeping across
-``tf.function`` traces, the allgather exchange and averaging, the dense
-fallback, error feedback (``memory=True``), NaN/Inf handling and traffic
-accounting in ``tf.Variable`` counters (see ``traffic()``).
+This class does the rest, once for all methods. A gradient's trip:
+
+    compress(g):    x = g + m (error feedback)       plan: dense or compressed (per tensor, at trace time)
+                    dense:      hand x to Horovod's allreduce as it is
+                    compressed: message = encode(x); gathered = allgather(message);
+                                hand Horovod the placeholder (``exchange.placeholder``)
+    Horovod:        allreduce of what compress returned, with the user's op and scale factors
+    decompress(t):  dense:      t is Horovod's result; m <- x - sent
+                    compressed: result = t[0] * decode_sum(gathered)  (t[0]: Horovod's factor)
+                                m <- x - Q(x); the random stream advances
+
+So ``op=hvd.Sum``/``hvd.Average``, ``prescale_factor``/``postscale_factor`` and
+``gradient_predivide_factor`` give what Horovod gives without compression, in
+expectation, on every build (see ``hvdspar.exchange``).
+
+Non-finite gradients (``nonfinite=``): with "propagate" (default) a step where
+any rank's gradient holds NaN or Inf returns a non-finite result on every rank,
+as Horovod's own allreduce does, so Keras' ``LossScaleOptimizer`` skips that
+step on every rank and lowers its scale; nothing of that step enters the
+error-feedback memory, the variance figures or the random streams. "raise"
+stops training with a clear error instead.
 
 The dense fallback (``fallback=``, per tensor, decided at trace time alike on
-every rank, counted in ``traffic()["dense_tensors"]``):
+every rank, counted in ``traffic()["dense_tensors"]``; rank 0 logs the
+decisions once, at the first step, through the ``hvdspar`` logger):
 
-    "auto" (default)  dense when the allgather would move more bytes than a
-                      ring allreduce, or when the dense allreduce is faster on
-                      this network once the compressor's own compute is paid
-                      (measured at the first step, ``hvdspar.link``): on a fast
-                      link (loopback, InfiniBand) compression does not pay and
-                      training runs as fast as without it
-    True              by bytes only (``exchange.prefer_dense``): deterministic,
-                      the same decisions on every machine; for studying the
-                      method itself on a fast link
+    True (default)    by bytes (``exchange.prefer_dense``): dense when the allgather
+                      would move at least as many bytes as a ring allreduce;
+                      deterministic, the same decisions on every machine
+    "auto"            by bytes, then by time (``hvdspar.link``): also dense when the
+                      dense allreduce is faster on this network once the compressor's
+                      own compute is paid (measured at the first step)
     False             always compressed
 
-State is a ``tf.Module``: put the compressor in a ``tf.train.Checkpoint`` (or
-``hvdspar.track(model, compressor)``) and error-feedback memory survives a
-save and restore; restoring before the first step is deferred until the
-memory variables exist.
+State (``SlotState``: memory, random stream, traffic counters) is kept per
+tensor: inside a ``tf.function`` by the tensor's position in Horovod's call
+order (a retrace restarts the order); in eager calls of ``hvd.allreduce`` by
+its ``name=`` and otherwise its shape and dtype. It is a ``tf.Module``: put the
+compressor in a ``tf.train.Checkpoint`` (or ``hvdspar.track(model, compressor)``)
+and error-feedback memory survives a save and restore.
 """
 
 import collections
+import logging
 import random
 
+import numpy as np
 import tensorflow as tf
 
 from hvdspar import exchange
@@ -50,9 +69,26 @@ except ImportError:  # pragma: no cover - exercised only where Horovod is absent
         """Stand-in with Horovod's interface when Horovod is not installed."""
 
 
+log = logging.getLogger("hvdspar")
+
+NONFINITE = ("propagate", "raise")
+
+
 class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm"])):
     """What ``Compressor.encode`` returns: the uint8 message, Q(x) if memory is on
     (else a [0] tensor), the count of kept elements, and ||Q(x)||^2."""
+
+
+class _Dense(collections.namedtuple("_Dense", ["slot", "x", "sent"])):
+    """compress -> decompress context of a tensor sent dense."""
+
+    kind = "dense"
+
+
+class _Sparse(collections.namedtuple("_Sparse", ["slot", "x", "enc", "gathered", "shape", "process_set"])):
+    """compress -> decompress context of a tensor sent compressed."""
+
+    kind = "sparse"
 
 
 class Compressor(_HorovodCompressor, tf.Module):
@@ -61,26 +97,34 @@ class Compressor(_HorovodCompressor, tf.Module):
     #: short name used by ``hvdspar.from_spec``
     spec_name = None
 
-    def __init__(self, memory=False, fallback="auto", seed=None, name=None):
+    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None, name=None):
         tf.Module.__init__(self, name=name or type(self).__name__)
         if not isinstance(memory, bool):
             raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
         if not (isinstance(fallback, bool) or fallback == "auto"):
             raise ValueError(f"hvdspar: fallback must be True, False or 'auto', got {fallback!r}")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"hvdspar: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"hvdspar: seed must be a non-negative integer or None, got {seed!r}")
         self.memory = memory
         self.fallback = fallback
+        self.nonfinite = nonfinite
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.slots = []
-        self._trace = None
-        self._next_slot = 0
-        self.__dict__["_compute_costs"] = {}  # dtype -> link.Compute (fallback="auto"); not checkpointed
+        # Python-only bookkeeping, kept out of tf.Module's tracking (and so out of checkpoints).
+        self.__dict__["_trace"] = None
+        self.__dict__["_next_slot"] = 0
+        self.__dict__["_eager_index"] = {}  # (name, shape, dtype) -> slot index, for eager calls
+        self.__dict__["_plans"] = {}  # slot index -> (dense?, reason, ranks) of the latest trace
+        self.__dict__["_logged_plan"] = None
+        self.__dict__["_eager_logged"] = set()  # slot indices whose eager plan was logged
+        self.__dict__["_compute_costs"] = {}  # (dtype, timing shape) -> link.Compute (fallback="auto")
 
     # --- what a subclass provides -----------------------------------------------------------
 
-    def encode(self, x, seed, dtype):
-        """Flat x (gradient, plus memory) -> ``Encoded``.
+    def encode(self, x, seed, dtype, shape=None):
+        """Flat x (gradient, plus memory) of a tensor of ``shape`` -> ``Encoded``.
 
         ``dtype`` is the gradient's dtype, x is in it or in its compute dtype.
         Encoded.q, this rank's Q(x) as the receivers will decode it (compute
@@ -91,78 +135,95 @@ class Compressor(_HorovodCompressor, tf.Module):
         raise NotImplementedError
 
     def decode_sum(self, data, num_ranks, d, dtype):
+        """The sum of ``num_ranks`` (an int32 tensor) concatenated messages, and whether all were finite."""
         raise NotImplementedError
 
-    def expected_nbytes(self, d, dtype):
+    def expected_nbytes(self, d, dtype, shape=None):
         raise NotImplementedError
 
     def config(self):
         """The constructor arguments, for ``spec()`` and tracking."""
-        return {"memory": self.memory, "fallback": self.fallback, "seed": self.seed}
+        out = {"memory": self.memory, "fallback": self.fallback}
+        if self.nonfinite != "propagate":
+            out["nonfinite"] = self.nonfinite
+        out["seed"] = self.seed
+        return out
 
     # --- the Horovod interface --------------------------------------------------------------
 
     @tf.autograph.experimental.do_not_convert
     def compress(self, tensor):
+        site = exchange.call_site()
         tensor = tf.convert_to_tensor(tensor)
         if not tensor.shape.is_fully_defined():
             raise ValueError(f"hvdspar: {self.name} needs gradients of static shape, got {tensor.shape}")
-        dtype = tensor.dtype
+        dtype, shape = tensor.dtype, tensor.shape
         cdt = compute_dtype(dtype)
-        d = tensor.shape.num_elements()
-        num_ranks, rank = exchange.world()
-        slot = self._slot_for(tensor)
-        dense_nbytes = d * dtype.size
+        d = shape.num_elements()
+        num_ranks, rank = exchange.world(site.process_set)
+        slot, position = self._slot_for(tensor, site)
+        dense, reason = self._plan(slot, d, dtype, shape, num_ranks)
+        self._log_plan_at_first_step(slot, position, rank)
 
         x = tf.reshape(tensor, [-1])
         if self.memory:
             x = tf.cast(x, cdt) + slot.memory  # e = m + g (error feedback)
 
-        if d == 0 or (self.fallback and not self._sparse_pays(d, dtype, num_ranks)):
+        if dense:
             sent = tf.cast(x, dtype)
-            if self.memory:
-                slot.memory.assign(x - tf.cast(sent, cdt))
+            dense_nbytes = d * dtype.size
             slot.record(dense_nbytes, dense_nbytes, d, d, dense=True)
             # Nothing heavier before Horovod's allreduce: tf.function runs stateful ops in program
-            # order, so work here would delay the collective. The norm is taken in decompress.
-            return tf.reshape(sent, tensor.shape), ("dense", tensor.shape)
+            # order, so work here would delay the collective.
+            return tf.reshape(sent, shape), _Dense(slot, x, sent)
 
-        seed = tf.stack([tf.constant(self._seed_base(rank, slot.index), tf.int64), slot.calls.read_value()])
-        slot.calls.assign_add(1)
-        enc = self.encode(x, seed, dtype)
-        gathered = exchange.allgather(enc.message)
-        total, all_finite = self.decode_sum(gathered, num_ranks, d, dtype)
-        check = tf.debugging.Assert(
-            all_finite,
-            [
-                f"hvdspar: a gradient of shape {tensor.shape.as_list()} ({dtype.name}, tensor #{slot.index}) "
-                "holds NaN or Inf on at least one rank; training stopped before the model was changed. "
-                "Lower the learning rate, clip gradients, or use loss scaling for float16."
-            ],
-        )
-        with tf.control_dependencies([check]):
-            average = tf.cast(total / tf.cast(num_ranks, total.dtype), dtype)
-        if self.memory:
-            slot.memory.assign(x - enc.q)
-        nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.PLACEHOLDER_NBYTES
-        slot.record(nbytes, dense_nbytes, d, enc.kept, dense=False, sq_norm=_sq_norm(x), sq_norm_sent=enc.q_sq_norm)
-        return exchange.placeholder(), ("sparse", tf.reshape(average, tensor.shape))
+        seed = tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
+        enc = self.encode(x, seed, dtype, shape)
+        gathered = exchange.allgather(enc.message, site.process_set)
+        nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.placeholder_nbytes(dtype)
+        slot.record(nbytes, d * dtype.size, d, enc.kept, dense=False)
+        return exchange.placeholder(dtype, site.process_set), _Sparse(slot, x, enc, gathered, shape, site.process_set)
 
     @tf.autograph.experimental.do_not_convert
     def decompress(self, tensor, ctx):
-        kind, payload = ctx
-        if kind == "sparse":
-            return payload
-        # The NaN/Inf check in one reduction (a non-finite element makes the sum non-finite).
-        # Nothing else: a dense tensor is sent as it is (Q = identity) and stays out of the
-        # variance figures, which describe the compressed tensors.
-        check = tf.debugging.Assert(
-            tf.math.is_finite(tf.reduce_sum(tf.cast(tensor, tf.float32) if tensor.dtype != tf.float64 else tensor)),
-            [f"hvdspar: an averaged gradient of shape {payload.as_list()} holds NaN or Inf, or values whose "
-             "sum overflows float32 (dense path)"],
+        if isinstance(ctx, _Dense):
+            return self._finish_dense(tensor, ctx)
+        slot, x, enc, shape = ctx.slot, ctx.x, ctx.enc, ctx.shape
+        dtype, d = slot.dtype, shape.num_elements()
+        total, all_finite = self.decode_sum(ctx.gathered, exchange.size_op(ctx.process_set), d, dtype)
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(all_finite, [_nonfinite_message(slot, shape, dtype)]))
+        with tf.control_dependencies(checks):
+            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not finite.
+            factor = tf.cast(tf.reshape(tensor, [-1])[0], total.dtype)
+            poison = tf.where(all_finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
+            result = tf.cast(total * factor + poison, dtype)
+        if self.memory:
+            tf.cond(all_finite, lambda: slot.memory.assign(x - enc.q).op, tf.no_op)
+        slot.calls.assign_add(tf.cast(all_finite, tf.int64))  # a skipped step does not use up a stream
+        slot.sq_norms.assign_add(
+            tf.where(all_finite, tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)]),
+                     tf.zeros([2], tf.float64))
         )
-        with tf.control_dependencies([check]):
-            return tf.identity(tensor)
+        return tf.reshape(result, shape)
+
+    def _finish_dense(self, reduced, ctx):
+        """A tensor sent dense: Horovod's result as it is; the memory keeps the cast's residual."""
+        if not (self.memory or self.nonfinite == "raise"):
+            return reduced
+        slot = ctx.slot
+        # Any rank's NaN/Inf makes the reduced sum non-finite: one reduction tells every rank alike.
+        wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
+        finite = tf.math.is_finite(tf.reduce_sum(wide))
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, slot.shape, slot.dtype)]))
+        with tf.control_dependencies(checks):
+            if self.memory:
+                residual = ctx.x - tf.cast(ctx.sent, ctx.x.dtype)
+                tf.cond(finite, lambda: slot.memory.assign(residual).op, tf.no_op)
+            return tf.identity(reduced)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -196,43 +257,122 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _sparse_pays(self, d, dtype, num_ranks):
-        """The fallback's per-tensor decision, taken at trace time, the same on every rank.
+    def _plan(self, slot, d, dtype, shape, num_ranks):
+        """(dense?, reason): the fallback's decision for one tensor, at trace time, alike on every rank.
 
-        fallback=True: by bytes (``exchange.prefer_dense``). fallback="auto"
-        (the default): by bytes first, then by time, from the measured network
-        and this compressor's measured compute (``hvdspar.link``): sparse must
+        fallback=True: by bytes (``exchange.prefer_dense``: dense when M m >= 2 D).
+        fallback="auto": by bytes first, then by time, from the measured network
+        and this compressor's measured compute (``hvdspar.link``): compressed must
         be AUTO_MARGIN times faster. The measurement is collective (every rank
         traces the same step), taken once and broadcast from rank 0.
         """
-        message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype), d * dtype.size
-        if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
-            return False
-        if self.fallback != "auto" or num_ranks <= 1:  # one process: no network to measure
-            return True
+        if d == 0:
+            dense, reason = True, "empty"
+        elif not self.fallback or num_ranks <= 1:
+            dense, reason = False, "compressed"
+        else:
+            message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
+            if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
+                dense, reason = True, "by bytes"
+            elif self.fallback == "auto" and not self._sparse_is_faster(d, dtype, shape, num_ranks, message_nbytes):
+                dense, reason = True, "by time"
+            else:
+                dense, reason = False, "compressed"
+        self._plans[slot.index] = (dense, reason, num_ranks)
+        return dense, reason
+
+    def _sparse_is_faster(self, d, dtype, shape, num_ranks, message_nbytes):
         from hvdspar import link
 
-        if dtype.name not in self._compute_costs:
-            self._compute_costs[dtype.name] = link.measure_compute(self, dtype, num_ranks)
-        return link.sparse_pays(link.network(), self._compute_costs[dtype.name], d, message_nbytes, dense_nbytes,
-                                num_ranks)
+        timing_shape = self._timing_shape(shape)
+        key = (dtype.name, timing_shape)
+        if key not in self._compute_costs:
+            self._compute_costs[key] = link.measure_compute(self, dtype, num_ranks, timing_shape)
+        return link.sparse_pays(link.network(), self._compute_costs[key], d, message_nbytes, d * dtype.size, num_ranks)
+
+    def _timing_shape(self, shape):
+        """The shape fallback="auto" times this compressor at: None = flat vectors of two sizes
+        (cost linear in d); a compressor whose cost depends on the shape returns it."""
+        return None
+
+    def plan_summary(self):
+        """One line: how many tensors the latest trace sends dense, and why."""
+        plans = list(self._plans.values())
+        if not plans:
+            return f"hvdspar: {self!r}: no tensor planned yet"
+        reasons = collections.Counter(reason for dense, reason, _ in plans if dense)
+        ranks = sorted({m for _, _, m in plans})
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+        rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.fallback]
+        return (f"hvdspar: {type(self).__name__} at {'/'.join(map(str, ranks))} ranks: "
+                f"{sum(reasons.values())} of {len(plans)} tensors sent dense ({why}; fallback={rule}), "
+                f"{len(plans) - sum(reasons.values())} compressed")
+
+    def _emit_plan(self, rank=0):
+        line = self.plan_summary()
+        if rank == 0 and line != self._logged_plan:
+            self._logged_plan = line
+            log.info(line)
+        return np.bool_(True)
+
+    def _log_plan_at_first_step(self, slot, position, rank):
+        """Rank 0 logs ``plan_summary()`` once, when the first step runs (the whole trace planned by then).
+
+        The graph built here is the same on every rank (Horovod matches collectives across ranks by
+        op names, so a rank-dependent op would shift them); only the Python callback looks at the rank.
+        """
+        if tf.executing_eagerly():
+            if slot.index not in self._eager_logged:
+                self._eager_logged.add(slot.index)
+                self._emit_plan(rank)
+            return
+        if position != 0:
+            return
+        graph = tf.compat.v1.get_default_graph()
+        from tensorflow.python.ops import control_flow_util
+
+        if control_flow_util.GraphOrParentsInXlaContext(graph):  # no Python callbacks under XLA
+            self._emit_plan(rank)
+            return
+        first = tf.equal(slot.totals[_traffic.TOTALS.index("calls")], 0)
+        tf.cond(first, lambda: tf.numpy_function(lambda: self._emit_plan(rank), [], tf.bool, stateful=True),
+                lambda: tf.constant(True))
 
     def _seed_base(self, rank, slot_index):
         # Distinct streams per (seed, rank, tensor); the step comes from slot.calls.
         return (self.seed * 1_000_003 + rank * 65_537 + slot_index) % (2**62)
 
-    def _slot_for(self, tensor):
-        """The tensor's position in the call order of the current trace.
+    def _slot_for(self, tensor, site):
+        """(state, position in the trace) of the tensor being compressed.
 
-        Horovod calls compress() once per gradient, in the same order, inside a
-        tf.function; a new trace restarts the order. State (memory, counters,
-        random streams) is keyed by that position and checked against shape and dtype.
+        In a tf.function (how DistributedOptimizer and DistributedGradientTape
+        call it, even in eager mode) Horovod calls compress() once per gradient,
+        in the same order; a new trace restarts the order, so state is keyed by
+        the position. An eager ``hvd.allreduce(t, compression=c)`` has no trace:
+        its state is keyed by the call's ``name=`` if it has one, else by shape
+        and dtype (so repeated calls of one tensor share one state; give two
+        tensors of equal shape distinct names). Either way the slot is checked
+        against shape and dtype.
         """
-        key = trace_key()
-        if key is not self._trace:
-            self._trace, self._next_slot = key, 0
-        index = self._next_slot
-        self._next_slot += 1
+        if tf.executing_eagerly():
+            key = (site.name, tuple(tensor.shape.as_list()), tensor.dtype.name)
+            if site.name is not None:
+                for (name, shp, dt), _ in self._eager_index.items():
+                    if name == site.name and (shp, dt) != key[1:]:
+                        raise ValueError(
+                            f"hvdspar: {self.name} got a {tensor.dtype.name}{tensor.shape.as_list()} tensor "
+                            f"named {site.name!r}, where earlier calls of that name had {dt}{list(shp)}"
+                        )
+            index = self._eager_index.get(key)
+            if index is None:
+                index = self._eager_index[key] = len(self.slots)
+            position = index
+        else:
+            key = trace_key()
+            if key is not self._trace:
+                self._trace, self._next_slot = key, 0
+            index = position = self._next_slot
+            self._next_slot += 1
         if index == len(self.slots):
             with tf.init_scope():
                 self.slots.append(SlotState(index, tensor.shape, tensor.dtype, self.memory))
@@ -243,7 +383,16 @@ class Compressor(_HorovodCompressor, tf.Module):
                 f"{index}, where earlier steps had {slot.dtype.name}{slot.shape.as_list()}. Use one compressor "
                 "instance per optimizer, with a fixed set of trainable variables."
             )
-        return slot
+        return slot, position
+
+
+def _nonfinite_message(slot, shape, dtype):
+    return (
+        f"hvdspar: a gradient of shape {shape.as_list()} ({dtype.name}, tensor #{slot.index}) holds NaN or Inf "
+        "on at least one rank; training stopped before the model was changed (nonfinite='raise'). Lower the "
+        "learning rate, clip gradients, or use loss scaling for float16; nonfinite='propagate' (the default) "
+        "lets the non-finite result through, as Horovod does, for a LossScaleOptimizer to skip the step."
+    )
 
 
 def _sq_norm(x):

@@ -59,11 +59,11 @@ class SparseCompressor(Compressor):
         """Expected (n_A, n_B) of a message for a tensor of d elements."""
         raise NotImplementedError
 
-    def expected_nbytes(self, d, dtype):
+    def expected_nbytes(self, d, dtype, shape=None):
         n_a, n_b = self.expected_counts(d)
         return coding.expected_nbytes(n_a, n_b, d, dtype)
 
-    def encode(self, x, seed, dtype):
+    def encode(self, x, seed, dtype, shape=None):
         d = x.shape[0]
         q_len = d if self.memory else 0
         cdt = compute_dtype(dtype)
@@ -99,20 +99,23 @@ class GSpar(SparseCompressor):
       memory: error feedback, not in the paper: send C(e) = gamma Q(e) for e = m + g and keep
         m = e - C(e), with gamma = ||e||^2 / sum e_i^2/p_i so that C is a contraction
         (``contraction_scale``); plain Q(e) would make the memory diverge.
-      fallback: "auto" (default): send a tensor dense when the allgather would move
-        more bytes than a ring allreduce (decided per tensor from its size and the
-        ranks), or when the dense allreduce is faster on this network (measured at
-        the first step, see ``hvdspar.link``); True: by bytes only (the same
-        decisions on every machine); False: always sparse.
+      fallback: True (default): send a tensor dense when the allgather would move
+        at least as many bytes as a ring allreduce (decided per tensor from its size
+        and the ranks: the same decisions on every machine); "auto": also when the
+        dense allreduce is faster on this network (measured at the first step, see
+        ``hvdspar.link``); False: always sparse.
+      nonfinite: "propagate" (default): a NaN/Inf gradient on any rank gives a
+        non-finite result on every rank, as with Horovod's none (a LossScaleOptimizer
+        skips the step); "raise": stop with a clear error.
       seed: base of the random streams (each rank and tensor draws its own).
     """
 
     spec_name = "gspar"
 
-    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback="auto", seed=None):
+    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True, nonfinite="propagate", seed=None):
         method = method or default_method(rho, epsilon)
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
-        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
         self.rho = None if rho is None else float(rho)
         self.epsilon = None if epsilon is None else float(epsilon)
         self.method = method
@@ -141,9 +144,9 @@ class UniSp(SparseCompressor):
 
     spec_name = "unisp"
 
-    def __init__(self, rho, memory=False, fallback="auto", seed=None):
+    def __init__(self, rho, memory=False, fallback=True, nonfinite="propagate", seed=None):
         check_budget(rho=rho)
-        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
         self.rho = float(rho)
 
     def config(self):

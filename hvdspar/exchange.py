@@ -1,11 +1,31 @@
-"""How a compressed message travels inside ``hvd.DistributedOptimizer``.
+"""How a compressed message travels inside Horovod's allreduce.
 
 Horovod calls ``compress(g) -> (t, ctx)``, allreduces ``t`` (same shape and
-dtype on every rank), then ``decompress(t, ctx)``. A per-rank sparse message
-cannot go through that allreduce, so ``compress`` exchanges it itself with
-``hvd.allgather`` (only the first dimension may differ between ranks), decodes
-and averages the ranks' messages, and hands Horovod a 2-byte placeholder to
-allreduce; ``decompress`` returns the average. See ../shared/DESIGN.md.
+dtype on every rank), then returns ``decompress(t_reduced, ctx)``. A per-rank
+sparse message cannot go through that allreduce, so ``compress`` exchanges it
+itself with ``hvd.allgather`` (only the first dimension may differ between
+ranks) and hands Horovod a one-element placeholder to allreduce instead.
+
+The placeholder carries Horovod's reduction semantics back to ``decompress``.
+It is 1 on the root of the process set and 0 elsewhere, so after Horovod's
+allreduce it equals exactly the factor Horovod applies to the *sum* of a tensor
+over the ranks:
+
+    op=Average:  prescale * postscale / M        op=Sum:  prescale * postscale
+
+(``gradient_predivide_factor`` is a pair of such scale factors). On ROCm builds
+Horovod reduces with Sum and divides ``decompress``'s output by M itself; the
+placeholder then comes back as prescale * postscale, and the same rule,
+``result = factor * sum_r Q(g_r)``, is right again. So hvdspar never needs to
+know the op, the factors or the build: the reduced placeholder is the factor.
+The world size M that the decoder loops over is read at run time
+(``size_op``), as Horovod does under ``HOROVOD_ELASTIC``.
+
+What Horovod does not hand to ``compress``, the process set and the op, is read
+from Horovod's own calling frame (``call_site``): the allgather must run on the
+same process set as the allreduce, and Adasum, Min/Max/Product or a
+reducescatter cannot carry a compressed message, so they are refused at trace
+time with a clear error.
 
 Cost model (per rank, ring algorithms, M ranks): an allgather of messages of m
 bytes moves (M-1) m bytes, a ring allreduce of D dense bytes 2 (M-1)/M D. The
@@ -13,10 +33,10 @@ sparse path pays only while M m < 2 D; ``prefer_dense`` applies that rule per
 tensor, from the expected message size, so every rank decides the same way.
 """
 
-import tensorflow as tf
+import collections
+import sys
 
-PLACEHOLDER_DTYPE = tf.float16
-PLACEHOLDER_NBYTES = 2
+import tensorflow as tf
 
 
 def _hvd():
@@ -25,23 +45,131 @@ def _hvd():
     return hvd
 
 
-def world():
-    """(size, rank) of the global Horovod process set; (1, 0) before hvd.init()."""
-    hvd = _hvd()
+def _initialized():
     try:
-        return hvd.size(), hvd.rank()
-    except ValueError:  # Horovod not initialised: a single process
+        return _hvd().is_initialized()
+    except ImportError:  # pragma: no cover - Horovod absent: a single process
+        return False
+
+
+class CallSite(collections.namedtuple("CallSite", ["process_set", "op", "name"])):
+    """What Horovod's allreduce was called with: process set (None = global), op, name."""
+
+
+#: Horovod functions that call compress(); the first two are supported.
+_SUPPORTED_CALLERS = ("allreduce", "grouped_allreduce")
+_REFUSED_CALLERS = ("reducescatter", "grouped_reducescatter")
+
+
+def call_site(max_depth=6):
+    """The arguments of the Horovod collective that is calling ``compress()``.
+
+    Walks up the Python stack to the nearest frame of ``horovod.tensorflow``'s
+    ``allreduce`` / ``grouped_allreduce`` and reads its ``process_set``, ``op``
+    and ``name``. Raises ``NotImplementedError`` for collectives a compressed
+    message cannot travel through (reducescatter, Adasum, Min/Max/Product).
+    Called by anything else (a test, a user's own code), it is the global set.
+    """
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        frame = frame.f_back
+        if frame is None:
+            break
+        module = frame.f_globals.get("__name__", "")
+        if not module.startswith("horovod.tensorflow"):
+            continue
+        name = frame.f_code.co_name
+        if name in _REFUSED_CALLERS:
+            raise NotImplementedError(
+                f"hvdspar: hvd.{name} cannot carry a compressed message (its output is split across the ranks); "
+                "use compression=hvd.Compression.none for it"
+            )
+        if name in _SUPPORTED_CALLERS:
+            args = frame.f_locals
+            _check_op(args.get("op"))
+            process_set = args.get("process_set")
+            if process_set is not None and getattr(process_set, "process_set_id", 0) == 0:
+                process_set = None
+            return CallSite(process_set, args.get("op"), args.get("name"))
+    return CallSite(None, None, None)
+
+
+def _check_op(op):
+    if op is None:
+        return
+    hvd = _hvd()
+    if op == hvd.Adasum:
+        raise NotImplementedError(
+            "hvdspar: op=hvd.Adasum combines the ranks' dense gradients pairwise and cannot be applied to a "
+            "compressed message; use op=hvd.Average or hvd.Sum with hvdspar, or Compression.none with Adasum"
+        )
+    if op not in (hvd.Average, hvd.Sum):
+        raise NotImplementedError(
+            f"hvdspar: only op=hvd.Average and op=hvd.Sum can be applied to a compressed message, got op={op!r}"
+        )
+
+
+def world(process_set=None):
+    """(size, rank) at trace time: of ``process_set`` if given, else of the global set;
+    (1, 0) before hvd.init()."""
+    if process_set is not None:
+        if not process_set.included():
+            raise ValueError(f"hvdspar: this rank is not in {process_set}, yet it called allreduce on it")
+        return process_set.size(), process_set.rank()
+    if not _initialized():
         return 1, 0
+    hvd = _hvd()
+    return hvd.size(), hvd.rank()
 
 
-def allgather(message):
-    """Concatenate every rank's 1-D uint8 message, in rank order."""
-    return _hvd().allgather(message)
+def size_op(process_set=None):
+    """The number of ranks, read at run time (int32 scalar): what the decoder loops over."""
+    if not _initialized():
+        return tf.constant(world()[0], tf.int32)
+    hvd = _hvd()
+    return hvd.size_op(process_set_id=process_set.process_set_id if process_set is not None else 0)
 
 
-def placeholder():
-    """The tiny tensor Horovod allreduces in place of a sparse message."""
-    return tf.zeros([1], PLACEHOLDER_DTYPE)
+def rank_op():
+    """This process's global rank, read at run time (int64 scalar)."""
+    if not _initialized():
+        return tf.constant(world()[1], tf.int64)
+    return tf.cast(_hvd().rank_op(), tf.int64)
+
+
+def allgather(message, process_set=None):
+    """Concatenate every rank's 1-D uint8 message, in rank order (before hvd.init(): one process's)."""
+    if not _initialized():
+        return message
+    if process_set is None:
+        return _hvd().allgather(message)
+    return _hvd().allgather(message, process_set=process_set)
+
+
+#: the placeholder of a float32 (or 16-bit) gradient; float64 gradients get a float64 one
+PLACEHOLDER_DTYPE = tf.float32
+PLACEHOLDER_NBYTES = 4
+
+
+def placeholder_dtype(dtype):
+    """float64 for float64 gradients (the factor exact in their precision), else float32."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+
+
+def placeholder(dtype, process_set=None):
+    """What Horovod allreduces in place of a compressed message: [1] on the set's root, [0] elsewhere.
+
+    Reduced, it is the factor Horovod applies to the sum (see the module docstring).
+    """
+    if process_set is None:
+        root = tf.equal(rank_op(), 0)
+    else:
+        root = tf.equal(rank_op(), min(process_set.ranks))
+    return tf.reshape(tf.cast(root, placeholder_dtype(dtype)), [1])
+
+
+def placeholder_nbytes(dtype):
+    return placeholder_dtype(dtype).size
 
 
 def allgather_bytes_moved(message_nbytes, num_ranks):

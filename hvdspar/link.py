@@ -2,8 +2,8 @@
 
 The byte rule of ``exchange.prefer_dense`` cannot see that on a fast network
 (a loopback, InfiniBand) the compressor's own compute costs more than the
-bytes it saves. With ``fallback="auto"`` (every compressor's default) a
-compressor sends a tensor sparse only when the time model says that pays by at
+bytes it saves. With ``fallback="auto"`` (opt-in; the default is the byte
+rule alone) a compressor sends a tensor sparse only when the time model says that pays by at
 least ``AUTO_MARGIN``:
 
     t_dense(D)     = alpha + (2 (M-1) / M) D / beta            ring allreduce of D bytes
@@ -111,31 +111,42 @@ def measured():
     return _network
 
 
-def measure_compute(compressor, dtype, num_ranks):
+def measure_compute(compressor, dtype, num_ranks, shape=None):
     """The ``Compute`` line of one compressor: its encode + decode_sum of num_ranks messages, timed.
 
-    Runs in a tf.function at two sizes on a Student-t-like gradient; rank 0's
-    figures are broadcast.
+    Runs in a tf.function on a Student-t-like gradient. With ``shape=None``
+    (a cost linear in d) at two sizes of flat vectors, fitted to c_0 + c_1 d;
+    with a shape (a compressor whose cost depends on it, e.g. ATOMO's SVD) at
+    that shape alone, so that the encoder that will run is the one timed
+    (c_0 = that time, c_1 = 0). Rank 0's figures are broadcast.
     """
     dtype = tf.as_dtype(dtype)
-    timings = []
     with tf.init_scope():
-        for d in (_D_SMALL, _D_LARGE):
-            round_trip = _round_trip(compressor, dtype, d, num_ranks)
-            timings.append(median_seconds(lambda: round_trip().numpy()))
-        fixed, per_element = _fit(_D_SMALL, timings[0], _D_LARGE, timings[1])
-        fixed, per_element = _broadcast([fixed, per_element], f"hvdspar.link.compute.{compressor.name}.{dtype.name}")
+        if shape is None:
+            timings = []
+            for d in (_D_SMALL, _D_LARGE):
+                round_trip = _round_trip(compressor, dtype, [d], num_ranks)
+                timings.append(median_seconds(lambda: round_trip().numpy()))
+            fixed, per_element = _fit(_D_SMALL, timings[0], _D_LARGE, timings[1])
+        else:
+            round_trip = _round_trip(compressor, dtype, list(shape), num_ranks)
+            fixed, per_element = median_seconds(lambda: round_trip().numpy()), 0.0
+        tag = "x".join(map(str, shape)) if shape is not None else "flat"
+        fixed, per_element = _broadcast([fixed, per_element],
+                                        f"hvdspar.link.compute.{compressor.name}.{dtype.name}.{tag}")
     return Compute(fixed, per_element)
 
 
-def _round_trip(compressor, dtype, d, num_ranks):
-    """A tf.function: encode a heavy-tailed (Student t, 2 dof) g, decode num_ranks copies."""
+def _round_trip(compressor, dtype, shape, num_ranks):
+    """A tf.function: encode a heavy-tailed (Student t, 2 dof) g of ``shape``, decode num_ranks copies."""
+    d = int(np.prod(shape))
     z = tf.random.stateless_normal([d], seed=[7, d], dtype=tf.float32)
     g = tf.cast(z / tf.sqrt(tf.random.stateless_gamma([d], seed=[8, d], alpha=1.0)), dtype)
+    tensor_shape = tf.TensorShape(shape)
 
     @tf.function(autograph=False)
     def round_trip():
-        enc = compressor.encode(g, tf.constant([1, 2], tf.int64), dtype)
+        enc = compressor.encode(g, tf.constant([1, 2], tf.int64), dtype, tensor_shape)
         return compressor.decode_sum(tf.tile(enc.message, [num_ranks]), num_ranks, d, dtype)[0]
 
     return round_trip

@@ -269,12 +269,12 @@ class QuantCompressor(Compressor):
     def quantize(self, x, seed):
         raise NotImplementedError
 
-    def expected_nbytes(self, d, dtype):
+    def expected_nbytes(self, d, dtype, shape=None):
         # The level distribution is data-dependent: plan for the largest (dense) message.
         return max_nbytes(d, self.levels, dtype)
 
     @_no_autograph
-    def encode(self, x, seed, dtype, **unused):
+    def encode(self, x, seed, dtype, shape=None):
         d = x.shape[0]
         cdt = compute_dtype(dtype)
         q_len = d if self.memory else 0
@@ -311,10 +311,10 @@ class QSGD(QuantCompressor):
 
     spec_name = "qsgd"
 
-    def __init__(self, levels=4, memory=False, fallback="auto", seed=None):
+    def __init__(self, levels=4, memory=False, fallback=True, nonfinite="propagate", seed=None):
         if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels < 2**31:
             raise ValueError(f"hvdspar: levels must be an integer >= 1, got {levels!r}")
-        super().__init__(memory=memory, fallback=fallback, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
         self.levels = levels
 
     def config(self):
@@ -323,7 +323,7 @@ class QSGD(QuantCompressor):
     def quantize(self, x, seed):
         return qsgd_quantize(x, self.levels, seed)
 
-    def expected_nbytes(self, d, dtype):
+    def expected_nbytes(self, d, dtype, shape=None):
         # Alistarh et al. (Lemma 3.1): E[#non-zero levels] <= s (s + sqrt(d)). Plan the
         # message with that many, capped by the dense scheme (the worst case).
         s = self.levels
@@ -344,8 +344,8 @@ class TernGrad(QuantCompressor):
     spec_name = "terngrad"
     levels = 1
 
-    def __init__(self, memory=False, fallback="auto", seed=None):
-        super().__init__(memory=memory, fallback=fallback, seed=seed)
+    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None):
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
 
     def quantize(self, x, seed):
         return terngrad_quantize(x, seed)

@@ -54,10 +54,10 @@ def fake_world(monkeypatch):
     """Pretend to be rank 0 of ``size`` ranks whose messages all equal ours."""
     state = {"size": 2, "gathers": 0}
 
-    def world():
+    def world(process_set=None):
         return state["size"], 0
 
-    def allgather(message):
+    def allgather(message, process_set=None):
         state["gathers"] += 1
         return tf.concat([message] * state["size"], axis=0)
 
@@ -80,7 +80,7 @@ def test_high_rho_small_tensor_many_ranks_goes_dense(fake_world):
     assert exchange.prefer_dense(m, 4 * d, 32)
     assert not exchange.prefer_dense(m, 4 * d, 2)  # the same tensor goes sparse on 2 ranks
     g, out, ctx = _compress(comp, [10, 10])
-    assert ctx[0] == "dense"
+    assert ctx.kind == "dense"
     assert fake_world["gathers"] == 0
     # dense path: the tensor itself goes to Horovod's allreduce, untouched
     assert out.shape == g.shape and bool(tf.reduce_all(out == g))
@@ -95,7 +95,7 @@ def test_low_rho_big_tensor_two_ranks_goes_sparse(fake_world):
     d = 100_000
     assert not exchange.prefer_dense(comp.expected_nbytes(d, tf.float32), 4 * d, 2)
     _, out, ctx = _compress(comp, [d])
-    assert ctx[0] == "sparse"
+    assert ctx.kind == "sparse"
     assert fake_world["gathers"] == 1
     assert out.shape == [1] and out.dtype == exchange.PLACEHOLDER_DTYPE
     t = comp.traffic()
@@ -107,7 +107,7 @@ def test_fallback_false_forces_sparse(fake_world):
     fake_world["size"] = 32
     comp = hvdspar.GSpar(rho=0.5, fallback=False, seed=1)
     _, out, ctx = _compress(comp, [10, 10])
-    assert ctx[0] == "sparse"
+    assert ctx.kind == "sparse"
     assert fake_world["gathers"] == 1
     assert comp.traffic()["dense_tensors"] == 0
 
@@ -116,7 +116,7 @@ def test_decision_is_per_tensor(fake_world):
     # 32 ranks, rho = 0.05: the big kernel travels sparse, the 10-element bias dense.
     fake_world["size"] = 32
     comp = hvdspar.GSpar(rho=0.05, fallback=True, seed=1)
-    kinds = [_compress(comp, s, seed=i)[2][0] for i, s in enumerate(([20_000, 10], [10]))]
+    kinds = [_compress(comp, s, seed=i)[2].kind for i, s in enumerate(([20_000, 10], [10]))]
     assert kinds == ["sparse", "dense"]
     assert comp.traffic()["dense_tensors"] == 1
 
@@ -130,7 +130,7 @@ def test_switch_follows_the_rule_for_every_compressor(fake_world, spec):
         comp = hvdspar.from_spec(spec, fallback=True)
         m = comp.expected_nbytes(d, tf.float32)
         _, _, ctx = _compress(comp, [d])
-        assert (ctx[0] == "dense") == (ranks * m >= 2 * 4 * d), (spec, ranks, m)
+        assert (ctx.kind == "dense") == (ranks * m >= 2 * 4 * d), (spec, ranks, m)
 
 
 # --- a real 2-rank run ----------------------------------------------------------------------
@@ -184,9 +184,10 @@ def test_fit_recovers_a_line_and_never_goes_negative():
 
 @pytest.mark.parametrize("spec", ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "randomk:ratio=0.01",
                                   "qsgd:levels=4", "terngrad", "atomo:budget=2"])
-def test_auto_is_every_compressors_default(spec):
+def test_by_bytes_is_every_compressors_default_and_auto_is_opt_in(spec):
     comp = hvdspar.from_spec(spec)
-    assert comp.fallback == "auto" and "fallback=auto" in comp.spec()
+    assert comp.fallback is True and "fallback=true" in comp.spec()
+    assert hvdspar.from_spec(spec + ("," if ":" in spec else ":") + "fallback=auto").fallback == "auto"
 
 
 def test_auto_on_one_rank_sends_compressed_without_measuring(fake_world, monkeypatch):
@@ -200,9 +201,9 @@ def test_auto_on_one_rank_sends_compressed_without_measuring(fake_world, monkeyp
     monkeypatch.setattr(link, "network", no_measuring)
     monkeypatch.setattr(link, "measure_compute", no_measuring)
     fake_world["size"] = 1
-    comp = hvdspar.GSpar(rho=0.01, seed=1)
+    comp = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
     _, out, ctx = _compress(comp, [10_000])
-    assert ctx[0] == "sparse" and comp.traffic()["dense_tensors"] == 0
+    assert ctx.kind == "sparse" and comp.traffic()["dense_tensors"] == 0
 
 
 def test_fallback_argument_is_validated_and_round_trips():
@@ -220,8 +221,9 @@ def fake_link(monkeypatch):
 
     state = {"network": link.Network(1e-3, 1e6), "compute": link.Compute(1e-4, 1e-9), "measured": 0}
 
-    def measure_compute(compressor, dtype, num_ranks):
+    def measure_compute(compressor, dtype, num_ranks, shape=None):
         state["measured"] += 1
+        state.setdefault("shapes", []).append(shape)
         return state["compute"]
 
     monkeypatch.setattr(link, "network", lambda: state["network"])
@@ -234,17 +236,17 @@ def test_auto_goes_sparse_on_a_slow_link_and_dense_on_a_fast_one(fake_world, fak
 
     fake_world["size"] = 4
     slow = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
-    assert _compress(slow, [100_000])[2][0] == "sparse"
+    assert _compress(slow, [100_000])[2].kind == "sparse"
     fake_link["network"] = link.Network(1e-5, 1e11)
     fast = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
-    assert _compress(fast, [100_000])[2][0] == "dense"
+    assert _compress(fast, [100_000])[2].kind == "dense"
     assert fast.traffic()["dense_tensors"] == 1
 
 
 def test_auto_keeps_the_byte_rule_and_measures_compute_once_per_dtype(fake_world, fake_link):
     fake_world["size"] = 32
     comp = hvdspar.GSpar(rho=0.05, fallback="auto", seed=1)
-    kinds = [_compress(comp, s, seed=i)[2][0] for i, s in enumerate(([20_000, 10], [10], [30_000]))]
+    kinds = [_compress(comp, s, seed=i)[2].kind for i, s in enumerate(([20_000, 10], [10], [30_000]))]
     assert kinds == ["sparse", "dense", "sparse"]  # the bias is dense by bytes, before any timing
     assert fake_link["measured"] == 1
 
@@ -268,12 +270,33 @@ def test_two_ranks_auto_fallback_decides_alike_on_every_rank(horovodrun):
     assert results[0]["figures"] == results[1]["figures"]
 
 
-def test_dense_path_stops_on_a_non_finite_average(fake_world):
+def test_dense_path_stops_on_a_non_finite_average_with_nonfinite_raise(fake_world):
     fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.5, seed=1)
+    comp = hvdspar.GSpar(rho=0.5, nonfinite="raise", seed=1)
     g, out, ctx = _compress(comp, [10, 10])
-    assert ctx[0] == "dense"
+    assert ctx.kind == "dense"
     bad = tf.tensor_scatter_nd_update(out, [[3, 4]], [float("nan")])
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
         comp.decompress(bad, ctx)
     assert comp.traffic()["variance_ratio"] == 1.0  # nothing went compressed: Q = identity
+
+
+def test_dense_path_lets_a_non_finite_average_through_by_default_and_keeps_the_memory(fake_world):
+    """As Horovod's none: the Inf reaches the optimizer (a LossScaleOptimizer skips the step)."""
+    fake_world["size"] = 32
+    comp = hvdspar.GSpar(rho=0.5, memory=True, seed=1)
+    g, out, ctx = _compress(comp, [10, 10])
+    assert ctx.kind == "dense"
+    bad = tf.tensor_scatter_nd_update(out, [[3, 4]], [float("inf")])
+    before = comp.slots[0].memory.numpy().copy()
+    result = comp.decompress(bad, ctx)
+    assert bool(tf.reduce_all(tf.equal(result, bad)))
+    assert (comp.slots[0].memory.numpy() == before).all()
+
+
+def test_atomo_auto_times_the_spectral_encoder_at_the_shape_it_sends(fake_world, fake_link):
+    fake_world["size"] = 4
+    comp = hvdspar.Atomo(budget=2, fallback="auto", seed=1)
+    for i, shape in enumerate(([300, 200], [300, 200], [400, 100], [5000])):
+        _compress(comp, shape, seed=i)
+    assert fake_link["shapes"] == [(300, 200), (400, 100), None]  # once per matrix shape; vectors by size
