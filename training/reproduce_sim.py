@@ -71,7 +71,7 @@ class SimExchange:
                 if self.memory:
                     x = tf.cast(x, cdt) + self.mem[i][r]
                 seed = tf.stack([tf.constant(comp._seed_base(r, i), tf.int64), step])
-                enc = comp.encode(x, seed, tf.float32)
+                enc = comp.encode(x, seed, tf.float32, tf.TensorShape(shape))
                 msgs.append(enc.message)
                 nbytes.append(tf.cast(tf.size(enc.message), tf.float64))
                 kept.append(tf.cast(enc.kept, tf.float64))
