@@ -235,10 +235,9 @@ def add_fallback_argument(parser):
     """--fallback, shared by the training scripts (this one and training/compare.py)."""
     parser.add_argument("--fallback", choices=("true", "auto", "false"), default="true",
                         help="the dense fallback of a compressor whose spec sets none: true (by bytes alone: the same "
-                             "decisions on every machine, so runs here study the method; the default of these "
-                             "scripts), auto (also by the measured network and compute: the library's default, the "
-                             "fastest training on your network; on one machine it sends nearly everything dense), "
-                             "false (never)")
+                             "decisions on every machine; the library's default), auto (also by the measured network "
+                             "and compute: the fastest step on your network, opt-in; on one machine it sends nearly "
+                             "everything dense), false (never)")
 
 
 def make_compressor(text, seed, fallback="true"):
