@@ -21,7 +21,7 @@ def dropin(tmp_path_factory):
 @pytest.fixture(scope="module")
 def keras_patterns(tmp_path_factory):
     results, output = run_horovod([str(WORKERS / "keras_patterns_worker.py")], tmp_path_factory.mktemp("keras"),
-                                  np=2, timeout=1200)
+                                  np=2, timeout=1800)
     assert all(r is not None for r in results), output[-4000:]
     return results
 
@@ -118,7 +118,7 @@ def test_retraces_reuse_the_state_of_each_tensor(dropin):
 def test_keras_patterns_keep_one_state_per_tensor_and_match_none(keras_patterns, pattern):
     for r in keras_patterns:
         for spec, v in r[pattern].items():
-            assert v["slots"] == 4, (spec, v)  # two Dense layers: kernel and bias each
+            assert v["slots"] == 2, (spec, v)  # the kernel and the bias
             assert v["identical"] and v["finite"], (spec, v)
             if "rho=1.0" in spec:
                 assert v["max_diff_to_none"] < 1e-5, (spec, v)
