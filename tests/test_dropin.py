@@ -103,7 +103,9 @@ def test_repeated_eager_allreduce_of_one_tensor_keeps_one_state_with_error_feedb
         e = r["eager"]
         assert e["slots"] == 1
         assert e["identity_err"] < 1e-3  # sum of what was sent + memory = sum of the gradients
-        assert e["memory_norm"] > 0 and e["sent_norm"] > 0.9 * e["dense_norm"]
+        # Error feedback delivers what top-k 5% drops: 0.87 of the gradients' norm here; a fresh
+        # state per call (no feedback) would send the top 5% alone, about 0.5 of it.
+        assert e["memory_norm"] > 0 and e["sent_norm"] > 0.75 * e["dense_norm"]
         assert e["named_slots"] == 2
         assert "named 'a'" in e["renamed_error"]
 

@@ -29,7 +29,7 @@ SPECS = [
 ]
 # Settings at which a compressor sends its input exactly: the result must be Horovod's.
 LOSSLESS = ["gspar:rho=1.0,method=exact", "gspar:rho=1.0", "unisp:rho=1.0", "topk:ratio=1.0,memory=false",
-            "randomk:ratio=1.0,memory=false", "atomo:budget=20", "atomo:budget=20,atoms=entry"]
+            "randomk:ratio=1.0,memory=false", "atomo:budget=20", "atomo:budget=600,atoms=entry"]
 CONFIGS = {  # name -> allreduce keyword arguments
     "average": dict(op=hvd.Average),
     "sum": dict(op=hvd.Sum),
