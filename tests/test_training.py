@@ -202,7 +202,7 @@ def test_bad_flags_fail_before_training(args, message):
 
 def test_fallback_flag_fills_specs_that_set_none():
     """The scripts default to the byte rule (reproducible runs that exercise the method on one
-    machine); --fallback auto gives the library's default; a spec's own fallback wins."""
+    machine, the library's default too); --fallback auto opts in to the timed rule; a spec's own fallback wins."""
     from training.train import make_compressor, parse_args
 
     assert parse_args([]).fallback == "true"

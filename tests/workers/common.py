@@ -21,9 +21,9 @@ def count_allgathered_bytes():
     counter = tf.Variable(0, dtype=tf.int64)
     allgather = exchange.allgather
 
-    def counting_allgather(message):
+    def counting_allgather(message, *args, **kwargs):  # (message[, process_set]): whatever exchange takes
         counter.assign_add(tf.size(message, out_type=tf.int64))
-        return allgather(message)
+        return allgather(message, *args, **kwargs)
 
     exchange.allgather = counting_allgather
     return counter
