@@ -51,7 +51,8 @@ def test_gradient_tape_all_dtypes_and_shapes(gspar_results, dtype):
 def test_tensorflow_distributed_optimizer_in_tf_function(gspar_results):
     for r in gspar_results:
         v = r["tf_optimizer"]
-        assert v["last"] < 0.05 * v["first"], v
+        assert v["steps"] == 60, v  # every step went through the compressor
+        assert v["last"] < 0.05 * v["first"], v  # to the mean of the ranks' targets
         assert v["identical"]
 
 
