@@ -12,8 +12,13 @@ carries g_i / p_i = sign(g_i) / lambda, which is what makes the message of
 sec. 2.3 compact (see ``hvdspar.coding``).
 
 Conventions (no NaN anywhere):
-- coordinates with g_i = 0 get p_i = 0 (they are never sent; Q(g)_i = 0);
+- coordinates with g_i = 0 get p_i = 0 (they are never sent; Q(g)_i = 0 = g_i);
 - an all-zero g gives p = 0 and lambda = 0;
+- rho = 1 (a budget of every coordinate) keeps everything: p_i = 1 for every
+  g_i != 0, by both methods, so Q(g) = g exactly. The water level is then any
+  lambda >= 1 / min |g_i|; ``full_lambda`` returns 1 / min |g_i|, nudged so
+  that fl(lambda |g_i|) >= 1 for all i (Algorithm 3's rescalings only approach
+  that level, and 1/min |g_i| rounded can leave lambda min |g_i| just below 1);
 - computation runs in float32 for float16/bfloat16/float32 inputs and in
   float64 for float64 inputs; p is returned in that compute dtype.
 """
@@ -67,6 +72,41 @@ def _safe_div(num, den):
     return tf.math.divide_no_nan(num, den)
 
 
+def full_budget(rho):
+    """True for a Python-number rho >= 1: every non-zero coordinate gets p = 1."""
+    return isinstance(rho, (int, float)) and not isinstance(rho, bool) and rho >= 1
+
+
+def full_lambda(a):
+    """A lambda with fl(lambda * a_i) >= 1 for every a_i > 0 (0 for an all-zero a).
+
+    lambda = 1 / min_{a_i > 0} a_i, moved up by one ulp where rounding left
+    lambda * min a < 1 (multiplication by lambda > 0 is monotone in floating
+    point, so then every larger a_i saturates too). Capped at the dtype's
+    largest finite value so that lambda * 0 stays 0: only a minimum below
+    1 / max (float32: subnormals under 2.9e-39) cannot saturate, which is why
+    the rho >= 1 paths of ``probabilities`` and ``gspar_message`` test g_i != 0
+    instead of lambda |g_i| >= 1.
+    """
+    a = tf.convert_to_tensor(a)
+    big = tf.constant(a.dtype.max, a.dtype)
+    positive = a > 0
+    m = tf.reduce_min(tf.where(positive, a, tf.fill(tf.shape(a), big)))
+    lam = tf.math.reciprocal(m)
+    inf = tf.constant(float("inf"), a.dtype)
+    for _ in range(2):  # one step suffices (round-to-nearest); the second is a guard
+        lam = tf.where(lam * m < 1, tf.math.nextafter(lam, inf), lam)
+    lam = tf.minimum(lam, big)
+    return tf.where(tf.reduce_any(positive), lam, tf.zeros([], a.dtype))
+
+
+def _keeps_all(a, rho):
+    """rho * d >= #{i : a_i > 0}, counted exactly (float64 budget, int64 count)."""
+    d = tf.cast(tf.size(a), tf.float64)
+    nnz = tf.cast(tf.math.count_nonzero(a > 0, dtype=tf.int64), tf.float64)
+    return tf.cast(rho, tf.float64) * d >= nnz
+
+
 def lambda_epsilon(a, epsilon):
     """Algorithm 2 (closed form) for the variance budget of problem (3).
 
@@ -112,11 +152,10 @@ def lambda_rho_exact(a, rho):
     ok = tf.logical_and((budget - k) * a <= tail_l1, a > 0)
     k_star = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
     lam = _safe_div(budget - tf.cast(k_star, a.dtype), tail_l1[k_star])
-    # When no k satisfies the condition (g has at most rho*d non-zeros), every
-    # non-zero coordinate is kept: lambda = 1/min(a > 0) gives them all p = 1.
-    nonzero_min = tf.reduce_min(tf.where(a > 0, a, tf.fill(tf.shape(a), a.dtype.max)))
-    lam_all = _safe_div(tf.ones([], a.dtype), nonzero_min)
-    return tf.where(tf.reduce_any(ok), lam, tf.where(tf.reduce_any(a > 0), lam_all, tf.zeros([], a.dtype)))
+    # When g has at most rho*d non-zeros (always at rho = 1) every non-zero coordinate
+    # is kept. Decided by counting, not by ``ok``: rounding in the cumulative sums can
+    # make ``ok`` hold at some k < d-1 for a nearly flat tail, and then p < 1 there.
+    return tf.where(_keeps_all(a, rho), full_lambda(a), tf.where(tf.reduce_any(ok), lam, tf.zeros([], a.dtype)))
 
 
 def lambda_rho_greedy(a, rho, iterations=2):
@@ -128,7 +167,14 @@ def lambda_rho_greedy(a, rho, iterations=2):
     p_i equals lambda * a_i, this is lambda <- c * lambda. Stop when c <= 1 or
     after ``iterations`` rescalings (the paper uses 2). Zero coordinates are
     never active (p_i = 0 stays 0), so |I| counts non-zero unsaturated ones.
+
+    rho >= 1 returns ``full_lambda(a)`` (p = 1 for every non-zero coordinate):
+    the rescalings only approach that level geometrically -- after 2 of them a
+    Gaussian g still had p_i < 1 on its smallest coordinates, a density of
+    about 0.93 instead of 1.
     """
+    if full_budget(rho):
+        return full_lambda(a)
     d = tf.cast(tf.size(a), a.dtype)
     budget = tf.cast(rho, a.dtype) * d
     lam = _safe_div(budget, tf.reduce_sum(a))
@@ -180,6 +226,11 @@ def probabilities(g, rho=None, epsilon=None, method="exact", iterations=2):
       >>> float(tf.reduce_sum(p))  # 0.5 * 4
       2.0
     """
+    if full_budget(rho) and epsilon is None:
+        # Every coordinate kept: p_i = 1 wherever g_i != 0 (0 where g_i = 0: nothing to send).
+        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
+        g = tf.convert_to_tensor(g)
+        return tf.cast(tf.abs(tf.cast(g, compute_dtype(g.dtype))) > 0, compute_dtype(g.dtype))
     lam = water_level(g, rho=rho, epsilon=epsilon, method=method, iterations=iterations)
     return probabilities_from_lambda(g, lam)
 

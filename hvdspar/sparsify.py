@@ -16,7 +16,7 @@ than it saves.
 
 import tensorflow as tf
 
-from hvdspar.probabilities import check_budget, compute_dtype, default_method, water_level
+from hvdspar.probabilities import check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
 
@@ -78,8 +78,18 @@ def _chunk_keep(g, lam, seed, offset):
     return rng.uniform(tf.size(a), seed, a.dtype, offset) < lam * a
 
 
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_min_nonzero(g):
+    """min_{g_i != 0} |g_i| over one chunk (the dtype's max when there is none)."""
+    a = _abs(g)
+    return tf.reduce_min(tf.where(a > 0, a, tf.fill(tf.shape(a), tf.constant(a.dtype.max, a.dtype))))
+
+
 def _greedy_lambda_chunked(parts, d, rho, iterations, cdt):
     """Algorithm 3 (``probabilities.lambda_rho_greedy``) with every pass done chunk by chunk."""
+    if full_budget(rho):  # as lambda_rho_greedy: p = 1 for every non-zero coordinate
+        m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in parts]))
+        return full_lambda(tf.reshape(m, [1]))
     budget = tf.constant(rho * d, cdt)
     lam = tf.math.divide_no_nan(budget, tf.add_n([_chunk_l1(p) for p in parts]))
     for _ in range(iterations):
@@ -120,6 +130,22 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
     method = method or default_method(rho, epsilon)
     seed = tf.cast(seed, tf.int64)
+    if full_budget(rho) and epsilon is None:
+        # rho = 1: p_i = 1 for every g_i != 0 (either method), so Q(g) = g exactly and
+        # every non-zero coordinate goes to Q_A with its value; no random draw. Tested as
+        # g_i != 0, not lambda |g_i| >= 1, so that no rounding can drop a coordinate.
+        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
+        a = _abs(g)
+        idx_a = tf.where(a > 0)[:, 0]
+        lam = full_lambda(a)
+        msg = SparseMessage(
+            idx_a=idx_a,
+            val_a=tf.gather(g, idx_a),
+            idx_b=tf.zeros([0], tf.int64),
+            neg_b=tf.zeros([0], tf.bool),
+            scale=tf.math.reciprocal_no_nan(lam),
+        )
+        return msg, lam
     # Greedy only: XLA lowers the exact methods' cumsum to an O(d^2) reduce-window on CPU.
     big = g.shape.num_elements() is not None and g.shape.num_elements() >= XLA_MIN_ELEMENTS
     if method == "greedy" and big:

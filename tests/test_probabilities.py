@@ -6,7 +6,7 @@ import tensorflow as tf
 from scipy import optimize
 
 import hvdspar
-from hvdspar.probabilities import water_level
+from hvdspar.probabilities import probabilities_from_lambda, water_level
 
 
 def vectors(seed, d):
@@ -147,3 +147,68 @@ def test_bad_budgets_raise_value_error(kwargs, message):
         hvdspar.probabilities(tf.ones([3]), **kwargs)
     with pytest.raises(ValueError, match=message):
         hvdspar.GSpar(**kwargs)
+
+
+# --- rho = 1: a budget of every coordinate keeps every coordinate -----------------------------
+
+
+def rounding_trap(dtype):
+    """The smallest magnitude m > 0.5 representable in ``dtype`` for which, in the compute
+    dtype, fl(fl(1/m) * m) < 1: lambda = 1/min|g| then leaves p = min(lambda m, 1) < 1."""
+    cdt = np.float64 if dtype == tf.float64 else np.float32
+    grid = np.arange(0.5, 1.0, 2.0**-10 if dtype == tf.float16 else 1e-4)
+    m = np.unique(tf.cast(tf.constant(grid), dtype).numpy().astype(cdt))
+    m = m[m > 0.5]
+    one = cdt(1)
+    return float(m[(one / m) * m < one][0])
+
+
+def rho_one_vector(kind, dtype, d=3000):
+    """A test vector for rho = 1: zeros in it, and the rounding trap as its smallest non-zero magnitude."""
+    g = vectors(6, d)[kind]
+    g = np.clip(g, -6e4, 6e4)  # float16 stays finite
+    g = np.where(np.abs(g) > 0, np.sign(g) * (np.abs(g) + 1.0), 0.0)  # |g| >= 1 where non-zero
+    g[::97] = 0.0
+    g[5] = -rounding_trap(dtype)
+    return tf.constant(g, dtype)
+
+
+@pytest.mark.parametrize("method", ["exact", "greedy"])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32, tf.float64])
+@pytest.mark.parametrize("kind", ["normal", "cauchy", "lognormal", "sparse"])
+def test_rho_one_gives_p_one_on_every_nonzero_coordinate(kind, dtype, method):
+    g = rho_one_vector(kind, dtype)
+    nz = g.numpy() != 0
+    assert nz[5] and not nz.all()
+    p = hvdspar.probabilities(g, rho=1.0, method=method).numpy()
+    assert p.dtype == (np.float64 if dtype == tf.float64 else np.float32)
+    np.testing.assert_array_equal(p[nz], 1.0)
+    np.testing.assert_array_equal(p[~nz], 0.0)  # g_i = 0: nothing to send, Q(g)_i = 0 = g_i
+    assert p.sum() == np.count_nonzero(nz)
+    # the water level agrees: finite, and lambda |g_i| >= 1 for every non-zero g_i
+    lam = water_level(g, rho=1.0, method=method)
+    assert np.isfinite(float(lam)) and float(lam) > 0
+    np.testing.assert_array_equal(probabilities_from_lambda(g, lam).numpy()[nz], 1.0)
+    # rho = 1 written as an int is the same budget
+    np.testing.assert_array_equal(hvdspar.probabilities(g, rho=1, method=method).numpy(), p)
+
+
+@pytest.mark.parametrize("method", ["exact", "greedy"])
+def test_rho_one_on_all_zero_and_single_coordinates(method):
+    for g in ([0.0] * 5, [3.0], [0.0], [-2.0, 0.0, 1.0], [1e-30, -1e30]):
+        p = hvdspar.probabilities(tf.constant(g, tf.float32), rho=1.0, method=method).numpy()
+        np.testing.assert_array_equal(p, (np.array(g) != 0).astype(np.float32))
+    assert float(water_level(tf.zeros([7]), rho=1.0, method=method)) == 0.0
+
+
+def test_greedy_density_just_below_rho_one_stays_below_one():
+    """Algorithm 3 with its 2 rescalings under-spends a high budget (it only approaches the
+    water level); rho = 1 is the limit where every coordinate is kept, not a jump past it."""
+    g = tf.constant(vectors(4, 100_000)["normal"], tf.float32)
+    densities = {}
+    for rho in (0.5, 0.9, 0.99, 0.999, 1.0):
+        densities[rho] = float(tf.reduce_sum(hvdspar.probabilities(g, rho=rho, method="greedy"))) / 100_000
+    assert densities[1.0] == 1.0
+    values = list(densities.values())
+    assert all(a < b for a, b in zip(values, values[1:])), densities  # increasing in rho
+    assert all(densities[r] <= r * (1 + 1e-6) for r in densities), densities  # never above the budget

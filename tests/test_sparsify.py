@@ -126,3 +126,53 @@ def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     both = np.sort(np.concatenate([msg.idx_a.numpy(), msg.idx_b.numpy()]))
     np.testing.assert_array_equal(both, plain.numpy())
     np.testing.assert_array_equal(float(lam) * np.abs(g.numpy()[msg.idx_a.numpy()]) >= 1, True)
+
+
+@pytest.mark.parametrize("method", ["exact", "greedy"])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32, tf.float64])
+@pytest.mark.parametrize("d", [3000, 1 << 16])  # 2^16: the chunked XLA path of the greedy method
+def test_rho_one_message_is_g_itself(d, dtype, method):
+    """rho = 1 keeps every coordinate with its exact value: Q(g) = g, every non-zero g_i in Q_A,
+    nothing in Q_B (no sign/lambda approximations), for any seed, also through the byte coding."""
+    from test_probabilities import rho_one_vector
+
+    g = rho_one_vector("cauchy", dtype, d)
+    gn = g.numpy()
+    nz = np.flatnonzero(gn)
+    for s in range(3):
+        msg, lam = gspar_message(g, tf.constant([s, 9], tf.int64), rho=1.0, method=method)
+        np.testing.assert_array_equal(msg.idx_a.numpy(), nz)
+        np.testing.assert_array_equal(msg.val_a.numpy(), gn[nz])
+        assert msg.val_a.dtype == dtype
+        assert int(tf.size(msg.idx_b)) == 0 and int(tf.size(msg.neg_b)) == 0
+        assert np.isfinite(float(lam)) and float(lam) > 0 and np.isfinite(float(msg.scale))
+        back = coding.decode(coding.encode(msg, d, dtype), d, dtype)
+        for m in (msg, back):
+            np.testing.assert_array_equal(coding.to_dense(m, d, dtype).numpy(), gn)
+
+
+def test_rho_one_message_of_zeros_and_tiny_values():
+    for g in ([0.0] * 5, [0.0], [3.0], [-2.0, 0.0, 1.0], [1e-30, -1e30, 0.0]):
+        for method in ("exact", "greedy"):
+            gt = tf.constant(g, tf.float32)
+            msg, lam = gspar_message(gt, tf.constant([1, 1], tf.int64), rho=1.0, method=method)
+            np.testing.assert_array_equal(coding.to_dense(msg, len(g), tf.float32).numpy(), np.float32(g))
+            assert int(tf.size(msg.idx_b)) == 0 and int(tf.size(msg.idx_a)) == np.count_nonzero(g)
+            assert np.isfinite(float(lam)) and np.isfinite(float(msg.scale))
+
+
+def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
+    """The chunked XLA sampler, called directly at rho = 1, agrees with lambda_rho_greedy and
+    keeps every non-zero coordinate (lambda |g_i| >= 1 for all of them)."""
+    import importlib
+
+    from hvdspar import sparsify
+
+    probabilities = importlib.import_module("hvdspar.probabilities")
+    d = sparsify.CHUNK_ELEMENTS + 4321
+    g = np.random.default_rng(8).standard_t(2, size=d).astype(np.float32)
+    g[::50] = 0.0
+    gt = tf.constant(g)
+    lam, idx = sparsify._greedy_keep_chunked(gt, tf.constant([1, 2], tf.int64), 1.0, 2)
+    assert float(lam) == float(probabilities.lambda_rho_greedy(tf.abs(gt), 1.0, 2))
+    np.testing.assert_array_equal(idx.numpy(), np.flatnonzero(g))
