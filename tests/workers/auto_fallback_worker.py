@@ -11,6 +11,7 @@ from tests.workers.common import report, same_on_all_ranks
 
 hvd.init()
 rank = hvd.rank()
+tf.keras.utils.set_random_seed(0)  # and again in train(): every case starts alike
 f, k = 4096, 8  # kernel 32768 weights (sparse pays on a slow link), bias 8 (always dense by bytes)
 
 

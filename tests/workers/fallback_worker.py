@@ -13,6 +13,7 @@ from tests.workers.common import count_allgathered_bytes, report
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
+tf.keras.utils.set_random_seed(0)  # Python, NumPy and TF (initial weights) alike on every rank
 
 gathered_bytes = count_allgathered_bytes()
 
@@ -31,13 +32,13 @@ expected_dense = [
 rng = np.random.default_rng(10 + rank)
 x = rng.normal(size=(256, d)).astype("float32")
 y = (x @ np.array([1.0, -2.0, 0.5]) > 0).astype("float32")
-tf.keras.utils.set_random_seed(0)
 model = tf.keras.Sequential([tf.keras.layers.Dense(k, input_shape=(d,))])
 model.compile(
     hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1), compression=comp),
     tf.keras.losses.BinaryCrossentropy(from_logits=True),
 )
-hist = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+hist = model.fit(x, y, batch_size=32, epochs=3, verbose=0, shuffle=False,
+                 callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
 
 flat = tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in model.get_weights()], 0)
 everyone = hvd_tf.allgather(tf.reshape(flat, [1, -1]))

@@ -35,7 +35,7 @@ def conds(graph_def):
 
 def main():
     hvd.init()
-    tf.random.set_seed(hvd.rank())
+    tf.keras.utils.set_random_seed(hvd.rank())  # Python, NumPy, TF: the data below differ per rank, seeded
     x = tf.random.normal([64, 512])
     y = tf.cast(tf.random.uniform([64], maxval=10, dtype=tf.int32), tf.int32)
     results = {}

@@ -26,6 +26,7 @@ N, D, C2, SEED, BATCH = 1024, 2048, 1.0 / 64, 0, 8
 lam = 1.0 / N
 ds = load_synthetic(N, D, 0.9, C2, SEED)
 x, y = ds.x_train.astype(np.float64), ds.y_train.astype(np.float64)
+tf.keras.utils.set_random_seed(SEED)  # nothing below draws from the global generators; seeded all the same
 comp = make_compressor(spec, SEED + 1234)
 
 

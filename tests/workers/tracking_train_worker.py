@@ -35,7 +35,7 @@ p.add_argument("--hold-dir", default=None)
 args = p.parse_args()
 
 hvd.init()
-tf.random.set_seed(args.seed)
+tf.keras.utils.set_random_seed(args.seed)  # Python, NumPy and TF (initial weights), alike on every rank
 rng = np.random.default_rng(args.seed + hvd.rank())
 x = rng.normal(size=(args.steps * 16, 32)).astype("float32")
 w = np.random.default_rng(123).normal(size=(32,))

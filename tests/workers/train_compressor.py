@@ -23,6 +23,8 @@ from tests.workers.common import count_allgathered_bytes, report, same_on_all_ra
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
 specs = sys.argv[1:]
+SEED = 5  # the compressors' random streams (each rank and tensor draws its own from it)
+tf.keras.utils.set_random_seed(SEED)
 
 gathered_bytes = count_allgathered_bytes()
 
@@ -35,8 +37,8 @@ y = (x @ w_true + 0.1 * rng.normal(size=(n, d_out))).astype("float32")
 
 results = {"specs": specs}
 for spec in specs:
-    tf.keras.utils.set_random_seed(rank)  # different initial weights per rank: the broadcast must fix them
-    comp = hvdspar.from_spec(spec, fallback=True)  # by bytes: on this loopback "auto" would send dense
+    tf.keras.utils.set_random_seed(rank)  # different (seeded) initial weights per rank: the broadcast must fix them
+    comp = hvdspar.from_spec(spec, fallback=True, seed=SEED)  # by bytes: on this loopback "auto" would send dense
     model = tf.keras.Sequential([tf.keras.layers.Dense(d_out, input_shape=(d_in,))])
     hvdspar.track(model, comp)
     model.compile(hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression=comp), "mse")
@@ -57,7 +59,7 @@ for spec in specs:
 # Error feedback across ranks: each rank's Q_r = m_before + g_r - m_after, and the
 # average every rank receives must be (Q_0 + Q_1) / 2.
 for spec in ("topk:ratio=0.1", "atomo:budget=1.5,memory=true"):
-    comp = hvdspar.from_spec(spec, fallback=True)  # by bytes: on this loopback "auto" would send dense
+    comp = hvdspar.from_spec(spec, fallback=True, seed=SEED)  # by bytes: on this loopback "auto" would send dense
 
     @tf.function
     def step(grads):
