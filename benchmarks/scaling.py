@@ -11,7 +11,7 @@ logistic regression (synthetic data, d = 2048) and of the wide softmax
 regression of benchmarks/time_to_accuracy.py (16384 x 32). Then, per rank
 and step, for M in 2, 4, ..., 1024 (ring algorithms, as in hvdspar.exchange):
 
-    sparse path    allgather of m bytes:      (M - 1) m      (+ a 2-byte placeholder allreduce)
+    sparse path    allgather of m bytes:      (M - 1) m      (+ a 4-byte placeholder allreduce)
     dense path     ring allreduce of D bytes: 2 (M - 1) / M D
     fallback       per tensor, what the compressor decides: dense when
                    M * expected_nbytes >= 2 D (exchange.prefer_dense), else sparse

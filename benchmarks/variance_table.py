@@ -22,7 +22,7 @@ where it coincides with GSpar's exact water-filling); QSGD with s = 1 level
 Columns: E||Q(g)||^2 / ||g||^2 (over draws, summed over tensors; for an
 unbiased Q it is 1 + the relative variance), E||Q(g) - g||^2 / ||g||^2 (the
 error also for the biased TopK / plain RandomK), and message bytes per gradient
-element (headers included, the 2-byte Horovod placeholder not).
+element (headers included, the Horovod placeholder (4 bytes) not).
 Each Q comes from the compressor's own ``encode`` (the exact bytes that would
 travel; tests check that receivers decode exactly Q).
 """
