@@ -2,8 +2,8 @@
 
 Each rank draws its minibatch rows with ``batch_indices`` (as simulated worker r
 does), computes the same float64 logistic-regression gradient, and sends it
-through ``Compressor.compress``/``decompress`` (allgather of the coded
-messages); the SGD update is the same. Reports the final weights, which the
+through ``hvd.allreduce(g, compression=comp)`` (allgather of the coded
+messages, Horovod's reduction of the placeholder); the SGD update is the same. Reports the final weights, which the
 test compares with ``run_convex`` simulating the same number of workers.
 
 argv: spec steps lr
@@ -32,8 +32,8 @@ comp = make_compressor(spec, SEED + 1234)
 
 @tf.function
 def average(g):
-    sent, ctx = comp.compress(g)
-    return comp.decompress(sent, ctx)
+    # Horovod's own path: compress, allreduce of the placeholder (it carries the 1/M), decompress.
+    return hvd.allreduce(g, op=hvd.Average, compression=comp)
 
 
 w = np.zeros(D)
