@@ -91,6 +91,17 @@ class _Sparse(collections.namedtuple("_Sparse", ["slot", "x", "enc", "gathered",
     kind = "sparse"
 
 
+class _RunTime(collections.namedtuple("_RunTime", ["slot", "total", "finite", "new_memory", "sparse", "norms",
+                                                   "shape"])):
+    """compress -> decompress context of a tensor whose plan is taken at run time (elastic)."""
+
+    kind = "run time"
+
+
+#: the plan's reason for tensors planned at every step (elastic training)
+RUN_TIME = "by bytes at run time"
+
+
 class Compressor(_HorovodCompressor, tf.Module):
     """Base class; see the module docstring. Not used directly."""
 
@@ -169,6 +180,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         if self.memory:
             x = tf.cast(x, cdt) + slot.memory  # e = m + g (error feedback)
 
+        if reason == RUN_TIME:
+            return self._compress_planned_at_run_time(tensor, x, slot, site)
         if dense:
             sent = tf.cast(x, dtype)
             dense_nbytes = d * dtype.size
@@ -184,10 +197,55 @@ class Compressor(_HorovodCompressor, tf.Module):
         slot.record(nbytes, d * dtype.size, d, enc.kept, dense=False)
         return exchange.placeholder(dtype, site.process_set), _Sparse(slot, x, enc, gathered, shape, site.process_set)
 
+    def _compress_planned_at_run_time(self, tensor, x, slot, site):
+        """Elastic training: the byte rule decided at every step, from the world size at run time.
+
+        Horovod does not retrace its allreduce after an elastic reset, so a plan taken at
+        trace time would stay that of the first world, and a rank that joins later would
+        plan (and so call collectives) differently. Here the graph is the same whatever the
+        size: a ``tf.cond`` on ``exchange.prefer_dense_op`` runs either hvdspar's own dense
+        allreduce (op=Sum) or the encode + allgather + decode, and Horovod reduces the
+        placeholder in both cases, for its factor. ``decompress`` finishes both alike.
+        """
+        dtype, shape = tensor.dtype, tensor.shape
+        cdt, d = compute_dtype(dtype), shape.num_elements()
+        ps = site.process_set
+        num_ranks = exchange.size_op(ps)
+        message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
+        go_dense = exchange.prefer_dense_op(message_nbytes, dense_nbytes, num_ranks)
+        seed = tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
+        zero = tf.zeros([0], cdt)
+
+        def dense_branch():
+            sent = tf.cast(x, dtype)
+            name = exchange.collective_name("HorovodAllreduce", tensor, "dense")
+            total = tf.cast(exchange.allreduce_sum(sent, ps, name), cdt)
+            wide = total if total.dtype == tf.float64 else tf.cast(total, tf.float32)
+            new_memory = x - tf.cast(sent, x.dtype) if self.memory else zero
+            return (total, tf.math.is_finite(tf.reduce_sum(wide)), new_memory, tf.constant(dense_nbytes, tf.int64),
+                    tf.constant(d, tf.int64), tf.zeros([2], tf.float64))
+
+        def sparse_branch():
+            enc = self.encode(x, seed, dtype, shape)
+            name = exchange.collective_name("HorovodAllgather", tensor, "gather")
+            gathered = exchange.allgather(enc.message, ps, name)
+            total, finite = self.decode_sum(gathered, num_ranks, d, dtype)
+            nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.placeholder_nbytes(dtype)
+            norms = tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
+            new_memory = x - tf.cast(enc.q, x.dtype) if self.memory else zero
+            return (tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms)
+
+        total, finite, new_memory, nbytes, kept, norms = tf.cond(go_dense, dense_branch, sparse_branch)
+        slot.record(nbytes, dense_nbytes, d, kept, dense=go_dense)
+        ctx = _RunTime(slot, total, finite, new_memory, tf.logical_not(go_dense), norms, shape)
+        return exchange.placeholder(dtype, ps), ctx
+
     @tf.autograph.experimental.do_not_convert
     def decompress(self, tensor, ctx):
         if isinstance(ctx, _Dense):
             return self._finish_dense(tensor, ctx)
+        if isinstance(ctx, _RunTime):
+            return self._finish_run_time(tensor, ctx)
         slot, x, enc, shape = ctx.slot, ctx.x, ctx.enc, ctx.shape
         dtype, d = slot.dtype, shape.num_elements()
         total, all_finite = self.decode_sum(ctx.gathered, exchange.size_op(ctx.process_set), d, dtype)
@@ -224,6 +282,23 @@ class Compressor(_HorovodCompressor, tf.Module):
                 residual = ctx.x - tf.cast(ctx.sent, ctx.x.dtype)
                 tf.cond(finite, lambda: slot.memory.assign(residual).op, tf.no_op)
             return tf.identity(reduced)
+
+    def _finish_run_time(self, reduced, ctx):
+        """A tensor planned at run time: Horovod's factor times the sum either branch produced."""
+        slot, dtype = ctx.slot, ctx.slot.dtype
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(ctx.finite, [_nonfinite_message(slot, ctx.shape, dtype)]))
+        with tf.control_dependencies(checks):
+            factor = tf.cast(tf.reshape(reduced, [-1])[0], ctx.total.dtype)
+            poison = tf.where(ctx.finite, tf.constant(0, ctx.total.dtype), tf.constant(np.nan, ctx.total.dtype))
+            result = tf.cast(ctx.total * factor + poison, dtype)
+        if self.memory:
+            tf.cond(ctx.finite, lambda: slot.memory.assign(ctx.new_memory).op, tf.no_op)
+        used = tf.logical_and(ctx.finite, ctx.sparse)
+        slot.calls.assign_add(tf.cast(used, tf.int64))
+        slot.sq_norms.assign_add(tf.where(used, ctx.norms, tf.zeros([2], tf.float64)))
+        return tf.reshape(result, ctx.shape)
 
     # --- state ------------------------------------------------------------------------------
 
@@ -268,7 +343,17 @@ class Compressor(_HorovodCompressor, tf.Module):
         """
         if d == 0:
             dense, reason = True, "empty"
-        elif not self.fallback or num_ranks <= 1:
+        elif not self.fallback:
+            dense, reason = False, "compressed"
+        elif exchange.elastic():
+            if self.fallback == "auto":
+                raise ValueError(
+                    f"hvdspar: {self.name}: fallback='auto' times the network once and plans at the first trace, "
+                    "which Horovod does not redo when an elastic job changes size; use fallback=True (the byte "
+                    "rule, taken at every step from the world size) or fallback=False under hvd.elastic"
+                )
+            dense, reason = False, RUN_TIME
+        elif num_ranks <= 1:
             dense, reason = False, "compressed"
         else:
             message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
@@ -302,6 +387,11 @@ class Compressor(_HorovodCompressor, tf.Module):
             return f"hvdspar: {self!r}: no tensor planned yet"
         reasons = collections.Counter(reason for dense, reason, _ in plans if dense)
         ranks = sorted({m for _, _, m in plans})
+        at_run_time = sum(reason == RUN_TIME for _, reason, _ in plans)
+        if at_run_time:
+            return (f"hvdspar: {type(self).__name__} (elastic): {at_run_time} of {len(plans)} tensors planned at "
+                    f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
+                    f"trace ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items())) or 'none'})")
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
         rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.fallback]
         return (f"hvdspar: {type(self).__name__} at {'/'.join(map(str, ranks))} ranks: "

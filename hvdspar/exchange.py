@@ -34,6 +34,7 @@ tensor, from the expected message size, so every rank decides the same way.
 """
 
 import collections
+import os
 import sys
 
 import tensorflow as tf
@@ -137,13 +138,44 @@ def rank_op():
     return tf.cast(_hvd().rank_op(), tf.int64)
 
 
-def allgather(message, process_set=None):
+def elastic():
+    """True under ``horovodrun`` elastic (``HOROVOD_ELASTIC=1``), as Horovod itself tests it."""
+    return bool(int(os.environ.get("HOROVOD_ELASTIC", 0) or 0))
+
+
+def collective_name(kind, tensor, suffix):
+    """A name for a collective hvdspar runs itself inside a ``tf.cond`` branch (None in eager mode).
+
+    Horovod names an unnamed collective after its input tensor, and names inside a branch's
+    graph are not unique in the step, so it is named after the gradient (unique in the step's
+    graph). ``kind`` ("HorovodAllreduce" / "HorovodAllgather") starts the name, as Horovod's own
+    names do: ``hvd.elastic.run`` recognises a failed collective (a lost rank) only by that
+    word in the error message, and without it silently ends the training function instead.
+    """
+    if tf.executing_eagerly():
+        return None
+    return f"{kind}_hvdspar_" + tensor.name.replace(":", "_").replace("/", "_") + "_" + suffix
+
+
+def allgather(message, process_set=None, name=None):
     """Concatenate every rank's 1-D uint8 message, in rank order (before hvd.init(): one process's)."""
     if not _initialized():
         return message
-    if process_set is None:
-        return _hvd().allgather(message)
-    return _hvd().allgather(message, process_set=process_set)
+    kwargs = {"name": name} if name else {}
+    if process_set is not None:
+        kwargs["process_set"] = process_set
+    return _hvd().allgather(message, **kwargs)
+
+
+def allreduce_sum(tensor, process_set=None, name=None):
+    """Horovod's uncompressed allreduce with op=Sum (before hvd.init(): the tensor)."""
+    if not _initialized():
+        return tensor
+    hvd = _hvd()
+    kwargs = {"name": name} if name else {}
+    if process_set is not None:
+        kwargs["process_set"] = process_set
+    return hvd.allreduce(tensor, op=hvd.Sum, **kwargs)
 
 
 #: the placeholder of a float32 (or 16-bit) gradient; float64 gradients get a float64 one
@@ -187,3 +219,12 @@ def prefer_dense(message_nbytes, dense_nbytes, num_ranks):
     if num_ranks <= 1:
         return False
     return allgather_bytes_moved(message_nbytes, num_ranks) >= allreduce_bytes_moved(dense_nbytes, num_ranks)
+
+
+def prefer_dense_op(message_nbytes, dense_nbytes, num_ranks):
+    """``prefer_dense`` at run time: ``num_ranks`` an int32 tensor (``size_op``), the sizes static.
+
+    For M > 1 the rule (M-1) m >= 2 (M-1)/M D is M m >= 2 D.
+    """
+    m = tf.cast(num_ranks, tf.int64)
+    return tf.logical_and(m > 1, m * int(message_nbytes) >= 2 * int(dense_nbytes))

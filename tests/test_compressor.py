@@ -67,3 +67,39 @@ def test_eager_calls_share_one_state_per_shape():
         comp.decompress(*comp.compress(tf.fill([3, 4], float(t))))
     assert len(comp.slots) == 2
     assert [int(s.calls.numpy()) for s in comp.slots] == [5, 5]
+
+
+@pytest.mark.parametrize("spec", ["gspar:rho=0.1,memory=true", "topk:ratio=0.05,memory=true", "qsgd:levels=4,memory=true"])
+def test_elastic_run_time_plan_gives_the_trace_time_result(spec, monkeypatch):
+    """Under HOROVOD_ELASTIC=1 the byte rule runs in the graph (a tf.cond on the run-time size);
+    in one process it takes the compressed branch, with the same result, memory and traffic as
+    the plan taken at trace time."""
+    g = tf.constant(np.random.default_rng(0).normal(size=(40, 25)).astype(np.float32))
+    runs = {}
+    for elastic in ("0", "1"):
+        monkeypatch.setenv("HOROVOD_ELASTIC", elastic)
+        comp = hvdspar.from_spec(spec + ",seed=5")
+
+        @tf.function
+        def step(g):
+            t, ctx = comp.compress(g)
+            return comp.decompress(t * 0.5, ctx)  # as if Horovod averaged over 2 ranks
+
+        outs = [step(g).numpy() for _ in range(3)]
+        memory = comp.slots[0].memory.numpy() if comp.memory else None
+        runs[elastic] = (outs, memory, comp.traffic(), comp.plan_summary())
+    (a, mem_a, tr_a, _), (b, mem_b, tr_b, summary) = runs["0"], runs["1"]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    if mem_a is not None:
+        np.testing.assert_array_equal(mem_a, mem_b)
+    for key in ("bytes_sent", "dense_bytes", "kept", "steps", "dense_tensors", "sq_norm", "sq_norm_sent"):
+        assert tr_a[key] == tr_b[key], key
+    assert "planned at every step" in summary
+
+
+def test_elastic_refuses_the_timed_fallback(monkeypatch):
+    monkeypatch.setenv("HOROVOD_ELASTIC", "1")
+    comp = hvdspar.GSpar(rho=0.1, fallback="auto")
+    with pytest.raises(ValueError, match="fallback='auto'.*elastic"):
+        tf.function(lambda g: comp.compress(g)[0])(tf.ones([100]))

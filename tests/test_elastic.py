@@ -67,18 +67,16 @@ if ALL:  # rank 1 gets SIGKILL instead of calling os._exit(1)
     SCHEDULES["sigkill"] = {**SCHEDULES["kill"], "args": ["--kill-at", "8", "--kill-mode", "sigkill"]}
 
 # hvdspar runs by default
-HVDSPAR_RUNS = [("shrink_grow", GSPAR_EXACT), ("grow", GSPAR_EXACT), ("kill", TOPK_MEMORY)]
+HVDSPAR_RUNS = [("shrink_grow", GSPAR_EXACT), ("grow", GSPAR_EXACT), ("kill", TOPK_MEMORY),
+                ("grow", GSPAR_EXACT_FALLBACK), ("grow", TOPK_MEMORY)]
 if ALL:
     HVDSPAR_RUNS += [("kill", GSPAR_EXACT), ("shrink_grow", TOPK_MEMORY), ("shrink_grow", GSPAR_HALF),
-                     ("grow", TOPK_MEMORY), ("grow", GSPAR_EXACT_FALLBACK)] + [(s, TOPK_EXACT) for s in SCHEDULES]
+                     ("shrink_grow", GSPAR_EXACT_FALLBACK)] + [(s, TOPK_EXACT) for s in SCHEDULES]
 
 # Runs known to fail because of hvdspar: xfail (strict, so that a fix shows up as XPASS) until fixed.
-_TRACE_TIME_PLAN = (
-    "hvdspar bug: the dense fallback is planned from hvd.size() at trace time and Horovod never retraces "
-    "after a reset. In grow, rank 0 traced at size 1 (every tensor 'compressed'), the joining rank at size 2 "
-    "(the 1-element bias 'dense by bytes'): different collectives for the bias, both ranks wait in step 8"
-)
-KNOWN_BROKEN = {("grow", TOPK_MEMORY): _TRACE_TIME_PLAN, ("grow", GSPAR_EXACT_FALLBACK): _TRACE_TIME_PLAN}
+# (Empty since the fallback plans at run time under elastic: grow with fallback=True hung before, as rank 0
+# had planned at size 1 and the joining rank at size 2, so they called different collectives.)
+KNOWN_BROKEN = {}
 
 # One horovodrun takes 45-100 s on an idle 2-core machine, up to 3.5 min when other tests share it.
 RUN_TIMEOUT_S = int(os.environ.get("HVDSPAR_ELASTIC_TIMEOUT_S", 300))
@@ -271,8 +269,9 @@ def test_compress_runs_once_per_gradient_per_process_not_at_resets(elastic, comp
     """Horovod's gradient allreduce is a tf.function cached per (compression, ...), keyed by the
     gradients' shapes: a reset does not retrace it, even where Keras retraces its
     train_function (the per-rank batch goes 16 -> 32 rows at size 1). compress() runs its
-    Python code at the first trace only, so whatever a compressor computes there in Python
-    (hvd.size(), hvd.rank(), the dense fallback's decision) stays that of the first world."""
+    Python code at the first trace only, so whatever a compressor computed there in Python
+    (hvd.size(), hvd.rank()) would stay that of the first world: hvdspar reads the size and
+    rank at run time, and under elastic it plans the fallback at run time too."""
     run = elastic("shrink_grow", compression)
     check_completed(run)
     epochs = [e for e in run["events"] if e["event"] == "epoch"]
@@ -303,3 +302,18 @@ def test_compressor_state_is_outside_keras_state(elastic):
     kill_at = 8
     assert restore["after"]["opt_iterations"] == kill_at  # the last commit
     assert restore["before"]["opt_iterations"] in (kill_at, kill_at + 1)  # the failed step may have counted
+
+
+def test_fallback_plans_again_when_the_world_grows(elastic):
+    """fallback=True under elastic: the byte rule runs at every step with the world size then.
+    grow (1 -> 2): at 1 rank nothing goes dense; at 2 ranks the 1-element bias does (its message is
+    not smaller than 2 D / M), on the surviving rank 0 and on the joining rank alike, and the run
+    ends on none's weights (GSpar rho=1 exact is lossless)."""
+    run = elastic("grow", GSPAR_EXACT_FALLBACK)
+    check_completed(run)
+    epochs = [e for e in run["events"] if e["event"] == "epoch"]
+    by_size = {}
+    for e in epochs:
+        by_size.setdefault(e["size"], set()).add(e["dense_tensors"])
+    assert by_size == {1: {0}, 2: {1}}, [(e["pid"], e["size"], e["dense_tensors"]) for e in epochs]
+    assert all(reason == "by bytes at run time" for e in epochs for _, reason, _ in e["plan"].values())

@@ -185,9 +185,15 @@ def snapshot():
 
 
 def plan():
-    """hvdspar's dense/compressed decision per tensor, as taken at trace time (None for Horovod's own)."""
+    """hvdspar's plan per tensor at trace time: (dense?, reason, ranks); under elastic the reason says
+    the byte rule runs at every step (None for Horovod's own compressors)."""
     plans = getattr(compressor, "_plans", None)
     return {str(k): list(v) for k, v in plans.items()} if isinstance(plans, dict) else None
+
+
+def last_dense_tensors():
+    """How many tensors the latest step sent dense (None for Horovod's own compressors)."""
+    return compressor.traffic()["dense_tensors"] if isinstance(compressor, hvdspar.Compressor) else None
 
 
 def compressor_variables():
@@ -262,7 +268,7 @@ def train(state):
         if state.step % args.steps_per_epoch == 0:
             info = {"epoch": state.step // args.steps_per_epoch - 1, "step": state.step, "size": hvd.size(),
                     "rank": hvd.rank(), "compress_calls": counting.calls, "traces": tracing_count(),
-                    "plan": plan()}
+                    "plan": plan(), "dense_tensors": last_dense_tensors()}
             epochs.append(info)
             event("epoch", **info)
         state.commit()
