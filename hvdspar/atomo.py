@@ -234,6 +234,8 @@ class Atomo(Compressor):
     """
 
     spec_name = "atomo"
+    #: the SVD atoms need each tensor's own matrix shape: a Horovod group is compressed tensor by tensor
+    buckets = False
 
     def __init__(self, budget=2, atoms="svd", memory=False, fallback=True, nonfinite="propagate", seed=None):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:

@@ -1,26 +1,38 @@
 """The base of every hvdspar compressor: Horovod's two-method interface plus state.
 
-A subclass only says how one rank's (flattened) gradient becomes a message and
-how a concatenation of the ranks' messages becomes their sum::
+A subclass only says how one rank's flat vector becomes a message and how a
+concatenation of the ranks' messages becomes their sum::
 
     encode(x, seed, dtype, shape)         -> Encoded(message, q, kept, q_sq_norm)
     decode_sum(data, num_ranks, d, dtype) -> (sum of the ranks' Q [d], all senders finite)
     expected_nbytes(d, dtype, shape)      -> planned message size (for the dense fallback)
 
-This class does the rest, once for all methods. A gradient's trip:
+This class does the rest, once for all methods. A gradient's whole trip, in this file:
 
-    compress(g):    x = g + m (error feedback)       plan: dense or compressed (per tensor, at trace time)
-                    dense:      hand x to Horovod's allreduce as it is
-                    compressed: message = encode(x); gathered = allgather(message);
-                                hand Horovod the placeholder (``exchange.placeholder``)
+    compress(g):    bucket: g alone, or with the other tensors of its Horovod group (``hvdspar.buckets``)
+                    the bucket's first member sends it (``_send``):
+                      x = concat(g...) + m (error feedback)
+                      plan: dense or compressed (per bucket, at trace time; at run time under elastic)
+                      dense:      hand each member's part of x to Horovod's allreduce as it is
+                      compressed: message = encode(x); gathered = allgather(message);
+                                  hand Horovod one placeholder per member (``exchange.placeholder``)
     Horovod:        allreduce of what compress returned, with the user's op and scale factors
-    decompress(t):  dense:      t is Horovod's result; m <- x - sent
-                    compressed: result = t[0] * decode_sum(gathered)  (t[0]: Horovod's factor)
-                                m <- x - Q(x); the random stream advances
+    decompress(t):  (``_receive``)
+                    dense:      t is Horovod's result; m <- x - sent
+                    compressed: total = decode_sum(gathered) (once per bucket); m <- x - Q(x);
+                                the random stream advances; result = t[0] * member's part of total
+                                (t[0]: Horovod's factor)
 
 So ``op=hvd.Sum``/``hvd.Average``, ``prescale_factor``/``postscale_factor`` and
 ``gradient_predivide_factor`` give what Horovod gives without compression, in
 expectation, on every build (see ``hvdspar.exchange``).
+
+Buckets (``bucket_mb=``): Horovod calls compress() for every tensor of a group
+(``groups=``/``num_groups=``, ``hvd.grouped_allreduce``) before any
+decompress(), so a group travels as one message per bucket of at most
+``bucket_mb`` MB (None: the whole group; 0: every tensor alone). One traced
+encoder, one allgather and one header per bucket instead of per tensor.
+Without ``groups=`` Horovod calls every tensor alone, and so does hvdspar.
 
 Non-finite gradients (``nonfinite=``): with "propagate" (default) a step where
 any rank's gradient holds NaN or Inf returns a non-finite result on every rank,
@@ -29,7 +41,7 @@ step on every rank and lowers its scale; nothing of that step enters the
 error-feedback memory, the variance figures or the random streams. "raise"
 stops training with a clear error instead.
 
-The dense fallback (``fallback=``, per tensor, decided at trace time alike on
+The dense fallback (``fallback=``, per message, decided at trace time alike on
 every rank, counted in ``traffic()["dense_tensors"]``; rank 0 logs the
 decisions once, at the first step, through the ``hvdspar`` logger):
 
@@ -41,12 +53,17 @@ decisions once, at the first step, through the ``hvdspar`` logger):
                       own compute is paid (measured at the first step)
     False             always compressed
 
+Under elastic training (``HOROVOD_ELASTIC=1``) Horovod never retraces after the
+world changes, so the byte rule runs in the graph at every step
+(``_send_planned_at_run_time``) and fallback="auto" is refused.
+
 State (``SlotState``: memory, random stream, traffic counters) is kept per
-tensor: inside a ``tf.function`` by the tensor's position in Horovod's call
-order (a retrace restarts the order); in eager calls of ``hvd.allreduce`` by
-its ``name=`` and otherwise its shape and dtype. It is a ``tf.Module``: put the
-compressor in a ``tf.train.Checkpoint`` (or ``hvdspar.track(model, compressor)``)
-and error-feedback memory survives a save and restore.
+message (a tensor or a bucket): inside a ``tf.function`` by its position in
+Horovod's call order (a retrace restarts the order); in eager calls of
+``hvd.allreduce`` by its ``name=`` and otherwise its shape and dtype. It is a
+``tf.Module``: put the compressor in a ``tf.train.Checkpoint`` (or
+``hvdspar.track(model, compressor)``) and error-feedback memory survives a save
+and restore.
 """
 
 import collections
@@ -56,6 +73,7 @@ import random
 import numpy as np
 import tensorflow as tf
 
+from hvdspar import buckets as _buckets
 from hvdspar import exchange
 from hvdspar.probabilities import compute_dtype
 from hvdspar import traffic as _traffic
@@ -79,27 +97,46 @@ class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_n
     (else a [0] tensor), the count of kept elements, and ||Q(x)||^2."""
 
 
-class _Dense(collections.namedtuple("_Dense", ["slot", "x", "sent"])):
-    """compress -> decompress context of a tensor sent dense."""
-
-    kind = "dense"
-
-
-class _Sparse(collections.namedtuple("_Sparse", ["slot", "x", "enc", "gathered", "shape", "process_set"])):
-    """compress -> decompress context of a tensor sent compressed."""
-
-    kind = "sparse"
-
-
-class _RunTime(collections.namedtuple("_RunTime", ["slot", "total", "finite", "new_memory", "sparse", "norms",
-                                                   "shape"])):
-    """compress -> decompress context of a tensor whose plan is taken at run time (elastic)."""
-
-    kind = "run time"
-
-
-#: the plan's reason for tensors planned at every step (elastic training)
+#: the plan's reason for messages planned at every step (elastic training)
 RUN_TIME = "by bytes at run time"
+
+
+class _Bucket:
+    """One message: the flattened gradients of consecutive tensors of a Horovod group, or of one tensor.
+
+    Built by the first member's ``compress`` (``Compressor._send``), finished by the members'
+    ``decompress`` (``Compressor._receive``). Python only; every tensor in it belongs to the one
+    graph that Horovod's (grouped) allreduce is being traced in.
+    """
+
+    def __init__(self, tensors, slot, site):
+        self.tensors = list(tensors)
+        self.slot, self.site = slot, site
+        self.dtype = slot.dtype
+        self.shapes = [t.shape for t in self.tensors]
+        self.sizes = [s.num_elements() for s in self.shapes]
+        self.offsets = list(np.cumsum([0] + self.sizes[:-1]))
+        self.d = int(sum(self.sizes))
+        self.kind = None  # "dense", "sparse" or RUN_TIME, set by _send
+        self.sent = None  # what each member hands Horovod
+        self.x = None  # the flat message input: concat(g) (+ memory)
+        self.flat_sent = None  # dense: the flat tensor sent
+        self.enc = self.gathered = None  # sparse: this rank's message, every rank's messages
+        self.total = self.finite = None  # sparse / run time: sum_r Q(x_r) [d] and whether all ranks were finite
+        self.cond = None  # run time: the tf.cond's outputs
+        self.finite_members = [None] * len(self.tensors)  # dense: each member's reduced tensor finite?
+
+    def member(self, j, flat):
+        """Member j's part of a flat [d] tensor, in its shape."""
+        return tf.reshape(flat[self.offsets[j]:self.offsets[j] + self.sizes[j]], self.shapes[j])
+
+
+class _Member(collections.namedtuple("_Member", ["bucket", "j"])):
+    """compress -> decompress context: member ``j`` of ``bucket``."""
+
+    @property
+    def kind(self):
+        return self.bucket.kind
 
 
 class Compressor(_HorovodCompressor, tf.Module):
@@ -107,8 +144,10 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     #: short name used by ``hvdspar.from_spec``
     spec_name = None
+    #: whether the tensors of a Horovod group may share one message (False: the codec needs the shape)
+    buckets = True
 
-    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None, name=None):
+    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None, name=None):
         tf.Module.__init__(self, name=name or type(self).__name__)
         if not isinstance(memory, bool):
             raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
@@ -118,19 +157,27 @@ class Compressor(_HorovodCompressor, tf.Module):
             raise ValueError(f"hvdspar: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"hvdspar: seed must be a non-negative integer or None, got {seed!r}")
+        if bucket_mb is not None and (isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float))
+                                      or not 0 <= bucket_mb < float("inf")):
+            raise ValueError(f"hvdspar: bucket_mb must be a number >= 0 (MB) or None (no cap), got {bucket_mb!r}")
+        if bucket_mb is not None and not self.buckets:
+            raise ValueError(f"hvdspar: {type(self).__name__} compresses every tensor on its own (its codec needs "
+                             "the tensor's shape): bucket_mb does not apply")
         self.memory = memory
         self.fallback = fallback
         self.nonfinite = nonfinite
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+        self.bucket_mb = bucket_mb
         self.slots = []
         # Python-only bookkeeping, kept out of tf.Module's tracking (and so out of checkpoints).
         self.__dict__["_trace"] = None
         self.__dict__["_next_slot"] = 0
-        self.__dict__["_eager_index"] = {}  # (name, shape, dtype) -> slot index, for eager calls
-        self.__dict__["_plans"] = {}  # slot index -> (dense?, reason, ranks) of the latest trace
+        self.__dict__["_eager_index"] = {}  # (name, shapes, dtype) -> slot index, for eager calls
+        self.__dict__["_plans"] = {}  # slot index -> (dense?, reason, ranks, tensors) of the latest trace
         self.__dict__["_logged_plan"] = None
         self.__dict__["_eager_logged"] = set()  # slot indices whose eager plan was logged
         self.__dict__["_compute_costs"] = {}  # (dtype, timing shape) -> link.Compute (fallback="auto")
+        self.__dict__["_group"] = None  # the Horovod group being compressed: (tensor list, {position: (bucket, j)})
 
     # --- what a subclass provides -----------------------------------------------------------
 
@@ -157,47 +204,115 @@ class Compressor(_HorovodCompressor, tf.Module):
         out = {"memory": self.memory, "fallback": self.fallback}
         if self.nonfinite != "propagate":
             out["nonfinite"] = self.nonfinite
+        if self.bucket_mb is not None:
+            out["bucket_mb"] = self.bucket_mb
         out["seed"] = self.seed
         return out
 
-    # --- the Horovod interface --------------------------------------------------------------
+    # --- the Horovod interface: a gradient's whole trip ---------------------------------------
 
     @tf.autograph.experimental.do_not_convert
     def compress(self, tensor):
+        """Horovod's first call. The first member of a bucket sends the bucket's message."""
         site = exchange.call_site()
-        tensor = tf.convert_to_tensor(tensor)
-        if not tensor.shape.is_fully_defined():
-            raise ValueError(f"hvdspar: {self.name} needs gradients of static shape, got {tensor.shape}")
-        dtype, shape = tensor.dtype, tensor.shape
-        cdt = compute_dtype(dtype)
-        d = shape.num_elements()
-        num_ranks, rank = exchange.world(site.process_set)
-        slot, position = self._slot_for(tensor, site)
-        dense, reason = self._plan(slot, d, dtype, shape, num_ranks)
-        self._log_plan_at_first_step(slot, position, rank)
+        bucket, j = self._bucket_for(tensor, site)
+        if j == 0:
+            self._send(bucket)
+        return bucket.sent[j], _Member(bucket, j)
 
-        x = tf.reshape(tensor, [-1])
+    @tf.autograph.experimental.do_not_convert
+    def decompress(self, tensor, ctx):
+        """Horovod's second call, with its reduction of what ``compress`` returned."""
+        return self._receive(ctx.bucket, ctx.j, tensor)
+
+    def _send(self, bucket):
+        """x = g + m; plan; then dense (hand x to Horovod) or compressed (encode, allgather, placeholders)."""
+        slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
+        shape = bucket.shapes[0] if len(bucket.shapes) == 1 else tf.TensorShape([d])
+        num_ranks, rank = exchange.world(site.process_set)
+        dense, reason = self._plan(slot, d, dtype, shape, num_ranks, len(bucket.tensors))
+        self._log_plan_at_first_step(slot, bucket.position, rank)
+
+        flat = [tf.reshape(t, [-1]) for t in bucket.tensors]
+        x = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
         if self.memory:
-            x = tf.cast(x, cdt) + slot.memory  # e = m + g (error feedback)
+            x = tf.cast(x, compute_dtype(dtype)) + slot.memory  # e = m + g (error feedback)
+        bucket.x = x
+        n = len(bucket.tensors)
 
         if reason == RUN_TIME:
-            return self._compress_planned_at_run_time(tensor, x, slot, site)
-        if dense:
-            sent = tf.cast(x, dtype)
+            bucket.kind = RUN_TIME
+            self._send_planned_at_run_time(bucket, shape)
+        elif dense:
+            bucket.kind = "dense"
+            bucket.flat_sent = tf.cast(x, dtype)
             dense_nbytes = d * dtype.size
             slot.record(dense_nbytes, dense_nbytes, d, d, dense=True)
             # Nothing heavier before Horovod's allreduce: tf.function runs stateful ops in program
             # order, so work here would delay the collective.
-            return tf.reshape(sent, shape), _Dense(slot, x, sent)
+            bucket.sent = [bucket.member(j, bucket.flat_sent) for j in range(n)] if n > 1 else [
+                tf.reshape(bucket.flat_sent, bucket.shapes[0])]
+            return
+        else:
+            bucket.kind = "sparse"
+            bucket.enc = self.encode(x, self._seed(slot), dtype, shape)
+            bucket.gathered = exchange.allgather(bucket.enc.message, site.process_set)
+            nbytes = tf.size(bucket.enc.message, out_type=tf.int64) + n * exchange.placeholder_nbytes(dtype)
+            slot.record(nbytes, d * dtype.size, d, bucket.enc.kept, dense=False)
+        # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
+        bucket.sent = [exchange.placeholder(dtype, site.process_set) for _ in range(n)]
 
-        seed = tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
-        enc = self.encode(x, seed, dtype, shape)
-        gathered = exchange.allgather(enc.message, site.process_set)
-        nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.placeholder_nbytes(dtype)
-        slot.record(nbytes, d * dtype.size, d, enc.kept, dense=False)
-        return exchange.placeholder(dtype, site.process_set), _Sparse(slot, x, enc, gathered, shape, site.process_set)
+    def _receive(self, bucket, j, reduced):
+        """Member j's result: Horovod's own (dense), or its factor times its part of the decoded sum."""
+        slot, dtype = bucket.slot, bucket.dtype
+        if bucket.kind == "dense":
+            return self._receive_dense(bucket, j, reduced)
+        if bucket.total is None:  # the bucket's first decompress: decode once, then the state
+            if bucket.kind == "sparse":
+                size = exchange.size_op(bucket.site.process_set)
+                bucket.total, bucket.finite = self.decode_sum(bucket.gathered, size, bucket.d, dtype)
+                used = bucket.finite
+                norms = tf.stack([tf.cast(_sq_norm(bucket.x), tf.float64), tf.cast(bucket.enc.q_sq_norm, tf.float64)])
+                new_memory = (lambda: bucket.x - bucket.enc.q) if self.memory else None
+            else:
+                bucket.total, bucket.finite, memory_value, sparse, norms = bucket.cond
+                used = tf.logical_and(bucket.finite, sparse)
+                new_memory = (lambda: memory_value) if self.memory else None
+            if new_memory is not None:  # nothing of a non-finite step enters the memory
+                tf.cond(bucket.finite, lambda: slot.memory.assign(new_memory()).op, tf.no_op)
+            slot.calls.assign_add(tf.cast(used, tf.int64))  # a skipped step does not use up a stream
+            slot.sq_norms.assign_add(tf.where(used, norms, tf.zeros([2], tf.float64)))
+        total, finite = bucket.total, bucket.finite
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], dtype)]))
+        with tf.control_dependencies(checks):
+            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not finite.
+            factor = tf.cast(tf.reshape(reduced, [-1])[0], total.dtype)
+            poison = tf.where(finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
+            part = total if len(bucket.tensors) == 1 else bucket.member(j, total)
+            return tf.reshape(tf.cast(part * factor + poison, dtype), bucket.shapes[j])
 
-    def _compress_planned_at_run_time(self, tensor, x, slot, site):
+    def _receive_dense(self, bucket, j, reduced):
+        """A bucket sent dense: Horovod's results as they are; the memory keeps the cast's residual
+        (at the last member, when every member's reduced tensor is finite)."""
+        if not (self.memory or self.nonfinite == "raise"):
+            return reduced
+        slot = bucket.slot
+        # Any rank's NaN/Inf makes the reduced sum non-finite: one reduction tells every rank alike.
+        wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
+        finite = bucket.finite_members[j] = tf.math.is_finite(tf.reduce_sum(wide))
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], slot.dtype)]))
+        with tf.control_dependencies(checks):
+            if self.memory and j == len(bucket.tensors) - 1:
+                residual = bucket.x - tf.cast(bucket.flat_sent, bucket.x.dtype)
+                all_finite = tf.reduce_all(tf.stack(bucket.finite_members))
+                tf.cond(all_finite, lambda: slot.memory.assign(residual).op, tf.no_op)
+            return tf.identity(reduced)
+
+    def _send_planned_at_run_time(self, bucket, shape):
         """Elastic training: the byte rule decided at every step, from the world size at run time.
 
         Horovod does not retrace its allreduce after an elastic reset, so a plan taken at
@@ -205,21 +320,21 @@ class Compressor(_HorovodCompressor, tf.Module):
         plan (and so call collectives) differently. Here the graph is the same whatever the
         size: a ``tf.cond`` on ``exchange.prefer_dense_op`` runs either hvdspar's own dense
         allreduce (op=Sum) or the encode + allgather + decode, and Horovod reduces the
-        placeholder in both cases, for its factor. ``decompress`` finishes both alike.
+        placeholders in both cases, for its factor. ``_receive`` finishes both alike.
         """
-        dtype, shape = tensor.dtype, tensor.shape
-        cdt, d = compute_dtype(dtype), shape.num_elements()
-        ps = site.process_set
+        slot, ps, dtype, d, x = bucket.slot, bucket.site.process_set, bucket.dtype, bucket.d, bucket.x
+        cdt = compute_dtype(dtype)
         num_ranks = exchange.size_op(ps)
         message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
         go_dense = exchange.prefer_dense_op(message_nbytes, dense_nbytes, num_ranks)
-        seed = tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
+        seed = self._seed(slot)
         zero = tf.zeros([0], cdt)
+        n = len(bucket.tensors)
 
         def dense_branch():
             sent = tf.cast(x, dtype)
-            name = exchange.collective_name("HorovodAllreduce", tensor, "dense")
-            total = tf.cast(exchange.allreduce_sum(sent, ps, name), cdt)
+            total = tf.cast(exchange.allreduce_sum(sent, ps, exchange.collective_name("HorovodAllreduce", x, "dense")),
+                            cdt)
             wide = total if total.dtype == tf.float64 else tf.cast(total, tf.float32)
             new_memory = x - tf.cast(sent, x.dtype) if self.memory else zero
             return (total, tf.math.is_finite(tf.reduce_sum(wide)), new_memory, tf.constant(dense_nbytes, tf.int64),
@@ -227,78 +342,17 @@ class Compressor(_HorovodCompressor, tf.Module):
 
         def sparse_branch():
             enc = self.encode(x, seed, dtype, shape)
-            name = exchange.collective_name("HorovodAllgather", tensor, "gather")
-            gathered = exchange.allgather(enc.message, ps, name)
+            gathered = exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
             total, finite = self.decode_sum(gathered, num_ranks, d, dtype)
-            nbytes = tf.size(enc.message, out_type=tf.int64) + exchange.placeholder_nbytes(dtype)
+            nbytes = tf.size(enc.message, out_type=tf.int64) + n * exchange.placeholder_nbytes(dtype)
             norms = tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
             new_memory = x - tf.cast(enc.q, x.dtype) if self.memory else zero
-            return (tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms)
+            return tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms
 
         total, finite, new_memory, nbytes, kept, norms = tf.cond(go_dense, dense_branch, sparse_branch)
         slot.record(nbytes, dense_nbytes, d, kept, dense=go_dense)
-        ctx = _RunTime(slot, total, finite, new_memory, tf.logical_not(go_dense), norms, shape)
-        return exchange.placeholder(dtype, ps), ctx
-
-    @tf.autograph.experimental.do_not_convert
-    def decompress(self, tensor, ctx):
-        if isinstance(ctx, _Dense):
-            return self._finish_dense(tensor, ctx)
-        if isinstance(ctx, _RunTime):
-            return self._finish_run_time(tensor, ctx)
-        slot, x, enc, shape = ctx.slot, ctx.x, ctx.enc, ctx.shape
-        dtype, d = slot.dtype, shape.num_elements()
-        total, all_finite = self.decode_sum(ctx.gathered, exchange.size_op(ctx.process_set), d, dtype)
-        checks = []
-        if self.nonfinite == "raise":
-            checks.append(tf.debugging.Assert(all_finite, [_nonfinite_message(slot, shape, dtype)]))
-        with tf.control_dependencies(checks):
-            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not finite.
-            factor = tf.cast(tf.reshape(tensor, [-1])[0], total.dtype)
-            poison = tf.where(all_finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
-            result = tf.cast(total * factor + poison, dtype)
-        if self.memory:
-            tf.cond(all_finite, lambda: slot.memory.assign(x - enc.q).op, tf.no_op)
-        slot.calls.assign_add(tf.cast(all_finite, tf.int64))  # a skipped step does not use up a stream
-        slot.sq_norms.assign_add(
-            tf.where(all_finite, tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)]),
-                     tf.zeros([2], tf.float64))
-        )
-        return tf.reshape(result, shape)
-
-    def _finish_dense(self, reduced, ctx):
-        """A tensor sent dense: Horovod's result as it is; the memory keeps the cast's residual."""
-        if not (self.memory or self.nonfinite == "raise"):
-            return reduced
-        slot = ctx.slot
-        # Any rank's NaN/Inf makes the reduced sum non-finite: one reduction tells every rank alike.
-        wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
-        finite = tf.math.is_finite(tf.reduce_sum(wide))
-        checks = []
-        if self.nonfinite == "raise":
-            checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, slot.shape, slot.dtype)]))
-        with tf.control_dependencies(checks):
-            if self.memory:
-                residual = ctx.x - tf.cast(ctx.sent, ctx.x.dtype)
-                tf.cond(finite, lambda: slot.memory.assign(residual).op, tf.no_op)
-            return tf.identity(reduced)
-
-    def _finish_run_time(self, reduced, ctx):
-        """A tensor planned at run time: Horovod's factor times the sum either branch produced."""
-        slot, dtype = ctx.slot, ctx.slot.dtype
-        checks = []
-        if self.nonfinite == "raise":
-            checks.append(tf.debugging.Assert(ctx.finite, [_nonfinite_message(slot, ctx.shape, dtype)]))
-        with tf.control_dependencies(checks):
-            factor = tf.cast(tf.reshape(reduced, [-1])[0], ctx.total.dtype)
-            poison = tf.where(ctx.finite, tf.constant(0, ctx.total.dtype), tf.constant(np.nan, ctx.total.dtype))
-            result = tf.cast(ctx.total * factor + poison, dtype)
-        if self.memory:
-            tf.cond(ctx.finite, lambda: slot.memory.assign(ctx.new_memory).op, tf.no_op)
-        used = tf.logical_and(ctx.finite, ctx.sparse)
-        slot.calls.assign_add(tf.cast(used, tf.int64))
-        slot.sq_norms.assign_add(tf.where(used, ctx.norms, tf.zeros([2], tf.float64)))
-        return tf.reshape(result, ctx.shape)
+        bucket.cond = (total, finite, new_memory, tf.logical_not(go_dense), norms)
+        bucket.sent = [exchange.placeholder(dtype, ps) for _ in range(n)]
 
     # --- state ------------------------------------------------------------------------------
 
@@ -332,14 +386,16 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _plan(self, slot, d, dtype, shape, num_ranks):
-        """(dense?, reason): the fallback's decision for one tensor, at trace time, alike on every rank.
+    def _plan(self, slot, d, dtype, shape, num_ranks, n_tensors=1):
+        """(dense?, reason): the fallback's decision for one message, at trace time, alike on every rank.
 
         fallback=True: by bytes (``exchange.prefer_dense``: dense when M m >= 2 D).
         fallback="auto": by bytes first, then by time, from the measured network
         and this compressor's measured compute (``hvdspar.link``): compressed must
         be AUTO_MARGIN times faster. The measurement is collective (every rank
         traces the same step), taken once and broadcast from rank 0.
+        Under elastic training (``HOROVOD_ELASTIC=1``) the byte rule is left to
+        run time (RUN_TIME), and the timed one is refused.
         """
         if d == 0:
             dense, reason = True, "empty"
@@ -363,9 +419,8 @@ class Compressor(_HorovodCompressor, tf.Module):
                 dense, reason = True, "by time"
             else:
                 dense, reason = False, "compressed"
-        self._plans[slot.index] = (dense, reason, num_ranks)
+        self._plans[slot.index] = (dense, reason, num_ranks, n_tensors)
         return dense, reason
-
     def _sparse_is_faster(self, d, dtype, shape, num_ranks, message_nbytes):
         from hvdspar import link
 
@@ -381,21 +436,23 @@ class Compressor(_HorovodCompressor, tf.Module):
         return None
 
     def plan_summary(self):
-        """One line: how many tensors the latest trace sends dense, and why."""
+        """One line: how many messages (tensors, or buckets of tensors) the latest trace sends dense, and why."""
         plans = list(self._plans.values())
         if not plans:
             return f"hvdspar: {self!r}: no tensor planned yet"
-        reasons = collections.Counter(reason for dense, reason, _ in plans if dense)
-        ranks = sorted({m for _, _, m in plans})
-        at_run_time = sum(reason == RUN_TIME for _, reason, _ in plans)
-        if at_run_time:
-            return (f"hvdspar: {type(self).__name__} (elastic): {at_run_time} of {len(plans)} tensors planned at "
-                    f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
-                    f"trace ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items())) or 'none'})")
+        reasons = collections.Counter(reason for dense, reason, _, _ in plans if dense)
+        ranks = sorted({m for _, _, m, _ in plans})
+        tensors = sum(n for *_, n in plans)
+        what = "tensors" if tensors == len(plans) else f"messages ({tensors} tensors in buckets)"
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+        at_run_time = sum(reason == RUN_TIME for _, reason, _, _ in plans)
+        if at_run_time:
+            return (f"hvdspar: {type(self).__name__} (elastic): {at_run_time} of {len(plans)} {what} planned at "
+                    f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
+                    f"trace ({why})")
         rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.fallback]
         return (f"hvdspar: {type(self).__name__} at {'/'.join(map(str, ranks))} ranks: "
-                f"{sum(reasons.values())} of {len(plans)} tensors sent dense ({why}; fallback={rule}), "
+                f"{sum(reasons.values())} of {len(plans)} {what} sent dense ({why}; fallback={rule}), "
                 f"{len(plans) - sum(reasons.values())} compressed")
 
     def _emit_plan(self, rank=0):
@@ -432,8 +489,61 @@ class Compressor(_HorovodCompressor, tf.Module):
         # Distinct streams per (seed, rank, tensor); the step comes from slot.calls.
         return (self.seed * 1_000_003 + rank * 65_537 + slot_index) % (2**62)
 
-    def _slot_for(self, tensor, site):
-        """(state, position in the trace) of the tensor being compressed.
+    def _seed(self, slot):
+        """This step's seed of ``slot``'s random stream: [base for this rank and slot, calls so far]."""
+        return tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
+
+    def _bucket_for(self, tensor, site):
+        """(bucket, j): the message ``tensor`` travels in, and its place there.
+
+        A tensor called alone (``hvd.allreduce``, or Horovod's per-tensor optimizer path) is a
+        bucket of one. The tensors of one ``hvd.grouped_allreduce`` (what ``groups=`` /
+        ``num_groups=`` of DistributedOptimizer and DistributedGradientTape call) share
+        messages: Horovod calls compress() for every tensor of the group before any
+        decompress(), so the first member of each bucket sends the whole bucket
+        (``buckets.partition``: consecutive tensors of one dtype, at most ``bucket_mb`` MB).
+        """
+        group = site.group if (self.buckets and self.bucket_mb != 0) else None
+        pos = None
+        if group is not None and len(group) > 1:
+            pos = next((i for i, t in enumerate(group) if t is tensor), None)
+        if pos is None:
+            tensor = tf.convert_to_tensor(tensor)
+            _check_static(self, tensor)
+            key = tuple(tensor.shape.as_list())
+            slot, position = self._slot_for(tensor.shape, tensor.dtype, site, key)
+            bucket = _Bucket([tensor], slot, site)
+            bucket.position = position
+            return bucket, 0
+        if self._group is None or self._group[0] is not group:
+            tensors = [tf.convert_to_tensor(t) for t in group]
+            for t in tensors:
+                _check_static(self, t)
+            cap = None if self.bucket_mb is None else self.bucket_mb * 2**20
+            parts = _buckets.partition([t.shape.num_elements() * t.dtype.size for t in tensors],
+                                       [t.dtype for t in tensors], cap)
+            where = {p: (b, j) for b, part in enumerate(parts) for j, p in enumerate(part)}
+            # (in __dict__: tf.Module would wrap a tuple attribute in a tracked copy)
+            self.__dict__["_group"] = (group, tensors, parts, where, {})
+        _, tensors, parts, where, open_buckets = self._group
+        b, j = where[pos]
+        if j == 0:
+            members = [tensors[p] for p in parts[b]]
+            if len(members) == 1:
+                shape, key = members[0].shape, tuple(members[0].shape.as_list())
+            else:
+                shape = tf.TensorShape([sum(t.shape.num_elements() for t in members)])
+                key = ("bucket",) + tuple(tuple(t.shape.as_list()) for t in members)
+            slot, position = self._slot_for(shape, members[0].dtype, site, key)
+            open_buckets[b] = _Bucket(members, slot, site)
+            open_buckets[b].position = position
+        bucket = open_buckets[b]
+        if pos == len(group) - 1:
+            self.__dict__["_group"] = None  # the group is sent: drop the references to its graph's tensors
+        return bucket, j
+
+    def _slot_for(self, shape, dtype, site, eager_key):
+        """(state, position in the trace) of the message being sent (one tensor or a bucket).
 
         In a tf.function (how DistributedOptimizer and DistributedGradientTape
         call it, even in eager mode) Horovod calls compress() once per gradient,
@@ -445,12 +555,12 @@ class Compressor(_HorovodCompressor, tf.Module):
         against shape and dtype.
         """
         if tf.executing_eagerly():
-            key = (site.name, tuple(tensor.shape.as_list()), tensor.dtype.name)
+            key = (site.name, eager_key, dtype.name)
             if site.name is not None:
                 for (name, shp, dt), _ in self._eager_index.items():
                     if name == site.name and (shp, dt) != key[1:]:
                         raise ValueError(
-                            f"hvdspar: {self.name} got a {tensor.dtype.name}{tensor.shape.as_list()} tensor "
+                            f"hvdspar: {self.name} got a {dtype.name}{list(eager_key)} tensor "
                             f"named {site.name!r}, where earlier calls of that name had {dt}{list(shp)}"
                         )
             index = self._eager_index.get(key)
@@ -465,16 +575,20 @@ class Compressor(_HorovodCompressor, tf.Module):
             self._next_slot += 1
         if index == len(self.slots):
             with tf.init_scope():
-                self.slots.append(SlotState(index, tensor.shape, tensor.dtype, self.memory))
+                self.slots.append(SlotState(index, shape, dtype, self.memory))
         slot = self.slots[index]
-        if slot.shape != tensor.shape or slot.dtype != tensor.dtype:
+        if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(
-                f"hvdspar: {self.name} got a {tensor.dtype.name}{tensor.shape.as_list()} gradient at position "
+                f"hvdspar: {self.name} got a {dtype.name}{shape.as_list()} gradient (or bucket) at position "
                 f"{index}, where earlier steps had {slot.dtype.name}{slot.shape.as_list()}. Use one compressor "
-                "instance per optimizer, with a fixed set of trainable variables."
+                "instance per optimizer, with a fixed set of trainable variables (and the same groups=)."
             )
         return slot, position
 
+
+def _check_static(comp, tensor):
+    if not tensor.shape.is_fully_defined():
+        raise ValueError(f"hvdspar: {comp.name} needs gradients of static shape, got {tensor.shape}")
 
 def _nonfinite_message(slot, shape, dtype):
     return (

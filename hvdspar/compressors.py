@@ -112,10 +112,11 @@ class GSpar(SparseCompressor):
 
     spec_name = "gspar"
 
-    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True, nonfinite="propagate", seed=None):
+    def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True,
+                 nonfinite="propagate", seed=None, bucket_mb=None):
         method = method or default_method(rho, epsilon)
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.rho = None if rho is None else float(rho)
         self.epsilon = None if epsilon is None else float(epsilon)
         self.method = method
@@ -144,9 +145,10 @@ class UniSp(SparseCompressor):
 
     spec_name = "unisp"
 
-    def __init__(self, rho, memory=False, fallback=True, nonfinite="propagate", seed=None):
+    def __init__(self, rho, memory=False, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
         check_budget(rho=rho)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.rho = float(rho)
 
     def config(self):

@@ -53,8 +53,9 @@ def _initialized():
         return False
 
 
-class CallSite(collections.namedtuple("CallSite", ["process_set", "op", "name"])):
-    """What Horovod's allreduce was called with: process set (None = global), op, name."""
+class CallSite(collections.namedtuple("CallSite", ["process_set", "op", "name", "group"])):
+    """What Horovod's allreduce was called with: process set (None = global), op, name, and for
+    ``grouped_allreduce`` the group's tensors that go through compress (else None)."""
 
 
 #: Horovod functions that call compress(); the first two are supported.
@@ -62,16 +63,21 @@ _SUPPORTED_CALLERS = ("allreduce", "grouped_allreduce")
 _REFUSED_CALLERS = ("reducescatter", "grouped_reducescatter")
 
 
-def call_site(max_depth=6):
+def call_site(max_depth=16):
     """The arguments of the Horovod collective that is calling ``compress()``.
 
     Walks up the Python stack to the nearest frame of ``horovod.tensorflow``'s
     ``allreduce`` / ``grouped_allreduce`` and reads its ``process_set``, ``op``
-    and ``name``. Raises ``NotImplementedError`` for collectives a compressed
-    message cannot travel through (reducescatter, Adasum, Min/Max/Product).
-    Called by anything else (a test, a user's own code), it is the global set.
+    and ``name`` (and, for a grouped call, the group's tensors). Inside a
+    ``tf.function`` AutoGraph may have converted Horovod's function: its frame
+    is then ``tf__allreduce`` (its branches run in nested frames below it),
+    with the same local names. Raises ``NotImplementedError`` for collectives a
+    compressed message cannot travel through (reducescatter, Adasum,
+    Min/Max/Product). Called by anything else (a test, a user's own code), it
+    is the global set.
     """
     frame = sys._getframe(1)
+    seen = []  # Horovod's frames on the way up: AutoGraph's branch functions hold the live values
     for _ in range(max_depth):
         frame = frame.f_back
         if frame is None:
@@ -79,20 +85,39 @@ def call_site(max_depth=6):
         module = frame.f_globals.get("__name__", "")
         if not module.startswith("horovod.tensorflow"):
             continue
+        seen.append(frame)
         name = frame.f_code.co_name
+        name = name[len("tf__"):] if name.startswith("tf__") else name
         if name in _REFUSED_CALLERS:
             raise NotImplementedError(
                 f"hvdspar: hvd.{name} cannot carry a compressed message (its output is split across the ranks); "
                 "use compression=hvd.Compression.none for it"
             )
         if name in _SUPPORTED_CALLERS:
-            args = frame.f_locals
+            args = _live_locals(seen)
             _check_op(args.get("op"))
             process_set = args.get("process_set")
             if process_set is not None and getattr(process_set, "process_set_id", 0) == 0:
                 process_set = None
-            return CallSite(process_set, args.get("op"), args.get("name"))
-    return CallSite(None, None, None)
+            # grouped_allreduce compresses its dense tensors (``tensor_list``: IndexedSlices go apart) in
+            # order, before it decompresses any: the group can travel in shared messages.
+            group = args.get("tensor_list") if name == "grouped_allreduce" else None
+            return CallSite(process_set, args.get("op"), args.get("name"), group)
+    return CallSite(None, None, None, None)
+
+
+def _live_locals(frames, names=("op", "process_set", "name", "tensor_list")):
+    """``names`` as Horovod's function sees them: from the innermost of ``frames`` that holds a
+    defined value (in AutoGraph-converted code the outer frame may hold an ``Undefined`` stand-in
+    for a variable its branch functions carry)."""
+    out = {}
+    for key in names:
+        for frame in frames:
+            value = frame.f_locals.get(key)
+            if value is not None and type(value).__name__ != "Undefined":
+                out[key] = value
+                break
+    return out
 
 
 def _check_op(op):

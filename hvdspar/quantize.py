@@ -311,10 +311,11 @@ class QSGD(QuantCompressor):
 
     spec_name = "qsgd"
 
-    def __init__(self, levels=4, memory=False, fallback=True, nonfinite="propagate", seed=None):
+    def __init__(self, levels=4, memory=False, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
         if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels < 2**31:
             raise ValueError(f"hvdspar: levels must be an integer >= 1, got {levels!r}")
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.levels = levels
 
     def config(self):
@@ -344,8 +345,9 @@ class TernGrad(QuantCompressor):
     spec_name = "terngrad"
     levels = 1
 
-    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None):
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
 
     def quantize(self, x, seed):
         return terngrad_quantize(x, seed)

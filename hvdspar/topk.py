@@ -99,9 +99,10 @@ class TopK(SparseCompressor):
 
     spec_name = "topk"
 
-    def __init__(self, ratio, memory=True, fallback=True, nonfinite="propagate", seed=None):
+    def __init__(self, ratio, memory=True, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
         ratio = check_ratio(ratio)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.ratio = ratio
 
     def config(self):
@@ -128,11 +129,12 @@ class RandomK(SparseCompressor):
 
     spec_name = "randomk"
 
-    def __init__(self, ratio, rescale=False, memory=True, fallback=True, nonfinite="propagate", seed=None):
+    def __init__(self, ratio, rescale=False, memory=True, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
         ratio = check_ratio(ratio)
         if not isinstance(rescale, bool):
             raise ValueError(f"hvdspar: rescale must be True or False, got {rescale!r}")
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
+        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.ratio = ratio
         self.rescale = rescale
 

@@ -316,4 +316,4 @@ def test_fallback_plans_again_when_the_world_grows(elastic):
     for e in epochs:
         by_size.setdefault(e["size"], set()).add(e["dense_tensors"])
     assert by_size == {1: {0}, 2: {1}}, [(e["pid"], e["size"], e["dense_tensors"]) for e in epochs]
-    assert all(reason == "by bytes at run time" for e in epochs for _, reason, _ in e["plan"].values())
+    assert all(plan[1] == "by bytes at run time" for e in epochs for plan in e["plan"].values())
