@@ -190,6 +190,8 @@ def test_help_documents_every_flag():
         (["--compressor", "nosuch"], "unknown compressor"),
         (["--lambda2", "abc"], "--lambda2"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--groups", "-1"], "--groups must be"),
+        (["--optimizer", "svrg", "--groups", "1"], "--groups applies"),
         (["--model", "cnn", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
     ],
 )

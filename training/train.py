@@ -47,8 +47,8 @@ DEFAULT_LR = {
     ("cnn", "sgd"): 0.05,
 }
 # Settings a resumed run must share with the checkpoint it resumes from.
-RESUME_KEYS = ("model", "data", "optimizer", "compressor", "batch_size", "limit", "lambda2", "lr", "channels",
-               "synthetic_n", "synthetic_d", "c1", "c2", "data_seed", "steps_per_epoch", "svrg_inner")
+RESUME_KEYS = ("model", "data", "optimizer", "compressor", "groups", "batch_size", "limit", "lambda2", "lr",
+               "channels", "synthetic_n", "synthetic_d", "c1", "c2", "data_seed", "steps_per_epoch", "svrg_inner")
 
 
 def say(*args, rank=0):
@@ -94,6 +94,10 @@ def build_parser():
     g.add_argument("--compressor", default="none",
                    help="compressor spec for hvdspar.from_spec: e.g. gspar:rho=0.01, gspar:epsilon=1, none, fp16")
     add_fallback_argument(g)
+    g.add_argument("--groups", type=int, default=0,
+                   help="Horovod's groups= of DistributedOptimizer: 0 (default) allreduces every gradient alone, "
+                        "so hvdspar compresses per tensor; 1 puts the whole model in one group, which hvdspar "
+                        "compresses as one message (per bucket of bucket_mb, a compressor argument)")
     g.add_argument("--optimizer", choices=("sgd", "adam", "svrg"), default=None,
                    help="default sgd for logreg/svm, adam for cnn; svrg (convex models) is the paper's Figure 2 loop")
     g.add_argument("--lr", type=float, default=None, help="step size; default depends on model and optimizer")
@@ -178,6 +182,10 @@ def validate(args, parser):
     for path in (args.save_weights and args.save_weights.replace("{rank}", "0"), args.metrics_out):
         if path and not Path(path).resolve().parent.exists():
             parser.error(f"folder of {path} does not exist")
+    if args.groups < 0:
+        parser.error(f"--groups must be >= 0, got {args.groups}")
+    if args.groups and args.optimizer == "svrg":
+        parser.error("--groups applies to hvd.DistributedOptimizer; --optimizer svrg allreduces on its own")
     if args.checkpoint_dir:
         run_file = Path(args.checkpoint_dir) / "run.json"
         if run_file.exists():
@@ -379,7 +387,7 @@ def main(argv=None):
             base = tf.keras.optimizers.SGD(args.lr, momentum=args.momentum, jit_compile=False)
         else:
             base = tf.keras.optimizers.Adam(args.lr, jit_compile=False)
-        opt = hvd.DistributedOptimizer(base, compression=compressor)
+        opt = hvd.DistributedOptimizer(base, compression=compressor, groups=args.groups or None)
         model.compile(optimizer=opt, loss=loss, metrics=metrics, jit_compile=False)
         opt.build(model.trainable_variables)
         steps_counter = lambda: int(opt.iterations.numpy())  # noqa: E731
