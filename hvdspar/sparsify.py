@@ -101,12 +101,30 @@ def _greedy_lambda_chunked(parts, d, rho, iterations, cdt):
     return lam
 
 
+def padded_chunk(n):
+    """The length a chunk of ``n`` elements is padded to: the next power of two, at least
+    XLA_MIN_ELEMENTS (at most CHUNK_ELEMENTS, since no chunk is longer)."""
+    size = XLA_MIN_ELEMENTS
+    while size < n:
+        size *= 2
+    return size
+
+
 def _greedy_keep_chunked(g, seed, rho, iterations):
-    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g."""
+    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g.
+
+    The last chunk is padded with zeros to ``padded_chunk`` of its length, so the chunk
+    functions see at most three shapes per dtype (2^16, 2^17, 2^18), and XLA compiles each
+    of them at most three times in a process, not once per distinct tensor size (a
+    ResNet-50 has dozens). A zero adds nothing to any pass and is never kept (p_i = 0).
+    """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
     sizes = [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
     parts = tf.split(g, sizes) if len(sizes) > 1 else [g]
+    pad = padded_chunk(sizes[-1]) - sizes[-1]
+    if pad:
+        parts[-1] = tf.pad(parts[-1], [[0, pad]])
     lam = _greedy_lambda_chunked(parts, d, rho, iterations, cdt)
     offsets = [i * CHUNK_ELEMENTS for i in range(len(sizes))]
     kept = [tf.where(_chunk_keep(p, lam, seed, tf.constant(o, tf.int64)))[:, 0] + o for p, o in zip(parts, offsets)]

@@ -176,3 +176,21 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     lam, idx = sparsify._greedy_keep_chunked(gt, tf.constant([1, 2], tf.int64), 1.0, 2)
     assert float(lam) == float(probabilities.lambda_rho_greedy(tf.abs(gt), 1.0, 2))
     np.testing.assert_array_equal(idx.numpy(), np.flatnonzero(g))
+
+
+def test_chunk_functions_compile_for_at_most_three_shapes():
+    """The last chunk is zero-padded to 2^16, 2^17 or 2^18 elements: XLA compiles each chunk function
+    at most three times per dtype, whatever the tensor sizes (a ResNet-50 has dozens), and the
+    padding changes nothing (the kept set is the plain path's)."""
+    from hvdspar import rng, sparsify
+
+    assert [sparsify.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
+        65_536, 65_536, 131_072, 262_144, 262_144]
+    before = sparsify._chunk_keep.experimental_get_tracing_count()
+    seed = tf.constant([5, 6], tf.int64)
+    for d in (70_001, 90_017, 150_001, 200_003, 300_007, 450_011, 600_013):
+        g = tf.constant(np.random.default_rng(d).normal(size=d), tf.float32)
+        lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.05, 2)
+        plain = tf.where(rng.uniform(d, seed) < lam * tf.abs(g))[:, 0]
+        np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+    assert sparsify._chunk_keep.experimental_get_tracing_count() - before <= 3
