@@ -3,7 +3,7 @@
     with namespace("hvdspar-100m", rate="100mbit") as prefix:
         subprocess.run(prefix + ["horovodrun", ...])
 
-The recipe of ../shared/DESIGN.md: ``ip netns add NAME``, ``lo`` up, and
+The recipe of docs/design.md: ``ip netns add NAME``, ``lo`` up, and
 ``tc qdisc add dev lo root tbf rate RATE burst 1mb latency 100ms`` (a burst
 below the loopback MTU stalls Gloo). ``rate=None`` leaves ``lo`` unshaped.
 The namespace is deleted on exit, also on errors (try/finally). Needs root.

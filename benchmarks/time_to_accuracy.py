@@ -6,7 +6,7 @@
 
 For every network (unshaped loopback, loopback shaped to 1 Gbit/s, to 100
 Mbit/s: a network namespace whose ``lo`` has a tc tbf qdisc, see
-benchmarks/netns.py and ../shared/DESIGN.md) and every rank count (2, 4; -np
+benchmarks/netns.py and docs/design.md) and every rank count (2, 4; -np
 4 on a 2-core machine oversubscribes the CPU, which slows the compute part of
 every compressor alike), one ``horovodrun`` runs benchmarks/workers/tta_worker.py,
 which trains one task (--tasks: a wide softmax regression, 16384 features x 32
