@@ -257,7 +257,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             bucket.kind = "sparse"
             bucket.enc = self.encode(x, self._seed(slot), dtype, shape)
             bucket.gathered = exchange.allgather(bucket.enc.message, site.process_set)
-            nbytes = tf.size(bucket.enc.message, out_type=tf.int64) + n * exchange.placeholder_nbytes(dtype)
+            nbytes = _message_nbytes(bucket.enc, n, dtype)
             slot.record(nbytes, d * dtype.size, d, bucket.enc.kept, dense=False)
         # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
         bucket.sent = [exchange.placeholder(dtype, site.process_set) for _ in range(n)]
@@ -272,7 +272,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                 size = exchange.size_op(bucket.site.process_set)
                 bucket.total, bucket.finite = self.decode_sum(bucket.gathered, size, bucket.d, dtype)
                 used = bucket.finite
-                norms = tf.stack([tf.cast(_sq_norm(bucket.x), tf.float64), tf.cast(bucket.enc.q_sq_norm, tf.float64)])
+                norms = _norms(bucket.x, bucket.enc)
                 new_memory = (lambda: bucket.x - bucket.enc.q) if self.memory else None
             else:
                 bucket.total, bucket.finite, memory_value, sparse, norms = bucket.cond
@@ -299,9 +299,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if not (self.memory or self.nonfinite == "raise"):
             return reduced
         slot = bucket.slot
-        # Any rank's NaN/Inf makes the reduced sum non-finite: one reduction tells every rank alike.
-        wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
-        finite = bucket.finite_members[j] = tf.math.is_finite(tf.reduce_sum(wide))
+        finite = bucket.finite_members[j] = _reduced_is_finite(reduced)
         checks = []
         if self.nonfinite == "raise":
             checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], slot.dtype)]))
@@ -335,17 +333,16 @@ class Compressor(_HorovodCompressor, tf.Module):
             sent = tf.cast(x, dtype)
             total = tf.cast(exchange.allreduce_sum(sent, ps, exchange.collective_name("HorovodAllreduce", x, "dense")),
                             cdt)
-            wide = total if total.dtype == tf.float64 else tf.cast(total, tf.float32)
             new_memory = x - tf.cast(sent, x.dtype) if self.memory else zero
-            return (total, tf.math.is_finite(tf.reduce_sum(wide)), new_memory, tf.constant(dense_nbytes, tf.int64),
+            return (total, _reduced_is_finite(total), new_memory, tf.constant(dense_nbytes, tf.int64),
                     tf.constant(d, tf.int64), tf.zeros([2], tf.float64))
 
         def sparse_branch():
             enc = self.encode(x, seed, dtype, shape)
             gathered = exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
             total, finite = self.decode_sum(gathered, num_ranks, d, dtype)
-            nbytes = tf.size(enc.message, out_type=tf.int64) + n * exchange.placeholder_nbytes(dtype)
-            norms = tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
+            nbytes = _message_nbytes(enc, n, dtype)
+            norms = _norms(x, enc)
             new_memory = x - tf.cast(enc.q, x.dtype) if self.memory else zero
             return tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms
 
@@ -597,6 +594,23 @@ def _nonfinite_message(slot, shape, dtype):
         "learning rate, clip gradients, or use loss scaling for float16; nonfinite='propagate' (the default) "
         "lets the non-finite result through, as Horovod does, for a LossScaleOptimizer to skip the step."
     )
+
+
+def _message_nbytes(enc, n_members, dtype):
+    """Bytes a compressed message puts on the wire: the message and one placeholder per member."""
+    return tf.size(enc.message, out_type=tf.int64) + n_members * exchange.placeholder_nbytes(dtype)
+
+
+def _reduced_is_finite(reduced):
+    """Whether a reduced (summed) tensor is finite: any rank's NaN/Inf makes the sum non-finite,
+    so one reduction tells every rank alike."""
+    wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
+    return tf.math.is_finite(tf.reduce_sum(wide))
+
+
+def _norms(x, enc):
+    """[||x||^2, ||Q(x)||^2] (float64) of a message sent compressed, for the variance figures."""
+    return tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
 
 
 def _sq_norm(x):
