@@ -394,6 +394,40 @@ def test_compose_allowed_hosts_admit_the_workers(compose):
         assert not is_allowed_host_header(allowed, host), host
 
 
+def test_compose_publishes_the_server_on_localhost_by_default(compose):
+    """No login by default, so the port is published on the loopback only; MLFLOW_BIND opens it."""
+    (spec,) = compose["services"]["mlflow"]["ports"]
+    assert interpolate(spec) == "127.0.0.1:5000:5000"
+    assert interpolate(spec, {"MLFLOW_BIND": "10.0.0.5", "MLFLOW_PORT": "5001"}) == "10.0.0.5:5001:5000"
+
+
+def test_compose_auth_turns_on_basic_auth_over_the_same_store(compose):
+    """compose.auth.yaml: the same server with --app-name basic-auth, its users on the db volume, a
+    secret key that must be given, and the workers' credentials."""
+    import configparser
+
+    auth = yaml.safe_load((DOCKER / "compose.auth.yaml").read_text())["services"]
+    args = [interpolate(str(a)) for a in auth["mlflow"]["command"]]
+    assert flag(args, "--app-name") == "basic-auth"
+    i = args.index("--app-name")
+    assert args[:i] + args[i + 2:] == server_args(compose)  # otherwise the server of compose.yaml
+    env = auth["mlflow"]["environment"]
+    for key in ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert ":?" in env[key]  # compose refuses to start without them; no password in the repository
+    assert "admin_password" not in (DOCKER / "mlflow-basic-auth.ini").read_text()
+    source, target = auth["mlflow"]["volumes"][0].split(":")[:2]
+    assert target == env["MLFLOW_AUTH_CONFIG_PATH"] and (DOCKER / source).is_file()
+    ini = configparser.ConfigParser()
+    ini.read(DOCKER / source)
+    users_db = ini["mlflow"]["database_uri"]
+    db_volume = next(v.split(":")[1] for v in compose["services"]["mlflow"]["volumes"] if v.startswith("mlflow-db:"))
+    assert users_db.startswith(f"sqlite:///{db_volume}/")  # users outlive the container, beside the runs
+    assert ini["mlflow"]["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
+    for worker in ("worker", "worker-gpu"):
+        assert set(auth[worker]["environment"]) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    assert "mlflow[auth]" in (ROOT / "requirements.txt").read_text()  # the image can run the auth app
+
+
 def test_docker_compose_config_accepts_the_file():
     docker = shutil.which("docker")
     if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
@@ -413,32 +447,8 @@ def test_compose_server_command_serves_the_worker_uri(compose, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    args = server_args(compose)
-    for spec in compose["services"]["mlflow"]["volumes"]:
-        source, target = spec.split(":")[:2]
-        local = tmp_path / source
-        local.mkdir()
-        args = [a.replace(target, str(local)) for a in args]
-    port = free_port()
-    args[args.index("--port") + 1] = str(port)
-    args[args.index("--host") + 1] = "127.0.0.1"
-    args[0] = str(Path(sys.executable).with_name("mlflow"))
-    args += ["--workers", "1"]  # the compose default (4) only slows the start on a small test machine
-    server = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_local_server(server_args(compose), compose["services"]["mlflow"]["volumes"], tmp_path)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            assert time.time() < deadline, "mlflow server did not come up"
-            time.sleep(1)
 
         def create_experiment(host, name):
             req = urllib.request.Request(
@@ -473,11 +483,92 @@ def test_compose_server_command_serves_the_worker_uri(compose, tmp_path):
         assert len(stored) == 1 and stored[0].read_text() == "hello", "artifacts must land on the artifact volume"
         assert (tmp_path / "mlflow-db" / "mlflow.db").stat().st_size > 0
     finally:
-        os.killpg(server.pid, 15)
+        stop(server)
+
+
+def start_local_server(args, volumes, tmp_path, env=None):
+    """Run a compose mlflow command here, its volumes mapped to temporary directories: (process, url)."""
+    for spec in volumes:
+        source, target = spec.split(":")[:2]
+        local = tmp_path / Path(source).name
+        local.mkdir(exist_ok=True)
+        args = [a.replace(target, str(local)) for a in args]
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[0] = str(Path(sys.executable).with_name("mlflow"))
+    args += ["--workers", "1"]  # the compose default (4) only slows the start on a small test machine
+    server = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return server, url
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            stop(server)
+            raise AssertionError("mlflow server did not come up:\n" + server.stdout.read()[-4000:])
+        time.sleep(1)
+
+
+def stop(server):
+    if server.poll() is None:
+        os.killpg(server.pid, 15)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compose_auth_server_refuses_strangers_and_takes_hvdspar_runs(compose, tmp_path, monkeypatch):
+    """compose.auth.yaml's command and ini run here: no credentials, no access (the health check still
+    answers); the admin (first password from the environment) creates a user as docker/README.md says;
+    hvdspar's tracking logs a run as that user; users live on the db volume."""
+    from mlflow.server import get_app_client
+
+    from hvdspar.tracking import make_tracker
+
+    auth = yaml.safe_load((DOCKER / "compose.auth.yaml").read_text())["services"]["mlflow"]
+    args = [interpolate(str(a)) for a in auth["command"]]
+    ini = (DOCKER / "mlflow-basic-auth.ini").read_text().replace("/mlflow/db/", f"{tmp_path / 'mlflow-db'}/")
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "first-admin-password"}
+    assert set(env) == set(auth["environment"])  # what compose.auth.yaml gives the server
+    server, url = start_local_server(args, compose["services"]["mlflow"]["volumes"], tmp_path, env)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+        assert refused.value.code == 401
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "first-admin-password")
+        get_app_client("basic-auth", tracking_uri=url).create_user("alice", "alice-own-password")  # as the README says
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "alice-own-password")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("HVDSPAR_TRACKING_CLOSE_WAIT", "30")
+        monkeypatch.chdir(tmp_path)
+        tracker = make_tracker({"model": "logreg", "log_every": 1})
+        tracker.meter.set_variables([])
+        for step in (1, 2):
+            tracker.log_step(step, {"loss": 1.0 / step})
+        tracker.log_epoch(1, {"loss": 0.5}, step=2)
+        tracker.close()
+
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(tracking_uri=url).get_run(tracker.run_id)
+        assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 0.5
+        assert (tmp_path / "mlflow-db" / "basic_auth.db").stat().st_size > 0
+    finally:
+        stop(server)
 
 
 # ---------------------------------------------------------------- entrypoint
