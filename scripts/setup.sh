@@ -104,7 +104,7 @@ fi
 
 # hvdspar itself (editable, so the checkout is what runs). Checked from / so that
 # the checkout's own directory on sys.path cannot hide a missing install.
-installed_at=$(cd / && "$VENV/bin/python" -c "import hvdspar, os; print(os.path.dirname(os.path.dirname(hvdspar.__file__)))" 2>/dev/null || true)
+installed_at=$(cd / && "$VENV/bin/python" -c "import hvdspar, hvdspar.training, hvdspar.tracking, os; print(os.path.dirname(os.path.dirname(hvdspar.__file__)))" 2>/dev/null || true)
 if (( DEPS_ONLY )); then
   log "skipping hvdspar itself (--deps-only)"
 elif [[ $installed_at != "$ROOT" ]]; then

@@ -15,6 +15,8 @@ import hvdspar
 from hvdspar import atomo, coding, quantize, topk
 from hvdspar.probabilities import atom_probabilities, compute_dtype
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 
 def wire_q(comp, x, seed, shape=None):
     """Q(x) as a receiver decodes it from the bytes, plus the message."""

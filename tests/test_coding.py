@@ -11,6 +11,8 @@ import hvdspar
 from hvdspar import bits, coding
 from hvdspar.sparsify import gspar_message, uniform_message
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
 

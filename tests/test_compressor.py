@@ -10,6 +10,8 @@ import tensorflow as tf
 
 import hvdspar
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 
 def exact():
     return hvdspar.GSpar(rho=1.0, method="exact", fallback=False, seed=1)

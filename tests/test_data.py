@@ -1,4 +1,4 @@
-"""training.data and training.fstar: generator, parsers, shards, f* (no Horovod, fast)."""
+"""hvdspar.training.data and training.fstar: generator, parsers, shards, f* (no Horovod, fast)."""
 
 import gzip
 import io
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training import data, fstar
+from hvdspar.training import data, fstar
+
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
 
 SHARED = data.shared_data_root()
 needs_libsvm = pytest.mark.skipif(not (SHARED / "libsvm" / "a9a").exists(), reason="shared LIBSVM data not present")

@@ -13,6 +13,8 @@ import tensorflow as tf
 import hvdspar
 from hvdspar import exchange
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 SHAPES = [(12, 5), (5,)]  # a Dense kernel (2-D: ATOMO uses SVD atoms) and its bias
 
 MAKERS = {

@@ -1,7 +1,7 @@
 """End to end: runs logged by tracking show in the MLflow UI with their bytes and accuracy (headless Chromium).
 
 Two runs (an hvdspar-like compressor at 10% of the dense bytes, and a dense one) are logged through
-``tracking.make_tracker`` to a real ``mlflow server``; Playwright then opens the UI as a user would
+``hvdspar.tracking.make_tracker`` to a real ``mlflow server``; Playwright then opens the UI as a user would
 (tracking/README.md, "Comparing runs"): the runs table with the bytes/accuracy columns, the chart
 view, and the compare page. Screenshots go to the test's tmp dir, and to out/ (or the directory
 HVDSPAR_SAVE_SCREENSHOTS names) when HVDSPAR_SAVE_SCREENSHOTS is set.
@@ -46,7 +46,7 @@ class Compressor:
 
 
 def log_run(name, per_step, accuracy):
-    from tracking import make_tracker
+    from hvdspar.tracking import make_tracker
 
     comp = Compressor(name, per_step)
     tracker = make_tracker({"model": "logreg", "data": "synthetic", "log_every": 5, "run_name": name}, comp)

@@ -8,6 +8,8 @@ from scipy import optimize
 import hvdspar
 from hvdspar.probabilities import probabilities_from_lambda, water_level
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 
 def vectors(seed, d):
     rng = np.random.default_rng(seed)

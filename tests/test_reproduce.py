@@ -1,4 +1,4 @@
-"""Every `python -m training.reproduce <exp> --quick` end to end (figures, MLflow runs,
+"""Every `python -m hvdspar.training.reproduce <exp> --quick` end to end (figures, MLflow runs,
 GSpar's variance below UniSp's), and the simulated workers against real horovodrun."""
 
 import json
@@ -23,7 +23,7 @@ def run_quick(exp, store):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
            "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
     out = store / exp
-    proc = subprocess.run([sys.executable, "-m", "training.reproduce", exp, "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "hvdspar.training.reproduce", exp, "--quick", "--out", str(out)],
                           cwd=store, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, json.loads((out / "results.json").read_text())
@@ -61,8 +61,8 @@ def test_quick_experiment(exp, store):
 @pytest.mark.parametrize("spec", ["gspar:rho=0.1,memory=true"])
 def test_simulation_matches_horovodrun(spec, horovodrun):
     """2 real Horovod ranks take exactly the steps of run_convex with 2 simulated workers."""
-    from training.data import load_synthetic
-    from training.reproduce_sim import run_convex
+    from hvdspar.training.data import load_synthetic
+    from hvdspar.training.reproduce_sim import run_convex
 
     steps, lr = 16, 0.1
     results, _ = horovodrun("reproduce_hvd", spec, steps, lr, np=2)

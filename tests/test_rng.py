@@ -2,9 +2,12 @@
 
 import numpy as np
 import tensorflow as tf
+import pytest
 from scipy import stats
 
 from hvdspar import rng
+
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
 
 
 def test_uniform_passes_kolmogorov_smirnov_and_moments():

@@ -7,6 +7,8 @@ import pytest
 from benchmarks import scaling
 from hvdspar import exchange
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 PH = exchange.PLACEHOLDER_NBYTES
 
 

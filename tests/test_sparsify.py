@@ -8,6 +8,8 @@ import hvdspar
 from hvdspar import coding
 from hvdspar.sparsify import gspar_message, uniform_message
 
+pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
+
 SAMPLES = 4000
 
 

@@ -70,7 +70,7 @@ def train(tracker, compressor, epochs=2, steps=20, first_epoch=0):
 
 def test_params_name_everything(local_env):
     import hvdspar
-    from tracking.params import flatten, git_commit, run_config
+    from hvdspar.tracking.params import flatten, git_commit, run_config
 
     config = run_config({"model": "logreg", "lr": 0.5, "nested": {"a": 1}}, hvdspar.GSpar(rho=0.01, seed=3), 2)
     flat = flatten(config)
@@ -88,7 +88,7 @@ def test_dense_accounting_for_horovod_none_and_fp16():
     import tensorflow as tf
     from horovod.tensorflow.compression import Compression
 
-    from tracking.meter import TrafficMeter, summarize
+    from hvdspar.tracking.meter import TrafficMeter, summarize
 
     variables = [tf.Variable(tf.zeros([10, 3])), tf.Variable(tf.zeros([3], tf.float64)), tf.Variable([1, 2], dtype=tf.int32)]
     dense = 30 * 4 + 3 * 8 + 2 * 4
@@ -103,7 +103,7 @@ def test_dense_accounting_for_horovod_none_and_fp16():
 
 def test_custom_loop_logs_to_the_local_default_store(local_env, monkeypatch):
     from hvdspar import link
-    from tracking import make_tracker
+    from hvdspar.tracking import make_tracker
 
     monkeypatch.setattr(link, "_network", link.Network(latency_s=2e-4, bandwidth_Bps=12.5e6))  # as if measured
     comp = FakeCompressor()
@@ -138,7 +138,7 @@ def test_custom_loop_logs_to_the_local_default_store(local_env, monkeypatch):
 
 
 def test_tracking_off_logs_nothing(local_env, monkeypatch):
-    from tracking import make_callbacks, make_tracker
+    from hvdspar.tracking import make_callbacks, make_tracker
 
     monkeypatch.setenv("HVDSPAR_TRACKING", "off")
     assert make_callbacks({}, FakeCompressor(), 10, None) == []
@@ -158,8 +158,8 @@ def free_port():
 
 def test_server_down_keeps_everything_and_replays(local_env, monkeypatch, capfd):
     """Unreachable server: training is not held up, the run lands in a local store, replay delivers it."""
-    from tracking import make_tracker
-    from tracking.replay import main as replay_main
+    from hvdspar.tracking import make_tracker
+    from hvdspar.tracking.replay import main as replay_main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("HVDSPAR_TRACKING_CLOSE_WAIT", "1")
@@ -173,7 +173,7 @@ def test_server_down_keeps_everything_and_replays(local_env, monkeypatch, capfd)
     err = capfd.readouterr().err
     spool = ckpt / "mlflow-spool"
     assert "cannot reach the MLflow tracking store" in err and "stayed unreachable" in err
-    assert f"python -m tracking.replay {spool}" in err and str(spool / "mlflow.db") in err
+    assert f"python -m hvdspar.tracking.replay {spool}" in err and str(spool / "mlflow.db") in err
     assert not (ckpt / "mlflow_run_id").exists()  # no run on the server yet
 
     # the local copy is complete
@@ -194,7 +194,7 @@ def test_server_down_keeps_everything_and_replays(local_env, monkeypatch, capfd)
 
 
 def test_resume_continues_the_same_run(local_env):
-    from tracking import make_tracker
+    from hvdspar.tracking import make_tracker
 
     ckpt = local_env / "ckpt"
     comp = FakeCompressor()
@@ -217,7 +217,7 @@ def test_resume_continues_the_same_run(local_env):
 
 
 def test_sweep_grid_maps_budgets_to_each_compressor():
-    from tracking.sweep import grid, main
+    from hvdspar.tracking.sweep import grid, main
 
     specs = [(spec, seed) for _, spec, _, _, seed in grid(["gspar", "topk", "none"], [0.1, 0.01], [0, 1])]
     assert specs[:4] == [("gspar:rho=0.1", 0), ("gspar:rho=0.1", 1), ("gspar:rho=0.01", 0), ("gspar:rho=0.01", 1)]
@@ -235,7 +235,7 @@ def test_sweep_runs_children_under_one_parent(local_env):
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
            "HVDSPAR_TEST_OUT": str(local_env)}
     proc = subprocess.run(
-        [sys.executable, "-m", "tracking.sweep", "--np", "2", "--compressors", "none,fp16", "--rho", "0.5",
+        [sys.executable, "-m", "hvdspar.tracking.sweep", "--np", "2", "--compressors", "none,fp16", "--rho", "0.5",
          "--seeds", "3", "--script", str(worker), "--", "--epochs", "1", "--steps", "10"],
         cwd=local_env, env=env, capture_output=True, text=True, timeout=900,
     )
@@ -264,7 +264,7 @@ def test_sweep_runs_children_under_one_parent(local_env):
 
 
 def test_plots_draw_both_axes(tmp_path):
-    from tracking.plots import comparison, run_plots
+    from hvdspar.tracking.plots import comparison, run_plots
 
     def hist(scale):
         h = {"loss": [(e, 1.0 / e) for e in (1, 2, 3)], "bits_communicated": [(e, scale * e) for e in (1, 2, 3)],
@@ -277,3 +277,44 @@ def test_plots_draw_both_axes(tmp_path):
         comparison([("a", hist(800.0)), ("b", hist(8000.0))], str(tmp_path / "comparison.png"))]
     for path in paths:
         assert Path(path).read_bytes()[:4] == b"\x89PNG" and Path(path).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_mlflow_callback_in_a_users_horovod_keras_script(local_env, horovodrun):
+    """Horovod's Keras MNIST example with hvdspar's two lines (compression=, MLflowCallback) under 2
+    ranks: one run in the local default store, named and parametrised as the CLI's runs, with loss and
+    accuracy per epoch and the bytes of both ranks summed."""
+    import numpy as np
+
+    from hvdspar.training.data import read_idx, shared_data_root
+
+    mnist = shared_data_root() / "mnist"
+    if not (mnist / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found under {mnist}")
+    npz = local_env / "mnist.npz"
+    np.savez(npz, x_train=read_idx(mnist / "t10k-images-idx3-ubyte.gz")[:2048],
+             y_train=read_idx(mnist / "t10k-labels-idx1-ubyte.gz")[:2048])
+    epochs, steps = 2, 8
+    ranks, _ = horovodrun("user_keras_mnist", npz, "gspar:rho=0.1,seed=0", epochs, steps, env={"PYTHONPATH": str(ROOT)})
+
+    c = client(f"sqlite:///{local_env / 'mlflow.db'}")
+    (run,) = c.search_runs([c.get_experiment_by_name("hvdspar").experiment_id])
+    assert run.info.run_id == ranks[0]["run_id"] and ranks[1]["run_id"] is None  # rank 0 logs
+    assert run.info.status == "FINISHED" and run.info.run_name == "mnist-cnn-mnist-gspar(rho=0.1)-np2"
+    p = run.data.params
+    assert p["compressor"].startswith("gspar:rho=0.1") and p["compressor.rho"] == "0.1" and p["num_ranks"] == "2"
+    assert p["model"] == "mnist-cnn" and p["batch_size"] == "64" and p["epochs"] == "2"
+    assert p["steps_per_epoch"] == "8" and p["optimizer"] == "Adam" and p["log_every"] == "4"
+    assert int(p["trainable_parameters"]) * 4 == ranks[0]["dense_bytes_per_step"]
+    m = run.data.metrics
+    sent = sum(r["traffic"]["bytes_sent"] for r in ranks)
+    dense = sum(r["traffic"]["dense_bytes"] for r in ranks)
+    assert m["bytes_sent"] == sent and m["dense_bytes"] == dense == 2 * epochs * steps * ranks[0]["dense_bytes_per_step"]
+    assert 0 < m["compression_ratio"] == sent / dense < 0.5 and m["global_step"] == epochs * steps
+    for key in ("loss", "accuracy"):
+        values = history(c, run.info.run_id, key)
+        assert [s for s, _ in values] == [1, 2] and all(np.isfinite(v) for _, v in values)
+    assert 0 < m["accuracy"] <= 1 and "epoch_time_s" in m and "variance_ratio" in m
+    assert [s for s, _ in history(c, run.info.run_id, "step/bytes_sent")] == [4, 8, 12, 16]
+    plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/loss_vs_epochs.png", "plots/loss_vs_bits.png"} <= plots

@@ -2,7 +2,7 @@
 
 - a 2-rank Keras training with hvdspar.GSpar: params, step and epoch metrics, artifacts; bytes in
   MLflow equal the compressors' own counters summed over ranks;
-- the training CLI (python -m training.train) against the server with no tracking flag, then
+- the training CLI (python -m hvdspar.training.train) against the server with no tracking flag, then
   resumed from its checkpoint: one run, counters and steps continuing;
 - the server killed mid-run and restarted on the same port and store: no metric is lost.
 """
@@ -85,9 +85,9 @@ def test_two_rank_run_logs_summed_bytes_params_and_artifacts(server, horovodrun)
 
 @pytest.mark.skipif(not (ROOT / "training" / "train.py").exists(), reason="training/train.py is not written yet")
 def test_training_cli_tracks_by_default_and_resumes_into_the_same_run(server, horovodrun, tmp_path):
-    """python -m training.train with no tracking flag, 1 epoch, then resumed from its checkpoint to 2."""
+    """python -m hvdspar.training.train with no tracking flag, 1 epoch, then resumed from its checkpoint to 2."""
     def train(epochs):
-        return horovodrun(["-m", "training.train", "--model", "logreg", "--data", "synthetic", "--epochs", str(epochs),
+        return horovodrun(["-m", "hvdspar.training.train", "--model", "logreg", "--data", "synthetic", "--epochs", str(epochs),
                            "--compressor", "gspar:rho=0.1", "--seed", "1", "--verbose", "0",
                            "--checkpoint-dir", str(tmp_path / "ckpt")], env=tracking_env(server, "cli"))
 

@@ -1,7 +1,7 @@
 """The training CLI under real horovodrun (2 ranks), plus its argument checks.
 
 Launches are few and runs are small: ``tests/workers/training_runs.py`` calls
-``training.train.main`` several times inside one horovodrun launch.
+``hvdspar.training.train.main`` several times inside one horovodrun launch.
 """
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import data
+from hvdspar.training import data
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = data.shared_data_root()
@@ -165,13 +165,13 @@ def test_svrg_converges_linearly_with_and_without_gspar(horovodrun, tmp_path, ca
 
 
 def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "training.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "hvdspar.training.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_documents_every_flag():
     proc = cli("--help")
     assert proc.returncode == 0
-    from training.train import build_parser
+    from hvdspar.training.train import build_parser
 
     for action in build_parser()._actions:
         for flag in action.option_strings:
@@ -205,7 +205,7 @@ def test_bad_flags_fail_before_training(args, message):
 def test_fallback_flag_fills_specs_that_set_none():
     """The scripts default to the byte rule (reproducible runs that exercise the method on one
     machine, the library's default too); --fallback auto opts in to the timed rule; a spec's own fallback wins."""
-    from training.train import make_compressor, parse_args
+    from hvdspar.training.train import make_compressor, parse_args
 
     assert parse_args([]).fallback == "true"
     assert make_compressor("gspar:rho=0.01", 1).fallback is True

@@ -8,7 +8,7 @@ Settings (all optional; a ``params`` entry of the same name wins over the enviro
     HVDSPAR_EXPERIMENT           experiment name (also MLFLOW_EXPERIMENT_NAME); default "hvdspar"
     HVDSPAR_LOG_EVERY            log step metrics every N steps (params["log_every"]); default 10
     HVDSPAR_TRACKING             "0"/"off" turns MLflow logging off (params["tracking"] too)
-    HVDSPAR_PARENT_RUN_ID        make the run a child of this run (set by ``python -m tracking.sweep``)
+    HVDSPAR_PARENT_RUN_ID        make the run a child of this run (set by ``python -m hvdspar.tracking.sweep``)
     HVDSPAR_RUN_NAME             the run's name; default "<model>-<data>-<compressor>-np<ranks>"
     HVDSPAR_TRACKING_FLUSH_SECS  seconds between deliveries to MLflow; default 5
     HVDSPAR_TRACKING_CLOSE_WAIT  seconds the end of training waits for an unreachable server; default 15

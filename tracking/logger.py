@@ -16,7 +16,7 @@ delivery resumes there.
 - Still unreachable when the run closes (after ``HVDSPAR_TRACKING_CLOSE_WAIT`` s, default 15): the
   whole run is written to a local store beside the spool (``sqlite:///<dir>/mlflow.db``, artifacts in
   ``<dir>/mlartifacts``), and a message says where, and how to deliver the spool to the server
-  later: ``python -m tracking.replay <dir>``.
+  later: ``python -m hvdspar.tracking.replay <dir>``.
 - Errors the server will never accept (e.g. a param changed on resume) are not retried forever:
   the batch is resent item by item, rejected items go to ``<dir>/rejected.jsonl`` with a warning.
 """
@@ -461,7 +461,7 @@ class RunLogger:
         say(
             f"the MLflow tracking store {self.sink.uri} stayed unreachable: {self.sink.pending} record(s) of this run "
             f"were not delivered. Nothing is lost: the spool {self.spool.dir} holds them (deliver them later with "
-            f"`python -m tracking.replay {self.spool.dir}`); {where}"
+            f"`python -m hvdspar.tracking.replay {self.spool.dir}`); {where}"
         )
 
 
@@ -471,7 +471,7 @@ def _short(exc):
 
 
 def replay(spool_dir, tracking_uri=None):
-    """Deliver what a spool holds and its store lacks (``python -m tracking.replay``). Returns the run id."""
+    """Deliver what a spool holds and its store lacks (``python -m hvdspar.tracking.replay``). Returns the run id."""
     quiet_http()
     spool = Spool(spool_dir)
     if not spool.records:

@@ -12,7 +12,7 @@ points (the Keras callback does, on step counts that are equal on all ranks).
 
 import warnings
 
-from tracking.params import compressor_spec
+from hvdspar.tracking.params import compressor_spec
 
 # order of the vector exchanged between ranks
 FIELDS = (

@@ -1,9 +1,9 @@
 """Run a grid of trainings as child runs of one MLflow parent run, then compare them.
 
-    python -m tracking.sweep --np 2 --compressors gspar,unisp,topk --rho 0.1,0.01 --seeds 0 \\
+    python -m hvdspar.tracking.sweep --np 2 --compressors gspar,unisp,topk --rho 0.1,0.01 --seeds 0 \\
         -- --model logreg --data synthetic --epochs 2
 
-Each (compressor, budget, seed) is one ``horovodrun -np N ... python -m training.train
+Each (compressor, budget, seed) is one ``horovodrun -np N ... python -m hvdspar.training.train
 --compressor SPEC --seed S <args after -->`` whose run is a child of the sweep's parent run
 (``HVDSPAR_PARENT_RUN_ID``; the child's tracker sets the tag ``mlflow.parentRunId``). The budget
 list (--rho) goes to whichever budget argument a compressor takes: rho (gspar, unisp), ratio
@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tracking import context
-from tracking.logger import EXPERIMENT_TAGS
-from tracking.params import flatten, git_commit, versions
+from hvdspar.tracking import context
+from hvdspar.tracking.logger import EXPERIMENT_TAGS
+from hvdspar.tracking.params import flatten, git_commit, versions
 
 BUDGET_ARGS = ("rho", "ratio", "budget")
 SUMMARY_METRICS = (
@@ -83,14 +83,14 @@ def parse(argv):
         argv, train_args = argv[:i], argv[i + 1 :]
     else:
         train_args = []
-    p = argparse.ArgumentParser(prog="python -m tracking.sweep", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hvdspar.tracking.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--np", type=int, default=2, help="ranks per training (horovodrun -np)")
     p.add_argument("--compressors", required=True, help="comma-separated names: gspar,unisp,topk,none,...")
     p.add_argument("--rho", default="", help="comma-separated budgets (rho / ratio / budget)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: HVDSPAR_EXPERIMENT or hvdspar)")
     p.add_argument("--name", default=None, help="the parent run's name")
-    p.add_argument("--module", default="training.train", help="training module run with python -m")
+    p.add_argument("--module", default="hvdspar.training.train", help="training module run with python -m")
     p.add_argument("--script", default=None, help="a training script to run instead of --module")
     p.add_argument("--compressor-flag", default="--compressor")
     p.add_argument("--seed-flag", default="--seed")
@@ -115,7 +115,7 @@ def _history(client, run_id, keys):
 
 def summarize(client, experiment_id, parent_id, children, out_dir):
     """Write summary.md, summary.csv and comparison.png into out_dir; returns (rows, paths)."""
-    from tracking.plots import comparison
+    from hvdspar.tracking.plots import comparison
 
     runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
                               max_results=1000)
@@ -174,7 +174,7 @@ def main(argv=None):
     budgets = _split_list(args.rho, float)
     seeds = _split_list(args.seeds, int)
     if not compressors or not seeds:
-        raise SystemExit("tracking.sweep: give at least one compressor and one seed")
+        raise SystemExit("hvdspar.tracking.sweep: give at least one compressor and one seed")
     runs = grid(compressors, budgets, seeds)
     if args.dry_run:
         for label, spec, _, _, seed in runs:

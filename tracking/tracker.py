@@ -20,9 +20,9 @@ import uuid
 import weakref
 from pathlib import Path
 
-from tracking import context
-from tracking.meter import TrafficMeter
-from tracking.params import flatten, jsonable, run_config
+from hvdspar.tracking import context
+from hvdspar.tracking.meter import TrafficMeter
+from hvdspar.tracking.params import flatten, jsonable, run_config
 
 RUN_ID_FILE = "mlflow_run_id"
 SPOOL_DIR = "mlflow-spool"
@@ -77,6 +77,16 @@ def write_run_id(checkpoint_dir, run_id):
         (path / RUN_ID_FILE).write_text(run_id + "\n")
 
 
+def trainable_variables(model):
+    """The model's trainable variables, or [] while a Keras model without an Input has not been built."""
+    if model is None:
+        return []
+    try:
+        return list(model.trainable_variables)
+    except ValueError:  # "Weights for model ... have not yet been created"
+        return []
+
+
 class Tracker:
     """See the module docstring. ``params`` may carry log_every, tracking (off or a URI), experiment, run_name."""
 
@@ -100,7 +110,7 @@ class Tracker:
     # --- setup ------------------------------------------------------------------------------
 
     def _open(self, run_id=None):
-        from tracking.logger import RunLogger
+        from hvdspar.tracking.logger import RunLogger
 
         run_id = run_id or read_run_id(self.checkpoint_dir)
         if self.checkpoint_dir:
@@ -166,13 +176,15 @@ class Tracker:
     def describe(self, model=None, optimizer=None, variables=None):
         """Fill in what the params may lack from the Keras model/optimizer (model name, optimizer,
         learning rate, trainable parameters), and the variables for none/fp16 byte counting."""
-        variables = list(variables if variables is not None else (model.trainable_variables if model else []))
+        if variables is None:
+            variables = trainable_variables(model)
+        variables = list(variables)
         if variables:
             self.meter.set_variables(variables)
         optimizer = optimizer or getattr(model, "optimizer", None)
         if self.logger is None or self._described:
             return
-        self._described = True
+        self._described = bool(variables) or model is None  # an unbuilt model: again once it is built
         found = {}
         if model is not None and "model" not in self.params:
             found["model"] = getattr(model, "name", type(model).__name__)
@@ -202,7 +214,7 @@ class Tracker:
             if not getattr(self, "_warned_vars", False):
                 self._warned_vars = True
                 if self.rank == 0:
-                    from tracking.logger import say
+                    from hvdspar.tracking.logger import say
 
                     say(f"no trainable variables given for {self.meter.spec!r}: bytes are not counted "
                         "(pass variables=model.trainable_variables to make_tracker)")
@@ -275,14 +287,14 @@ class Tracker:
         if self.logger is None:
             return
         try:
-            from tracking.plots import run_plots
+            from hvdspar.tracking.plots import run_plots
 
             history = self.logger.history()
             if history:
                 for path in run_plots(history, self.logger.artifact_dir("plots"), title=self.logger.spool.meta.get("run_name")):
                     self.logger.log_artifact(path, "plots")
         except Exception as exc:  # a plot must never cost the run its metrics
-            from tracking.logger import say
+            from hvdspar.tracking.logger import say
 
             say(f"plots failed: {exc!r}")
         self.logger.close(status)

@@ -1,6 +1,6 @@
 """Keras training scripts for hvdspar: the paper's experiments under horovodrun.
 
-    horovodrun -np 2 -H localhost:2 python -m training.train --model logreg --data synthetic \
+    horovodrun -np 2 -H localhost:2 python -m hvdspar.training.train --model logreg --data synthetic \
         --compressor gspar:rho=0.01 --optimizer sgd --batch-size 8 --epochs 20
 
 Modules:
@@ -9,5 +9,5 @@ Modules:
   fstar      f* = min f for the convex models (L-BFGS + Newton / SVM dual and smoothing), cached on disk
   svrg       distributed SVRG with the compressed variance-reduced gradient
   callbacks  per-epoch metrics into Keras logs, checkpoints, metrics file
-  train      the command line (python -m training.train --help)
+  train      the command line (python -m hvdspar.training.train --help)
 """

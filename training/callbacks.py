@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from training import fstar as fstar_mod
-from training.models import CONVEX, linear_weights
+from hvdspar.training import fstar as fstar_mod
+from hvdspar.training.models import CONVEX, linear_weights
 
 
 def traffic(compressor, steps, dense_bytes_per_step, size):

@@ -1,6 +1,6 @@
 """The main job: GSpar against no compression, side by side, under horovodrun.
 
-    horovodrun -np 2 -H localhost:2 --gloo python -m training.compare
+    horovodrun -np 2 -H localhost:2 --gloo python -m hvdspar.training.compare
 
 Trains the paper's l2-logistic regression (synthetic data of sec. 4, N=1024,
 d=2048, C1=0.9, C2=1/16, minibatch 8) once per compressor with the stock
@@ -17,8 +17,8 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
 from hvdspar.spec import to_spec
-from training.data import load_synthetic
-from training.train import add_fallback_argument, make_compressor
+from hvdspar.training.data import load_synthetic
+from hvdspar.training.train import add_fallback_argument, make_compressor
 
 
 def dense_bytes_per_step(model, compression):

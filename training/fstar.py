@@ -292,7 +292,7 @@ def solve(model, x, y, lambda2):
 
 
 def cache_key(model, x, y, lambda2):
-    from training.data import fingerprint
+    from hvdspar.training.data import fingerprint
 
     head = f"{model}|{float(lambda2)!r}|v{SOLVER_VERSION}|"
     return head.replace("|", "-")[:40].strip("-") + "-" + fingerprint(np.frombuffer(head.encode(), np.uint8), x, y)[:24]
@@ -300,7 +300,7 @@ def cache_key(model, x, y, lambda2):
 
 def cached_fstar(model, x, y, lambda2, cache_dir=None, log=None):
     """f* and its solution info, from <cache_dir>/fstar/<key>.json or solved now and stored there."""
-    from training.data import default_cache_dir
+    from hvdspar.training.data import default_cache_dir
 
     folder = Path(cache_dir or default_cache_dir()) / "fstar"
     key = cache_key(model, x, y, lambda2)

@@ -1,6 +1,6 @@
 """Reproduce Wangni et al. (2018), sec. 4: one command per experiment.
 
-    python -m training.reproduce fig1|fig2|fig3|topk|cnn [--quick] [--out DIR]
+    python -m hvdspar.training.reproduce fig1|fig2|fig3|topk|cnn [--quick] [--out DIR]
 
 Each experiment logs one MLflow run per curve under experiment "reproduce-<exp>"
 (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory), plus a
@@ -99,9 +99,9 @@ def log_run(mlflow, name, params, series, summary):
 
 
 def run_convex_experiment(exp, args):
-    from training.data import load_synthetic
-    from training.fstar import cached_fstar
-    from training.reproduce_sim import run_convex
+    from hvdspar.training.data import load_synthetic
+    from hvdspar.training.fstar import cached_fstar
+    from hvdspar.training.reproduce_sim import run_convex
 
     mlflow = mlflow_setup(exp)
     optimizer = "svrg" if exp == "fig2" else "sgd"
@@ -173,9 +173,9 @@ def plot_convex(exp, results, probs, out):
 def run_cnn_experiment(args):
     import tensorflow as tf
 
-    from training.data import CIFAR10_MEAN, CIFAR10_STD
-    from training.models import cnn
-    from training.reproduce_sim import SimExchange
+    from hvdspar.training.data import CIFAR10_MEAN, CIFAR10_STD
+    from hvdspar.training.models import cnn
+    from hvdspar.training.reproduce_sim import SimExchange
 
     mlflow = mlflow_setup("cnn")
     z = np.load(args.cifar)
@@ -268,7 +268,7 @@ def plot_cnn(results, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hvdspar.training.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=EXPERIMENTS)
     p.add_argument("--quick", action="store_true", help="one problem, few passes, same code path (minutes)")

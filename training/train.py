@@ -1,14 +1,14 @@
-"""Train the paper's models with a Horovod compressor: ``python -m training.train``.
+"""Train the paper's models with a Horovod compressor: ``python -m hvdspar.training.train``.
 
-    horovodrun -np 4 -H localhost:4 python -m training.train --model logreg --data synthetic \\
+    horovodrun -np 4 -H localhost:4 python -m hvdspar.training.train --model logreg --data synthetic \\
         --compressor gspar:rho=0.01 --optimizer sgd --batch-size 8 --epochs 20
-    python -m training.train --model cnn --data cifar10 --compressor none     # one rank works too
+    python -m hvdspar.training.train --model cnn --data cifar10 --compressor none     # one rank works too
 
 Every rank loads the data, takes its shard (rows r::size after a seeded
 shuffle) and trains with ``hvd.DistributedOptimizer(opt, compression=C)``
-(SGD/Adam, Keras ``fit``) or the SVRG loop of ``training.svrg``
+(SGD/Adam, Keras ``fit``) or the SVRG loop of ``hvdspar.training.svrg``
 (``hvd.DistributedGradientTape``). Rank 0 prints a progress bar and one line
-per epoch; the metrics of ``training.callbacks.EpochMetrics`` go into Keras'
+per epoch; the metrics of ``hvdspar.training.callbacks.EpochMetrics`` go into Keras'
 logs for the MLflow callbacks of ``tracking`` (``--no-tracking`` turns them off).
 
 Repeatability: ``--seed`` fixes the initial weights, the shards, every
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from training import data as data_mod
+from hvdspar.training import data as data_mod
 
 MODELS = ("logreg", "svm", "cnn")
 CONVEX = ("logreg", "svm")
@@ -63,7 +63,7 @@ def say(*args, rank=0):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="python -m training.train",
+        prog="python -m hvdspar.training.train",
         description="Train logistic regression, a linear SVM or the paper's CNN with a Horovod "
         "compressor (hvdspar's GSpar, or Horovod's none/fp16). Launch with horovodrun for several ranks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -308,9 +308,9 @@ def main(argv=None):
     import horovod.tensorflow.keras as hvd
 
     from hvdspar.spec import to_spec
-    from training import callbacks as cb_mod
-    from training import fstar as fstar_mod
-    from training import models as models_mod
+    from hvdspar.training import callbacks as cb_mod
+    from hvdspar.training import fstar as fstar_mod
+    from hvdspar.training import models as models_mod
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -377,7 +377,7 @@ def main(argv=None):
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
 
     if args.optimizer == "svrg":
-        from training.svrg import SVRG
+        from hvdspar.training.svrg import SVRG
 
         trainer = SVRG(model, loss, compressor, args.lr, hvd_tf, n)
         opt = trainer.optimizer
@@ -440,12 +440,12 @@ def main(argv=None):
     if args.tracking:
         try:
             if args.optimizer == "svrg":
-                from tracking import make_tracker
+                from hvdspar.tracking import make_tracker
 
                 tracker = make_tracker(params, compressor, str(ckpt_dir) if ckpt_dir else None,
                                        variables=model.trainable_variables)
             else:
-                from tracking import make_callbacks
+                from hvdspar.tracking import make_callbacks
 
                 callbacks += list(make_callbacks(params=params, compressor=compressor, steps_per_epoch=steps,
                                                  checkpoint_dir=str(ckpt_dir) if ckpt_dir else None))

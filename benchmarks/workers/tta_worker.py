@@ -80,7 +80,7 @@ def load_data(args, rank, size):
         xs, ys = draw(args.rows, problem, args.seed + 1 + rank)
         xt, yt = draw(args.test_rows, problem, args.seed)
         return xs, ys, xt, yt
-    from training import data
+    from hvdspar.training import data
 
     name = {"logreg-synthetic": "synthetic", "logreg-a9a": "a9a", "cnn-cifar10": "cifar10-subset"}[args.task]
     ds = data.load(name)
@@ -110,7 +110,7 @@ class Task:
             self.variables = [self.w, self.b]
             self.model = None
         else:
-            from training import data as data_sets, models
+            from hvdspar.training import data as data_sets, models
 
             name = "cnn" if args.task.startswith("cnn") else "logreg"
             kwargs = {"mean": data_sets.CIFAR10_MEAN, "std": data_sets.CIFAR10_STD} if name == "cnn" else {}

@@ -16,8 +16,8 @@ import tensorflow as tf
 
 import horovod.tensorflow as hvd
 from tests.workers.common import report
-from training.data import load_synthetic
-from training.reproduce_sim import batch_indices, logreg_grad, make_compressor
+from hvdspar.training.data import load_synthetic
+from hvdspar.training.reproduce_sim import batch_indices, logreg_grad, make_compressor
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()

@@ -20,7 +20,7 @@ import horovod.tensorflow.keras as hvd  # noqa: E402
 
 import hvdspar  # noqa: E402
 from tests.workers.common import report  # noqa: E402
-from tracking import make_callbacks  # noqa: E402
+from hvdspar.tracking import make_callbacks  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--compressor", default="gspar:rho=0.1")

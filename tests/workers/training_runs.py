@@ -1,4 +1,4 @@
-"""Run ``training.train.main`` several times in one horovodrun launch (saves launches).
+"""Run ``hvdspar.training.train.main`` several times in one horovodrun launch (saves launches).
 
 argv[1]: JSON list of runs, each {"name": str, "argv": [...]} ; "{out}" in an argument is
 replaced by $HVDSPAR_TEST_OUT. With HVDSPAR_FAKE_TRACKING=1 a stand-in ``tracking`` module
@@ -61,7 +61,7 @@ def install_fake_tracking():
 def main():
     import horovod.tensorflow as hvd
 
-    from training import train
+    from hvdspar.training import train
 
     if os.environ.get("HVDSPAR_FAKE_TRACKING") == "1":
         install_fake_tracking()
