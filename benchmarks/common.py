@@ -36,8 +36,8 @@ def mlflow_run(run_name):
         return
     import mlflow
 
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    # explicit every time: a URI set earlier in this process would otherwise win over the environment's
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
     mlflow.set_experiment("hvdspar-benchmarks")
     with mlflow.start_run(run_name=run_name):
         yield mlflow
@@ -65,3 +65,25 @@ def log_to_mlflow(run_name, params, rows, key_fields, metric_fields, table=None,
             mlflow.log_text(table, f"{run_name}.md")
         for name, text in (artifacts or {}).items():
             mlflow.log_text(text, name)
+
+
+def stamp():
+    """'commit abc1234, 2-core AMD EPYC': what every table and figure is labelled with."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "unknown", ""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"commit {sha}{'+dirty' if dirty else ''}, {os.cpu_count()}-core {cpu}"

@@ -41,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 import hvdspar  # noqa: E402
 from hvdspar import exchange  # noqa: E402
-from benchmarks.common import metric_key, mlflow_run  # noqa: E402
+from benchmarks.common import metric_key, mlflow_run, stamp  # noqa: E402
 
 RANKS = [2**i for i in range(1, 11)]
 COMPRESSORS = ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "randomk:ratio=0.01", "qsgd:levels=4",
@@ -219,7 +219,7 @@ def plot(rows, measured, path, bandwidth, alpha):
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
     fig.suptitle("hvdspar scaling model: solid = with dense fallback, dotted = sparse only; "
-                 "vertical lines: fallback switch of the largest tensor (M m = 2 D)", fontsize=9)
+                 f"vertical lines: fallback switch of the largest tensor (M m = 2 D)\n({stamp()})", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -269,6 +269,7 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=50e-6, help="latency per ring hop, seconds")
     p.add_argument("--show", nargs="+", type=int, default=[2, 8, 32, 128, 1024], help="M shown in the table")
     p.add_argument("--out", default="out")
+    p.add_argument("--figure", default=None, help="where the PNG goes (default OUT/scaling.png), e.g. docs/scaling.png")
     p.add_argument("--no-mlflow", action="store_true")
     args = p.parse_args(argv)
     measured = {}
@@ -284,7 +285,7 @@ def main(argv=None):
           "MB = 1e6 bytes per rank and step; sparse = always allgather, fallback = per-tensor rule)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / "scaling.png"
+    png = Path(args.figure) if args.figure else out / "scaling.png"
     plot(rows, measured, png, args.bandwidth, args.alpha)
     (out / "scaling.md").write_text(text + "\n")
     (out / "scaling.json").write_text(json.dumps({"rows": rows, "switches": switches,

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from benchmarks import netns
-from benchmarks.common import log_to_mlflow
+from benchmarks.common import log_to_mlflow, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 #: every compressor with its default fallback (by bytes: the method itself), and GSpar with the
@@ -166,6 +166,8 @@ def main(argv=None):
     p.add_argument("--append", action="store_true",
                    help="keep the rows of out/time_to_accuracy.json that this sweep does not re-measure")
     p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--figures", default=None, metavar="DIR",
+                   help="also draw the figures of every row (after --append: old and new) into DIR, e.g. docs")
     args = p.parse_args(argv)
     networks = args.networks or (["loopback", "100mbit"] if args.quick else list(NETWORKS))
     max_s = args.max_seconds or (15.0 if args.quick else 150.0)
@@ -185,8 +187,9 @@ def main(argv=None):
                                str(cfg["target_acc"]), "--lr", str(cfg["lr"]), "--max-seconds", str(max_s)]
                 for ranks in args.ranks:
                     for network in networks:
-                        rows += run_launch(network, NETWORKS[network], ranks, args.compressors, worker_args, tmp,
-                                           args.timeout)
+                        new = run_launch(network, NETWORKS[network], ranks, args.compressors, worker_args, tmp,
+                                         args.timeout)
+                        rows += [{**r, "target_loss": cfg["target_loss"], "stamp": stamp()} for r in new]
                         (out / "time_to_accuracy.partial.json").write_text(json.dumps(merge(previous, rows), indent=1))
         finally:
             netns.delete(f"hvdspar-tta-{os.getpid()}")
@@ -199,6 +202,11 @@ def main(argv=None):
     print("\n" + text + note)
     (out / "time_to_accuracy.md").write_text(text + "\n" + note + "\n")
     (out / "time_to_accuracy.json").write_text(json.dumps(rows, indent=1))
+    if args.figures:
+        from benchmarks.figures import tta_figures
+
+        for path in tta_figures(rows, args.figures, f" ({stamp()})"):
+            print(f"wrote {path}")
     if not args.no_mlflow:
         log_mlflow(rows, {**vars(args), "networks": networks, "max_seconds": max_s}, text + note)
     return rows

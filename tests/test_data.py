@@ -238,3 +238,19 @@ def test_fashion_mnist_from_debian_package():
     assert ds.num_classes == 10
     np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
+
+
+def test_wide_softmax_is_skewed_seeded_and_shares_its_test_rows():
+    x0, y0, xt0, yt0 = data.wide_softmax(rows=64, test_rows=32, rank=0, seed=5, features=256, classes=4, informative=8)
+    x1, y1, xt1, yt1 = data.wide_softmax(rows=64, test_rows=32, rank=1, seed=5, features=256, classes=4, informative=8)
+    assert x0.shape == (64, 256) and x0.dtype == np.float32 and y0.dtype == np.int32
+    np.testing.assert_array_equal(xt0, xt1)  # one test set for every rank
+    np.testing.assert_array_equal(yt0, yt1)
+    assert not np.array_equal(x0, x1)  # each rank its own rows
+    again = data.wide_softmax(rows=64, test_rows=32, rank=0, seed=5, features=256, classes=4, informative=8)
+    np.testing.assert_array_equal(again[0], x0)
+    s, b, _ = data.wide_softmax_problem(features=256, classes=4, informative=8, seed=5)
+    assert len(s) == 8 and np.all(b[s] == 1.0) and np.all(np.delete(b, s) <= 0.05)  # skewed feature scales
+    assert set(np.unique(y0)) <= set(range(4)) and len(np.unique(np.concatenate([y0, yt0]))) > 1
+    with pytest.raises(ValueError, match="classes >= 2"):
+        data.wide_softmax_problem(classes=1)

@@ -150,6 +150,51 @@ def load_synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, n_test=None):
 
 
 # --------------------------------------------------------------------------------------------
+# A wide softmax problem (the main job and the time-to-accuracy benchmark)
+# --------------------------------------------------------------------------------------------
+
+
+def wide_softmax_problem(features=16384, classes=32, informative=32, noise_scale=0.05, seed=0):
+    """The fixed part of ``wide_softmax``: (S, B, W_bar).
+
+    S: ``informative`` feature indices drawn without replacement; B_i = 1 on S and
+    ``noise_scale`` * U[0, 1] elsewhere; W_bar ~ N(0, 1)^(|S| x classes). One
+    ``np.random.default_rng(seed)`` in that order."""
+    if features < 1 or classes < 2 or informative < 1:
+        raise ValueError(f"wide_softmax: need features >= 1, classes >= 2, informative >= 1, got "
+                         f"{features}, {classes}, {informative}")
+    rng = np.random.default_rng(seed)
+    s = np.sort(rng.choice(features, size=min(informative, features), replace=False))
+    b = (noise_scale * rng.uniform(0.0, 1.0, size=features)).astype(np.float32)
+    b[s] = 1.0
+    w_bar = rng.standard_normal((len(s), classes)).astype(np.float32)
+    return s, b, w_bar
+
+
+def wide_softmax_draw(n, problem, seed):
+    """n rows of a problem: a_bar ~ N(0, I) (float32, ``default_rng(seed)``), a = a_bar * B,
+    label = argmax(a_bar[:, S] W_bar). Returns (a, labels int32)."""
+    s, b, w_bar = problem
+    a_bar = np.random.default_rng(seed).standard_normal((n, len(b)), dtype=np.float32)
+    labels = np.argmax(a_bar[:, s] @ w_bar, axis=1).astype(np.int32)
+    a_bar *= b
+    return a_bar, labels
+
+
+def wide_softmax(rows=1024, test_rows=4096, rank=0, seed=0, **problem):
+    """A wide multinomial logistic regression in the spirit of the paper's sec. 4 generator
+    (skewed feature scales, so the gradient is large on few coordinates: GSpar's regime).
+
+    With the defaults (16384 features, 32 classes) the kernel's fp32 gradient is 2 MiB a
+    step. Rank ``rank`` trains on its own ``rows`` rows (seed + 1 + rank); the ``test_rows``
+    test rows (seed) are the same on every rank. Returns (x, y, x_test, y_test)."""
+    p = wide_softmax_problem(seed=seed, **problem)
+    x, y = wide_softmax_draw(rows, p, seed + 1 + rank)
+    xt, yt = wide_softmax_draw(test_rows, p, seed)
+    return x, y, xt, yt
+
+
+# --------------------------------------------------------------------------------------------
 # LIBSVM text format (a9a, w8a)
 # --------------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ and accuracy are measured on the test set by rank 0 and broadcast (BatchNorm's
 moving statistics differ between ranks).
 
 softmax: a wide multinomial logistic regression (softmax, no hidden layer) on
-synthetic data in the spirit of the paper's sec. 4 generator (skewed feature
+synthetic data (hvdspar.training.data.wide_softmax) in the spirit of the paper's sec. 4 generator (skewed feature
 scales): a_bar ~ N(0, I_f), a = a_bar * B where B_i = 1 on a random set S of
 --informative features and B_i ~ --noise-scale * U[0, 1] elsewhere, and
 label = argmax(a_bar[:, S] W_bar) for a random W_bar (|S| x K). The gradient
@@ -55,31 +55,13 @@ from hvdspar.spec import to_spec
 TASKS = ("softmax", "logreg-synthetic", "logreg-a9a", "cnn-cifar10")
 
 
-def make_problem(f, k, informative, noise_scale, seed):
-    """The fixed part of the generator: informative set S, per-feature scale B, W_bar."""
-    rng = np.random.default_rng(seed)
-    s = np.sort(rng.choice(f, size=min(informative, f), replace=False))
-    b = (noise_scale * rng.uniform(0.0, 1.0, size=f)).astype(np.float32)
-    b[s] = 1.0
-    w_bar = rng.standard_normal((len(s), k)).astype(np.float32)
-    return s, b, w_bar
-
-
-def draw(n, problem, seed):
-    s, b, w_bar = problem
-    a_bar = np.random.default_rng(seed).standard_normal((n, len(b)), dtype=np.float32)
-    labels = np.argmax(a_bar[:, s] @ w_bar, axis=1).astype(np.int32)
-    a_bar *= b
-    return a_bar, labels
-
-
 def load_data(args, rank, size):
     """(this rank's training rows and labels, the test rows and labels) for args.task."""
     if args.task == "softmax":
-        problem = make_problem(args.features, args.classes, args.informative, args.noise_scale, args.seed)
-        xs, ys = draw(args.rows, problem, args.seed + 1 + rank)
-        xt, yt = draw(args.test_rows, problem, args.seed)
-        return xs, ys, xt, yt
+        from hvdspar.training.data import wide_softmax
+
+        return wide_softmax(args.rows, args.test_rows, rank, args.seed, features=args.features, classes=args.classes,
+                            informative=args.informative, noise_scale=args.noise_scale)
     from hvdspar.training import data
 
     name = {"logreg-synthetic": "synthetic", "logreg-a9a": "a9a", "cnn-cifar10": "cifar10-subset"}[args.task]

@@ -1,8 +1,8 @@
 """Run ``hvdspar.training.train.main`` several times in one horovodrun launch (saves launches).
 
 argv[1]: JSON list of runs, each {"name": str, "argv": [...]} ; "{out}" in an argument is
-replaced by $HVDSPAR_TEST_OUT. With HVDSPAR_FAKE_TRACKING=1 a stand-in ``tracking`` module
-records what train.py hands it (params, the logs its callbacks see).
+replaced by $HVDSPAR_TEST_OUT. With HVDSPAR_FAKE_TRACKING=1 a stand-in
+``hvdspar.tracking`` module records what train.py hands it (params, the logs its callbacks see).
 Each rank reports {name: {"rc": int, "tracking": {...}}}; metrics and weights go to files.
 """
 
@@ -53,9 +53,9 @@ def install_fake_tracking():
         seen["current"] = t.record
         return t
 
-    mod = types.ModuleType("tracking")
+    mod = types.ModuleType("hvdspar.tracking")
     mod.make_callbacks, mod.make_tracker = make_callbacks, make_tracker
-    sys.modules["tracking"] = mod
+    sys.modules["hvdspar.tracking"] = mod
 
 
 def main():
