@@ -91,12 +91,13 @@ def loss_vs_seconds(rows, path, title):
         for k, spec in enumerate(specs):
             r = next((r for r in rows if r["network"] == net and r["spec"] == spec), None)
             if r and r.get("curve"):
-                ax.plot([c[1] for c in r["curve"]], [c[2] for c in r["curve"]], color=f"C{k}", lw=1.2, label=spec)
+                points = [c for c in r["curve"] if c[1] > 0]  # log axis: from the first evaluation on
+                ax.plot([c[1] for c in points], [c[2] for c in points], color=f"C{k}", lw=1.2, label=spec)
         target = rows[0].get("target_loss")
         if target:
             ax.axhline(target, color="k", lw=0.8, ls="--")
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("training seconds")
+        ax.set_xscale("log")
+        ax.set_xlabel("training seconds (log)")
         ax.set_title(NETWORK_LABEL.get(net, net), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("test loss")
@@ -136,11 +137,13 @@ def _save(fig, path):
     return path
 
 
-def tta_figures(rows, out_dir, stamp=""):
-    """Every time-to-accuracy figure for ``rows`` into ``out_dir``; returns the paths written."""
+def tta_figures(rows, out_dir, stamp=None):
+    """Every time-to-accuracy figure for ``rows`` into ``out_dir``; returns the paths written.
+    Titles carry ``stamp``, else the commit and machine the rows were measured on."""
     paths = []
     for (task, ranks), group in _groups(rows).items():
-        head = f"{task}, {ranks} ranks{stamp}"
+        measured = sorted({r["stamp"] for r in group if r.get("stamp")})
+        head = f"{task}, {ranks} ranks" + (stamp if stamp is not None else f" ({'; '.join(measured)})" if measured else "")
         base = f"{task}_np{ranks}"
         paths.append(time_to_target(group, Path(out_dir) / f"time_to_target_{base}.png",
                                     f"time to the target loss: {head}"))
@@ -154,7 +157,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tta", required=True, help="time_to_accuracy.json written by benchmarks.time_to_accuracy")
     p.add_argument("--out", default="docs")
-    p.add_argument("--stamp", default="", help="appended to every title, e.g. ' (commit abc1234, 2-core EPYC)'")
+    p.add_argument("--stamp", default=None,
+                   help="appended to every title (default: the commit and machine stored with the rows)")
     args = p.parse_args(argv)
     for path in tta_figures(json.loads(Path(args.tta).read_text()), args.out, args.stamp):
         print(f"wrote {path}")

@@ -102,10 +102,10 @@ def logreg_gradients(d=2048, n=1024, batch=8, seed=0):
 
 
 def softmax_gradients(features=16384, classes=32, batch=32, seed=0):
-    from benchmarks.workers.tta_worker import draw, make_problem
+    from hvdspar.training.data import wide_softmax_draw, wide_softmax_problem
 
-    problem = make_problem(features, classes, 32, 0.05, seed)
-    x, y = draw(batch, problem, seed + 1)
+    problem = wide_softmax_problem(features, classes, 32, 0.05, seed)
+    x, y = wide_softmax_draw(batch, problem, seed + 1)
     w, b = tf.Variable(tf.zeros([features, classes])), tf.Variable(tf.zeros([classes]))
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=tf.matmul(x, w) + b))

@@ -205,7 +205,7 @@ def main(argv=None):
     if args.figures:
         from benchmarks.figures import tta_figures
 
-        for path in tta_figures(rows, args.figures, f" ({stamp()})"):
+        for path in tta_figures(rows, args.figures):
             print(f"wrote {path}")
     if not args.no_mlflow:
         log_mlflow(rows, {**vars(args), "networks": networks, "max_seconds": max_s}, text + note)

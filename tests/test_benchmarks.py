@@ -126,3 +126,29 @@ def test_time_to_accuracy_logs_one_mlflow_run_and_leaves_unreached_targets_out(t
     assert "softmax.100mbit.np4.gspar_rho_0.01_fallback_true.time_to_target_s" not in m  # not reached: no number
     assert run.data.params["tasks"] == "['softmax']"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"time_to_accuracy.md", "time_to_accuracy.json"}
+
+
+def test_figures_are_drawn_from_the_rows_of_the_time_to_accuracy_benchmark(tmp_path):
+    """benchmarks.figures: one of each figure per (task, ranks), readable PNGs; an unreached target
+    is drawn as a stub, not left out or plotted as a number."""
+    from matplotlib import image
+
+    from benchmarks.figures import main, tta_figures
+
+    def row(network, spec, t, acc, nbytes):
+        curve = [(0, 0.0, 2.5, 0.1), (10, (t or 20.0) / 2, 1.9, acc / 2), (20, t or 20.0, 1.45, acc)]
+        return {"task": "softmax", "ranks": 4, "network": network, "spec": spec, "time_to_target_s": t,
+                "final_acc": acc, "bytes_per_step": nbytes, "curve": curve, "train_seconds": t or 20.0,
+                "target_loss": 1.5}
+
+    rows = [row(n, "none", 10.0 * k, 0.64, 2097280) for k, n in enumerate(("loopback", "1gbit", "100mbit"), 1)]
+    rows += [row(n, "gspar:rho=0.02", 5.0, 0.63, 12619) for n in ("loopback", "1gbit")]
+    rows.append(row("100mbit", "gspar:rho=0.02", None, 0.55, 12619))  # not reached
+    paths = tta_figures(rows, tmp_path, " (test)")
+    assert sorted(p.name for p in paths) == ["bytes_vs_accuracy_softmax_np4.png", "loss_vs_seconds_softmax_np4.png",
+                                             "time_to_target_softmax_np4.png"]
+    for p in paths:
+        assert image.imread(p).shape[0] > 200
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    main(["--tta", str(tmp_path / "rows.json"), "--out", str(tmp_path / "again")])
+    assert len(list((tmp_path / "again").glob("*.png"))) == 3
