@@ -229,6 +229,24 @@ def placeholder_nbytes(dtype):
     return placeholder_dtype(dtype).size
 
 
+def horovod_step_bytes(variables, compression=None):
+    """(bytes a rank sends, dense bytes) in one step where Horovod's own compression allreduces the
+    gradients of ``variables``: every tensor once at its dtype's size with ``Compression.none``
+    (or None, or "none"); with ``Compression.fp16`` (or "fp16") floating tensors travel as
+    float16, 2 bytes an element, as Horovod's FP16Compressor casts them, and the others as they
+    are. The one count of Horovod's none/fp16 bytes for training, tracking and the benchmarks.
+    (With one rank Horovod skips the collective; callers counting wire bytes take 0 there.)"""
+    name = compression if isinstance(compression, str) else getattr(compression, "__name__", type(compression).__name__)
+    fp16 = "fp16" in str(name).lower()
+    sent = dense = 0
+    for v in variables:
+        n = int(v.shape.num_elements())
+        size = v.dtype.size
+        dense += n * size
+        sent += n * (min(size, 2) if fp16 and v.dtype.is_floating else size)
+    return sent, dense
+
+
 def allgather_bytes_moved(message_nbytes, num_ranks):
     """Bytes a rank sends in a ring allgather of messages of that size."""
     return (num_ranks - 1) * message_nbytes

@@ -101,6 +101,25 @@ def test_dense_accounting_for_horovod_none_and_fp16():
     assert one_rank["bytes_sent"] == one_rank["dense_bytes"] == 0  # Horovod sends nothing with one rank
 
 
+def test_one_count_of_horovods_none_and_fp16_bytes():
+    """hvdspar.exchange.horovod_step_bytes agrees with what Horovod's own compressors hand the
+    allreduce, dtype by dtype (fp16 casts the floating tensors only)."""
+    import tensorflow as tf
+    from horovod.tensorflow.compression import Compression
+
+    from hvdspar.exchange import horovod_step_bytes
+
+    variables = [tf.Variable(tf.zeros([10, 3])), tf.Variable(tf.zeros([3], tf.float64)),
+                 tf.Variable(tf.zeros([4], tf.bfloat16)), tf.Variable(tf.zeros([5], tf.float16)),
+                 tf.Variable([1, 2], dtype=tf.int32)]
+    dense = sum(int(v.shape.num_elements()) * v.dtype.size for v in variables)
+    for compression, name in ((Compression.none, "none"), (Compression.fp16, "fp16"), (None, "none")):
+        wire = sum(int(v.shape.num_elements()) * (compression or Compression.none).compress(tf.identity(v))[0].dtype.size
+                   for v in variables)
+        assert horovod_step_bytes(variables, compression) == horovod_step_bytes(variables, name) == (wire, dense)
+    assert horovod_step_bytes(variables, Compression.fp16)[0] == 30 * 2 + 3 * 2 + 4 * 2 + 5 * 2 + 2 * 4
+
+
 def test_custom_loop_logs_to_the_local_default_store(local_env, monkeypatch):
     from hvdspar import link
     from hvdspar.tracking import make_tracker

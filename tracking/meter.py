@@ -21,17 +21,6 @@ FIELDS = (
 )
 
 
-def dense_step_bytes(variables, fp16=False):
-    """(bytes sent, dense bytes) of one allreduce of ``variables`` (fp16: floating tensors as float16)."""
-    sent = dense = 0
-    for v in variables:
-        n = int(v.shape.num_elements())
-        size = v.dtype.size
-        dense += n * size
-        sent += n * (2 if fp16 and v.dtype.is_floating and size > 2 else size)
-    return sent, dense
-
-
 class TrafficMeter:
     """This rank's counters and their sum over ranks, for any compressor."""
 
@@ -52,7 +41,9 @@ class TrafficMeter:
 
     def set_variables(self, variables):
         """The trainable variables whose gradients are exchanged (for none/fp16 accounting)."""
-        self._step_bytes = dense_step_bytes(list(variables), fp16=self.spec == "fp16")
+        from hvdspar.exchange import horovod_step_bytes
+
+        self._step_bytes = horovod_step_bytes(list(variables), self.spec)
 
     def local(self, steps):
         """This rank's vector (see FIELDS) after ``steps`` optimizer steps."""

@@ -27,24 +27,24 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from hvdspar.exchange import horovod_step_bytes
 from hvdspar.training import fstar as fstar_mod
 from hvdspar.training.models import CONVEX, linear_weights
 
 
-def traffic(compressor, steps, dense_bytes_per_step, size):
+def traffic(compressor, steps, step_bytes, size):
     """(bytes_sent, dense_bytes) of this rank so far.
 
-    hvdspar compressors count their own traffic; for Horovod's none/fp16 it is
-    steps x the dense gradient bytes (fp16: half). One rank sends nothing.
+    hvdspar compressors count their own traffic; for Horovod's none/fp16 it is steps x
+    ``step_bytes`` (``hvdspar.exchange.horovod_step_bytes``). One rank sends nothing.
     """
     if hasattr(compressor, "traffic"):
         t = compressor.traffic()
         return int(t["bytes_sent"]), int(t["dense_bytes"])
     if size <= 1:
         return 0, 0
-    dense = int(steps) * int(dense_bytes_per_step)
-    name = getattr(compressor, "__name__", type(compressor).__name__).lower()
-    return (dense // 2 if "fp16" in name else dense), dense
+    sent, dense = step_bytes
+    return int(steps) * sent, int(steps) * dense
 
 
 class Evaluator:
@@ -62,7 +62,7 @@ class Evaluator:
         self.samples_per_epoch = samples_per_epoch  # over all ranks
         self.extra = extra_passes_per_epoch
         self.eval_batch = eval_batch
-        self.dense_bytes_per_step = sum(int(np.prod(v.shape)) * v.dtype.size for v in model.trainable_variables)
+        self.step_bytes = horovod_step_bytes(model.trainable_variables, compressor)  # none/fp16
         self._logits = None
 
     def passes(self, epochs_done):
@@ -111,7 +111,7 @@ class Evaluator:
             out["test_loss"] = sums[2] / max(1, d.x_test.shape[0])
             out["test_accuracy"] = sums[3] / max(1, d.x_test.shape[0])
         out["data_passes"] = self.passes(epochs_done)
-        sent, dense = traffic(self.compressor, steps_done, self.dense_bytes_per_step, self.hvd.size())
+        sent, dense = traffic(self.compressor, steps_done, self.step_bytes, self.hvd.size())
         out["bytes_sent"], out["dense_bytes"] = float(sent), float(dense)
         return out
 

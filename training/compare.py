@@ -36,7 +36,7 @@ import tensorflow as tf
 
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from hvdspar import link
+from hvdspar import exchange, link
 from hvdspar.spec import to_spec
 from hvdspar.training import data as data_sets
 from hvdspar.training.train import add_fallback_argument, make_compressor
@@ -116,8 +116,7 @@ def train(spec, data, args):
         variance = t["variance_ratio"]
     else:
         variance = 1.0
-        dense = sum(int(np.prod(v.shape)) * v.dtype.size for v in model.trainable_variables)
-        per_step = dense / 2 if compression is hvd.Compression.fp16 else dense
+        per_step, dense = exchange.horovod_step_bytes(model.trainable_variables, compression)
     return {
         "name": spec,
         "spec": to_spec(compression) if hasattr(compression, "spec") else spec,

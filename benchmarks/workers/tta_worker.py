@@ -50,6 +50,7 @@ import tensorflow as tf
 
 import horovod.tensorflow as hvd
 import hvdspar
+from hvdspar.exchange import horovod_step_bytes
 from hvdspar.spec import to_spec
 
 TASKS = ("softmax", "logreg-synthetic", "logreg-a9a", "cnn-cifar10")
@@ -226,8 +227,7 @@ def run_one(spec, task, initial, args):
         bytes_per_step = t["bytes_sent"] / max(t["steps"], 1)
         dense_tensors = t["dense_tensors"]
     else:
-        item = 2 if spec == "fp16" else 4
-        bytes_per_step = sum(int(np.prod(v.shape)) for v in variables) * item
+        bytes_per_step, _ = horovod_step_bytes(variables, spec)
         dense_tensors = len(variables)
     tensors = len(variables)
     return {
