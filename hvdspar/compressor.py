@@ -288,10 +288,11 @@ class Compressor(_HorovodCompressor, tf.Module):
             checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], dtype)]))
         with tf.control_dependencies(checks):
             # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not finite.
+            # (one scalar, so the dense part is touched once: NaN x anything is NaN)
             factor = tf.cast(tf.reshape(reduced, [-1])[0], total.dtype)
-            poison = tf.where(finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
+            factor += tf.where(finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
             part = total if len(bucket.tensors) == 1 else bucket.member(j, total)
-            return tf.reshape(tf.cast(part * factor + poison, dtype), bucket.shapes[j])
+            return tf.reshape(tf.cast(part * factor, dtype), bucket.shapes[j])
 
     def _receive_dense(self, bucket, j, reduced):
         """A bucket sent dense: Horovod's results as they are; the memory keeps the cast's residual

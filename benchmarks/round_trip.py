@@ -1,0 +1,117 @@
+"""GSpar's round trip, piece by piece, and the seconds it costs to build its graph.
+
+    python -m benchmarks.round_trip [--sizes 1e6 1e7 1e8] [--rho 0.01] [--tensors 32]
+
+In one process (Horovod initialised with one rank, so the collectives are local copies), on a
+float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of tf.functions:
+
+  compress    g -> its coded message (``gspar_message`` + ``coding.encode``)
+  exchange    ``hvd.allgather`` of the message (M = 1 here: the copy it costs)
+  decode      the gathered messages -> the dense sum (``coding.sum_messages``)
+  average     the sum x Horovod's factor (what ``decompress`` returns)
+  round trip  ``hvd.allreduce(g, compression=GSpar(rho))``: the whole trip as a user runs it,
+              placeholder allreduce, state and counters included
+
+each also as "passes": its time over one ``tf.reduce_sum(tf.abs(g))`` pass measured beside it
+(the memory bound of a round trip is about 3 passes: read g, write the message, write the
+result). Then the graph building: the seconds of the first call of a step that allreduces
+--tensors gradients of 16384 elements (tracing and the plan), less a later call's, per
+compressed tensor (Horovod's per-tensor allreduce) and for one bucket (``hvd.grouped_allreduce``,
+which is what ``groups=`` does). Prints markdown, writes out/round_trip.json, logs to MLflow.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.common import best_time, log_to_mlflow, markdown, stamp
+from hvdspar import coding
+from hvdspar.sparsify import gspar_message
+
+
+def pieces(d, rho, repeat, hvd, hvdspar):
+    g = tf.constant(np.random.default_rng(0).standard_t(2, size=d).astype(np.float32))
+    seed = tf.constant([1, 2], tf.int64)
+    one_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
+    compress = tf.function(lambda: coding.encode(gspar_message(g, seed, rho=rho)[0], d, tf.float32))
+    message = compress()
+    exchange = tf.function(lambda: hvd.allgather(message, name=f"rt_gather_{d}"))
+    gathered = exchange()
+    decode = tf.function(lambda: coding.sum_messages(gathered, 1, d, tf.float32, tf.float32)[0])
+    total = decode()
+    average = tf.function(lambda: total * tf.constant(1.0, tf.float32))
+    compressor = hvdspar.GSpar(rho=rho, seed=0)
+    trip = tf.function(lambda: hvd.allreduce(g, compression=compressor, name=f"rt_trip_{d}"))
+    t = {"pass": best_time(lambda: one_pass().numpy(), repeat)}
+    for name, fn in (("compress", compress), ("exchange", exchange), ("decode", decode), ("average", average),
+                     ("round_trip", trip)):
+        t[name] = best_time(lambda fn=fn: fn().numpy(), repeat)
+    row = {"elements": d, "message_bytes": int(message.shape[0]), "reduce_abs_ms": 1e3 * t["pass"]}
+    for name in ("compress", "exchange", "decode", "average", "round_trip"):
+        row[f"{name}_ms"] = 1e3 * t[name]
+        row[f"{name}_passes"] = t[name] / t["pass"]
+    row["pieces_passes"] = sum(row[f"{n}_passes"] for n in ("compress", "exchange", "decode", "average"))
+    return row
+
+
+def graph_building(tensors, rho, hvd, hvdspar):
+    """Seconds of graph building per compressed tensor (per-tensor) and per bucket (grouped)."""
+    grads = [tf.constant(np.random.default_rng(i).standard_normal(16384).astype(np.float32)) for i in range(tensors)]
+    out = {}
+    for mode in ("per_tensor", "bucket"):
+        compressor = hvdspar.GSpar(rho=rho, seed=0)
+        if mode == "per_tensor":
+            step = tf.function(lambda: [hvd.allreduce(g, compression=compressor, name=f"gb_{i}") for i, g in enumerate(grads)])
+        else:
+            step = tf.function(lambda: hvd.grouped_allreduce(grads, compression=compressor, name="gb_group"))
+        start = time.perf_counter()
+        [x.numpy() for x in step()]
+        first = time.perf_counter() - start
+        later = best_time(lambda: [x.numpy() for x in step()], 3)
+        out[mode] = first - later
+    return {"tensors": tensors, "per_tensor_s": out["per_tensor"], "per_compressed_tensor_s": out["per_tensor"] / tensors,
+            "bucket_s": out["bucket"], "bucket_per_tensor_s": out["bucket"] / tensors}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
+    p.add_argument("--rho", type=float, default=0.01)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--tensors", type=int, default=32, help="gradients in the graph-building measurement")
+    p.add_argument("--out", default="out")
+    args = p.parse_args(argv)
+    import horovod.tensorflow as hvd
+
+    import hvdspar
+
+    hvd.init()
+    if hvd.size() != 1:
+        raise SystemExit("round_trip: run it as one process (python -m benchmarks.round_trip), not under horovodrun")
+    rows = [pieces(int(d), args.rho, args.repeat, hvd, hvdspar) for d in args.sizes]
+    cols = [("elements", "{:,}"), ("reduce_abs_ms", "{:.2f}")]
+    for name in ("compress", "exchange", "decode", "average", "round_trip"):
+        cols += [(f"{name}_ms", "{:.2f}"), (f"{name}_passes", "{:.2f}")]
+    cols.append(("pieces_passes", "{:.2f}"))
+    table = markdown(rows, cols)
+    build = graph_building(args.tensors, args.rho, hvd, hvdspar)
+    build_table = markdown([build], [("tensors", "{}"), ("per_tensor_s", "{:.2f}"), ("per_compressed_tensor_s", "{:.3f}"),
+                                     ("bucket_s", "{:.2f}"), ("bucket_per_tensor_s", "{:.3f}")])
+    head = f"GSpar(rho={args.rho}) round trip, float32, one process, medians of {args.repeat} calls ({stamp()})"
+    print(head + "\n\n" + table + "\n\n(passes: time / one reduce_sum(abs) pass of the same g; pieces = compress + "
+          "exchange + decode + average)\n\ngraph building: seconds of the first step over a later one, "
+          f"{args.tensors} gradients of 16384 elements\n\n" + build_table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "round_trip.json").write_text(json.dumps({"stamp": stamp(), "rows": rows, "graph_building": build}, indent=1))
+    log_to_mlflow("round_trip", {"rho": args.rho, "repeat": args.repeat, "tensors": args.tensors}, rows, ["elements"],
+                  [c for c, _ in cols[1:]], table)
+    return rows, build
+
+
+if __name__ == "__main__":
+    main()
