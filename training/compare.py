@@ -117,6 +117,8 @@ def train(spec, data, args):
     else:
         variance = 1.0
         per_step, dense = exchange.horovod_step_bytes(model.trainable_variables, compression)
+        if hvd.size() == 1:  # Horovod skips the collective with one rank, as hvdspar's counters show
+            per_step = dense = 0
     return {
         "name": spec,
         "spec": to_spec(compression) if hasattr(compression, "spec") else spec,
@@ -163,7 +165,8 @@ def report(runs, args, local):
         to_target[r["name"]] = [epoch * steps * t if epoch else None for t in per_step]
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
         cells = [f"{r['loss']:.4f}", acc, f"epoch {epoch}" if epoch else "not reached", f"{r['bytes_per_step']:.0f}",
-                 f"{r['bytes_per_step'] / r['dense_per_step']:.4f}", f"{r['variance_ratio']:.1f}"]
+                 f"{r['bytes_per_step'] / r['dense_per_step']:.4f}" if r["dense_per_step"] else "-",
+                 f"{r['variance_ratio']:.1f}"]
         cells += [f"{t:.4f}" for t in per_step]
         print(f"{r['name']:<{width}} " + " ".join(f"{c:>14}" for c in cells))
     base = to_target[runs[0]["name"]]
@@ -215,6 +218,9 @@ def main(argv=None):
     local = link.network()  # collective: every rank measures, rank 0's figures are used
     if hvd.rank() == 0:
         report(runs, args, local)
+        if hvd.size() == 1:
+            print("(one rank: Horovod sends nothing and nothing is compressed; run it under horovodrun -np 2, "
+                  "as scripts/main.sh does)")
 
 
 if __name__ == "__main__":
