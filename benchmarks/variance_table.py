@@ -132,7 +132,7 @@ def measure(make, grads, draws, seed=0):
             kwargs = {"shape": g.shape} if isinstance(comp, hvdspar.Atomo) else {}
             for r in range(draws):
                 enc = comp.encode(x, tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64), tf.float32, **kwargs)
-                q, _ = comp.decode_sum(enc.message, 1, g.size, tf.float32)  # what a receiver gets
+                q, _ = comp.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
                 sq_q[r] += float(enc.q_sq_norm)
                 sq_err[r] += float(np.sum((q.numpy().astype(np.float64) - flat) ** 2))
                 nbytes[r] += int(enc.message.shape[0])

@@ -21,15 +21,15 @@ Atoms used here:
   filling is GSpar's exact sparsity-budget solution with rho = budget / d; the
   message is GSpar's hybrid message (``hvdspar.coding``).
 
-Wire format of a spectral message (integers little-endian)::
+Wire format of a spectral message: hvdspar's one header (``hvdspar.wire``:
+scheme 16 | n_a = n atoms | n_b = 0 | scale unused), then::
 
-    scheme 16 (1 byte) | n (4 bytes) | rows (4 bytes) | cols (4 bytes)
     n scales sigma_i / p_i (float32; float64 for float64 gradients)
     n x rows values of u_i, then n x cols values of v_i (the gradient's dtype)
 
-Entry-wise messages are ``hvdspar.coding`` messages (their scheme byte is 0, 1
-or 255), so one decoder reads both kinds; a non-finite gradient always sends
-coding's scheme-255 header.
+rows and cols come from the tensor's shape, which both sides know. Entry-wise
+messages are ``hvdspar.coding`` messages (schemes 0 and 1); a non-finite
+gradient sends the header-only scheme 255, as every method does.
 """
 
 import collections
@@ -37,7 +37,7 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import bits, coding
+from hvdspar import bits, coding, wire
 from hvdspar.compressor import Compressor, Encoded
 from hvdspar.compressors import encode_sparse, scaled
 from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
@@ -48,7 +48,6 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 
 SCHEME_SPECTRAL = 16
 ATOMS = ("svd", "entry")
-_HEADER_NBYTES = 1 + 4 + 4 + 4
 
 SpectralMessage = collections.namedtuple("SpectralMessage", ["scale", "u", "v"])
 SpectralMessage.__doc__ = """Kept spectral atoms: scale [n] (sigma_i / p_i), u [n, rows], v [n, cols].
@@ -85,7 +84,7 @@ def spectral_message(x, rows, cols, budget, seed, dtype=None):
     idx = tf.where(bernoulli(p, seed))[:, 0]
     scale = tf.gather(sigma, idx) / tf.gather(p, idx)
     msg = SpectralMessage(
-        scale=tf.cast(scale, coding.scale_dtype(dtype)),
+        scale=tf.cast(scale, wire.scale_dtype(dtype)),
         u=tf.cast(tf.gather(tf.transpose(u), idx), dtype),
         v=tf.cast(tf.gather(tf.transpose(v), idx), dtype),
     )
@@ -140,7 +139,12 @@ def spectral_sq_norm(msg):
 def spectral_nbytes(n, rows, cols, value_dtype):
     """Bytes of a spectral message with n atoms (Python or int64 tensor n)."""
     value_dtype = tf.as_dtype(value_dtype)
-    return _HEADER_NBYTES + n * (coding.scale_dtype(value_dtype).size + (rows + cols) * value_dtype.size)
+    return wire.header_nbytes(rows * cols, value_dtype) + n * spectral_atom_nbytes(rows, cols, value_dtype)
+
+
+def spectral_atom_nbytes(rows, cols, value_dtype):
+    value_dtype = tf.as_dtype(value_dtype)
+    return wire.scale_dtype(value_dtype).size + (rows + cols) * value_dtype.size
 
 
 @_no_autograph
@@ -148,11 +152,8 @@ def encode_spectral(msg, rows, cols, value_dtype):
     n = tf.shape(msg.scale, out_type=tf.int64)[0]
     return tf.concat(
         [
-            tf.constant([SCHEME_SPECTRAL], tf.uint8),
-            bits.uint_to_bytes(n, 4),
-            bits.uint_to_bytes(tf.constant(rows, tf.int64), 4),
-            bits.uint_to_bytes(tf.constant(cols, tf.int64), 4),
-            bits.to_bytes(tf.cast(msg.scale, coding.scale_dtype(value_dtype))),
+            wire.header(SCHEME_SPECTRAL, n, 0, 0.0, rows * cols, value_dtype),
+            bits.to_bytes(tf.cast(msg.scale, wire.scale_dtype(value_dtype))),
             bits.to_bytes(tf.cast(msg.u, value_dtype)),
             bits.to_bytes(tf.cast(msg.v, value_dtype)),
         ],
@@ -161,51 +162,41 @@ def encode_spectral(msg, rows, cols, value_dtype):
 
 
 @_no_autograph
-def decode_spectral_at(data, offset, value_dtype):
-    """(SpectralMessage, total bytes) of the spectral message at ``offset``."""
+def decode_spectral_body(head, body, rows, cols, value_dtype):
+    """The SpectralMessage of a spectral message's header and body."""
     value_dtype = tf.as_dtype(value_dtype)
-    sdt = coding.scale_dtype(value_dtype)
-    offset = tf.cast(offset, tf.int64)
-    head = tf.slice(data, tf.reshape(offset, [1]), [_HEADER_NBYTES])
-    n = bits.bytes_to_uint(head[1:5])
-    rows = bits.bytes_to_uint(head[5:9])
-    cols = bits.bytes_to_uint(head[9:13])
-    total = spectral_nbytes(n, rows, cols, value_dtype)
-    body = tf.slice(data, tf.reshape(offset + _HEADER_NBYTES, [1]), tf.reshape(total - _HEADER_NBYTES, [1]))
+    sdt = wire.scale_dtype(value_dtype)
+    n = head.n_a
     scale_end = n * sdt.size
     u_end = scale_end + n * rows * value_dtype.size
     scale = bits.from_bytes(body[:scale_end], sdt, n)
     u = tf.reshape(bits.from_bytes(body[scale_end:u_end], value_dtype, n * rows), tf.stack([n, rows]))
     v = tf.reshape(bits.from_bytes(body[u_end:], value_dtype, n * cols), tf.stack([n, cols]))
-    return SpectralMessage(scale, u, v), total
+    return SpectralMessage(scale, u, v)
+
+
+def body_size(d, value_dtype, layout):
+    """Body bytes (header -> int64) of ATOMO's messages for a tensor of d elements and ``layout``
+    ((rows, cols) for spectral atoms, None for entry-wise)."""
+    if layout is None:
+        return coding.body_size(d, value_dtype)
+    rows, cols = layout
+    return lambda head: head.n_a * spectral_atom_nbytes(rows, cols, value_dtype)
 
 
 @_no_autograph
-def decode_dense_at(data, offset, d, value_dtype, accumulate_dtype):
-    """The message at ``offset`` of either kind -> (Q [d] in accumulate_dtype, total bytes, finite flag)."""
-    first = tf.cast(tf.gather(data, tf.cast(offset, tf.int64)), tf.int64)
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=None):
+    """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite).
 
-    def spectral():
-        msg, total = decode_spectral_at(data, offset, value_dtype)
-        return spectral_dense(msg, d, accumulate_dtype), total, tf.constant(True)
+    ``layout``: (rows, cols) when the tensor gets spectral atoms, None when entry-wise."""
+    value_dtype = tf.as_dtype(value_dtype)
 
-    def entry():
-        msg, scheme, total = coding.decode_at(data, offset, d, value_dtype)
-        msg = msg._replace(scale=tf.cast(msg.scale, value_dtype))
-        return coding.to_dense(msg, d, accumulate_dtype), total, tf.not_equal(scheme, coding.SCHEME_NONFINITE)
+    def add(acc, head, body):
+        if layout is None:
+            return coding.add_to(acc, coding.decode_body(head, body, d, value_dtype), value_dtype)
+        return acc + spectral_dense(decode_spectral_body(head, body, *layout, value_dtype), d, accumulate_dtype)
 
-    return tf.cond(tf.equal(first, SCHEME_SPECTRAL), spectral, entry)
-
-
-@_no_autograph
-def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
-    """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite)."""
-
-    def add_message(acc, offset):
-        q, total, finite = decode_dense_at(data, offset, d, value_dtype, accumulate_dtype)
-        return acc + q, total, finite
-
-    return coding.fold_messages(data, num_messages, d, accumulate_dtype, add_message)
+    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add)
 
 
 @_no_autograph
@@ -292,10 +283,10 @@ class Atomo(Compressor):
 
         def nonfinite():
             zero = tf.constant(0, tf.int64)
-            return Encoded(coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
+            return Encoded(wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), spectral if layout else entry, nonfinite)
 
     @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype):
-        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), self._layout(d, shape))

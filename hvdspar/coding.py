@@ -9,20 +9,18 @@ A sparsified vector Q(g) of length d is the hybrid message
 Equivalently a symbol vector q in {0, +1, -1, 2}^d plus the values of S_k and
 the scale; its entropy bound is sum_l d_l log2(d / d_l) bits (``entropy_bits``).
 
-Byte layout of one message (all integers little-endian)::
+Byte layout of one message: hvdspar's one header (``hvdspar.wire``:
+scheme | n_A | n_B | scale = 1/lambda), then the body::
 
-    header   scheme (1 byte) | n_A (w bytes) | n_B (w bytes) | scale (s bytes)
-    body     scheme 0 (sparse): EF(idx_A) | EF(idx_B) | sign bits of B | values of A
-             scheme 1 (dense) : 2-bit symbols q, 4 per byte   | values of A
-             scheme 255       : no body; the sender's gradient was not finite
+    scheme 0 (sparse): EF(idx_A) | EF(idx_B) | sign bits of B | values of A
+    scheme 1 (dense) : 2-bit symbols q, 4 per byte   | values of A
 
-w = 4 bytes when d < 2^32 (else 8); s = 4 (float32 scale), or 8 for float64
-gradients; values of A travel in the gradient's own dtype. EF is the
+Values of A travel in the gradient's own dtype. EF is the
 Elias-Fano code of a sorted index set: n indices out of d cost
 n * floor(log2(d/n)) low bits plus at most 3n high bits (unary gaps), within
 about two bits per index of log2(binomial(d, n)). The encoder picks, per
 message, whichever scheme is smaller; both sides compute every section size
-from the header, so messages of several ranks can simply be concatenated.
+from the header (``body_nbytes``), so messages of several ranks can simply be concatenated.
 """
 
 import collections
@@ -31,7 +29,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from hvdspar import bits
+from hvdspar import bits, wire
+from hvdspar.wire import count_width, header_nbytes, scale_dtype  # noqa: F401 (this format's header)
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -39,7 +38,7 @@ _no_autograph = tf.autograph.experimental.do_not_convert
 
 SCHEME_SPARSE = 0
 SCHEME_DENSE = 1
-SCHEME_NONFINITE = 255
+SCHEME_NONFINITE = wire.SCHEME_NONFINITE
 
 SparseMessage = collections.namedtuple("SparseMessage", ["idx_a", "val_a", "idx_b", "neg_b", "scale"])
 SparseMessage.__doc__ = """A hybrid sparse message before byte coding.
@@ -47,19 +46,6 @@ SparseMessage.__doc__ = """A hybrid sparse message before byte coding.
 idx_a: int64 [n_A], sorted; val_a: [n_A] values (exact Q(g)_i, the gradient's dtype);
 idx_b: int64 [n_B], sorted; neg_b: bool [n_B] (True where g_i < 0);
 scale: scalar 1/lambda, magnitude of every B entry (float32, or float64)."""
-
-
-def count_width(d):
-    """Bytes used for a count n <= d in the header."""
-    return 4 if d < 2**32 else 8
-
-
-def scale_dtype(value_dtype):
-    return tf.float64 if tf.as_dtype(value_dtype) == tf.float64 else tf.float32
-
-
-def header_nbytes(d, value_dtype):
-    return 1 + 2 * count_width(d) + scale_dtype(value_dtype).size
 
 
 # --- Elias-Fano code of a sorted index set --------------------------------------------------
@@ -192,19 +178,6 @@ def entropy_bits(n_a, n_plus, n_minus, d, value_bits=32):
 # --- Encode / decode ------------------------------------------------------------------------
 
 
-def _header(scheme, n_a, n_b, scale, d, value_dtype):
-    w = count_width(d)
-    return tf.concat(
-        [
-            tf.reshape(tf.cast(scheme, tf.uint8), [1]),
-            bits.uint_to_bytes(n_a, w),
-            bits.uint_to_bytes(n_b, w),
-            bits.to_bytes(tf.cast(scale, scale_dtype(value_dtype))),
-        ],
-        axis=0,
-    )
-
-
 @_no_autograph
 def encode(msg, d, value_dtype):
     """SparseMessage -> uint8 bytes, choosing the smaller of the sparse and dense schemes."""
@@ -226,44 +199,22 @@ def encode(msg, d, value_dtype):
 
     body = tf.cond(use_sparse, sparse_body, dense_body)
     scheme = tf.where(use_sparse, SCHEME_SPARSE, SCHEME_DENSE)
-    return tf.concat([_header(scheme, n_a, n_b, msg.scale, d, value_dtype), body], axis=0)
+    return tf.concat([wire.header(scheme, n_a, n_b, msg.scale, d, value_dtype), body], axis=0)
+
+
+def body_size(d, value_dtype):
+    """``body_nbytes`` of this format as ``wire.read_at`` / ``wire.fold`` take it (header -> bytes)."""
+    return lambda head: body_nbytes(head.scheme, head.n_a, head.n_b, d, value_dtype)
 
 
 @_no_autograph
-def encode_nonfinite(d, value_dtype):
-    """The header-only message a rank sends when its gradient holds NaN or Inf."""
-    zero = tf.constant(0, tf.int64)
-    return _header(SCHEME_NONFINITE, zero, zero, 0.0, d, value_dtype)
-
-
-def read_header(data, offset, d, value_dtype):
-    """(scheme, n_a, n_b, scale, total message bytes) of the message at ``offset``."""
-    w = count_width(d)
-    sdt = scale_dtype(value_dtype)
-    offset = tf.cast(offset, tf.int64)
-    head = tf.slice(data, tf.reshape(offset, [1]), [header_nbytes(d, value_dtype)])
-    scheme = tf.cast(head[0], tf.int64)
-    n_a = bits.bytes_to_uint(head[1 : 1 + w])
-    n_b = bits.bytes_to_uint(head[1 + w : 1 + 2 * w])
-    scale = tf.reshape(tf.bitcast(tf.reshape(head[1 + 2 * w :], [1, sdt.size]), sdt), [])
-    total = header_nbytes(d, value_dtype) + body_nbytes(scheme, n_a, n_b, d, value_dtype)
-    return scheme, n_a, n_b, scale, total
-
-
-@_no_autograph
-def decode_at(data, offset, d, value_dtype):
-    """Decode the message starting at ``offset`` of ``data``.
-
-    Returns (SparseMessage, scheme, total bytes); a non-finite message decodes
-    as empty, and the caller checks ``scheme``.
-    """
+def decode_body(head, body, d, value_dtype):
+    """A message's ``wire.Header`` and body -> SparseMessage (scale in the header's dtype)."""
     value_dtype = tf.as_dtype(value_dtype)
-    scheme, n_a, n_b, scale, total = read_header(data, offset, d, value_dtype)
-    start = tf.cast(offset, tf.int64) + header_nbytes(d, value_dtype)
-    body = tf.slice(data, tf.reshape(start, [1]), tf.reshape(total - header_nbytes(d, value_dtype), [1]))
+    n_a, n_b = head.n_a, head.n_b
     itemsize = value_dtype.size
 
-    def sparse():  # also a non-finite message: its counts are 0, its body empty
+    def sparse():
         ef_a = ef_nbytes(n_a, d)
         ef_b = ef_nbytes(n_b, d)
         idx_a = ef_decode(body[:ef_a], n_a, d)
@@ -277,9 +228,20 @@ def decode_at(data, offset, d, value_dtype):
         idx_a, idx_b, neg_b = symbols_decode(body[:start_values], d)
         return idx_a, idx_b, neg_b, body[start_values : start_values + n_a * itemsize]
 
-    idx_a, idx_b, neg_b, value_bytes = tf.cond(tf.equal(scheme, SCHEME_DENSE), dense, sparse)
+    idx_a, idx_b, neg_b, value_bytes = tf.cond(tf.equal(head.scheme, SCHEME_DENSE), dense, sparse)
     val_a = bits.from_bytes(value_bytes, value_dtype, tf.size(idx_a))
-    return SparseMessage(idx_a, val_a, idx_b, neg_b, scale), scheme, total
+    return SparseMessage(idx_a, val_a, idx_b, neg_b, head.scale)
+
+
+@_no_autograph
+def decode_at(data, offset, d, value_dtype):
+    """Decode the message starting at ``offset`` of ``data``.
+
+    Returns (SparseMessage, scheme, total bytes); a non-finite message decodes
+    as empty, and the caller checks ``scheme``.
+    """
+    head, body, total = wire.read_at(data, offset, d, value_dtype, body_size(d, value_dtype))
+    return decode_body(head, body, d, value_dtype), head.scheme, total
 
 
 @_no_autograph
@@ -309,45 +271,17 @@ def sq_norm(msg, dtype):
     return tf.reduce_sum(tf.square(values)) + n_b * tf.square(scale)
 
 
-@_no_autograph
-def fold_messages(data, num_messages, d, accumulate_dtype, add_message):
-    """Fold the ``num_messages`` messages concatenated in ``data`` into a [d] sum.
-
-    ``add_message(acc, offset) -> (acc, total bytes, finite)`` adds the message
-    at ``offset``. Messages are added in rank order, so every rank computes
-    bit-identical sums. The loop is a tf.while_loop: the graph is built once,
-    whatever the number of ranks. Every message format (this module's,
-    ``quantize``'s, ``atomo``'s) aggregates through here.
-    Returns (sum [d], all_finite): False if any sender flagged a non-finite gradient.
-    """
-
-    def body(i, offset, acc, all_finite):
-        acc, total, finite = add_message(acc, offset)
-        return i + 1, offset + total, acc, tf.logical_and(all_finite, finite)
-
-    _, _, acc, all_finite = tf.while_loop(
-        lambda i, *_: i < num_messages,
-        body,
-        (tf.constant(0), tf.constant(0, tf.int64), tf.zeros([d], accumulate_dtype), tf.constant(True)),
-        parallel_iterations=1,
-    )
-    return acc, all_finite
+def add_to(acc, msg, value_dtype):
+    """acc + Q of one message: one scatter per part (indices are unique within a message)."""
+    acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, acc.dtype))
+    scale = tf.cast(tf.cast(msg.scale, value_dtype), acc.dtype)
+    return tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
 
 
 @_no_autograph
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
-    """Sum of the dense vectors of ``num_messages`` hybrid messages concatenated in ``data``.
-
-    One scatter per message (indices are unique within a message). Returns
-    (sum [d], all_finite), see ``fold_messages``.
-    """
+    """Sum of the dense vectors of ``num_messages`` hybrid messages concatenated in ``data``,
+    and whether all senders were finite (``wire.fold``)."""
     value_dtype = tf.as_dtype(value_dtype)
-
-    def add_message(acc, offset):
-        msg, scheme, total = decode_at(data, offset, d, value_dtype)
-        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, accumulate_dtype))
-        scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
-        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
-        return acc, total, tf.not_equal(scheme, SCHEME_NONFINITE)
-
-    return fold_messages(data, num_messages, d, accumulate_dtype, add_message)
+    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype),
+                     lambda acc, head, body: add_to(acc, decode_body(head, body, d, value_dtype), value_dtype))

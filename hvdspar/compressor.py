@@ -192,8 +192,9 @@ class Compressor(_HorovodCompressor, tf.Module):
         """
         raise NotImplementedError
 
-    def decode_sum(self, data, num_ranks, d, dtype):
-        """The sum of ``num_ranks`` (an int32 tensor) concatenated messages, and whether all were finite."""
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+        """The sum of ``num_ranks`` (an int32 tensor) concatenated messages of d elements (a tensor of
+        ``shape``, or a bucket: [d]), and whether all were finite (``hvdspar.wire.fold``)."""
         raise NotImplementedError
 
     def expected_nbytes(self, d, dtype, shape=None):
@@ -233,10 +234,11 @@ class Compressor(_HorovodCompressor, tf.Module):
         return self._traced(("encode", dtype.name, tuple(shape.as_list())),
                             lambda x, seed: self.encode(x, seed, dtype, shape))
 
-    def _decoder(self, d, dtype):
-        """``decode_sum`` for d elements of one dtype, traced once (see ``_encoder``)."""
-        return self._traced(("decode", dtype.name, int(d)),
-                            lambda data, num_ranks: self.decode_sum(data, num_ranks, d, dtype))
+    def _decoder(self, dtype, shape):
+        """``decode_sum`` for one dtype and shape, traced once (see ``_encoder``)."""
+        d = shape.num_elements()
+        return self._traced(("decode", dtype.name, tuple(shape.as_list())),
+                            lambda data, num_ranks: self.decode_sum(data, num_ranks, d, dtype, shape))
 
     def _traced(self, key, fn):
         cache = self.__dict__.setdefault("_traced_fns", {})  # plain dict: tf.Module would track it
@@ -247,7 +249,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     def _send(self, bucket):
         """x = g + m; plan; then dense (hand x to Horovod) or compressed (encode, allgather, placeholders)."""
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
-        shape = bucket.shapes[0] if len(bucket.shapes) == 1 else tf.TensorShape([d])
+        shape = bucket.shape = bucket.shapes[0] if len(bucket.shapes) == 1 else tf.TensorShape([d])
         num_ranks, rank = exchange.world(site.process_set)
         dense, reason = self._plan(slot, d, dtype, shape, num_ranks, len(bucket.tensors))
         self._log_plan_at_first_step(slot, bucket.position, rank)
@@ -289,7 +291,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if bucket.total is None:  # the bucket's first decompress: decode once, then the state
             if bucket.kind == "sparse":
                 size = exchange.size_op(bucket.site.process_set)
-                bucket.total, bucket.finite = self._decoder(bucket.d, dtype)(bucket.gathered, size)
+                bucket.total, bucket.finite = self._decoder(dtype, bucket.shape)(bucket.gathered, size)
                 used = bucket.finite
                 norms = _norms(bucket.x, bucket.enc)
                 new_memory = (lambda: bucket.x - bucket.enc.q) if self.memory else None
@@ -360,7 +362,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         def sparse_branch():
             enc = self._encoder(dtype, shape)(x, seed)
             gathered = exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
-            total, finite = self._decoder(d, dtype)(gathered, num_ranks)
+            total, finite = self._decoder(dtype, shape)(gathered, num_ranks)
             nbytes = _message_nbytes(enc, n, dtype)
             norms = _norms(x, enc)
             new_memory = x - tf.cast(enc.q, x.dtype) if self.memory else zero

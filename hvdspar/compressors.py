@@ -6,7 +6,7 @@
 
 import tensorflow as tf
 
-from hvdspar import coding
+from hvdspar import coding, wire
 from hvdspar.compressor import Compressor, Encoded
 from hvdspar.probabilities import check_budget, compute_dtype, default_method
 from hvdspar.sparsify import gspar_message, uniform_message
@@ -73,11 +73,11 @@ class SparseCompressor(Compressor):
 
         def nonfinite():
             zero = tf.constant(0, tf.int64)
-            return Encoded(coding.encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
+            return Encoded(wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
 
-    def decode_sum(self, data, num_ranks, d, dtype):
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
         return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))
 
 

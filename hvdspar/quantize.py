@@ -8,16 +8,14 @@ l_i in {0, ..., s} drawn so that E[Q(x)] = x:
 - TernGrad: s = 1, scale = max_i |x_i|, l_i ~ Bernoulli(|x_i| / scale).
   (TernGrad's optional gradient clipping and shared scalers are not applied.)
 
-Wire format (``QuantMessage`` -> bytes, integers little-endian)::
+Wire format (``QuantMessage`` -> bytes): hvdspar's one header (``hvdspar.wire``:
+scheme | n_a = number of non-zero levels | n_b = 0 | scale), then the body::
 
-    header  scheme (1 byte) | n = number of non-zero levels (w bytes) | scale (s bytes)
-    body    scheme 0 (sparse): EF(indices of l_i > 0) | n sign bits | n values l_i - 1, ceil(log2 s) bits each
-            scheme 1 (dense) : d sign bits | d levels l_i, ceil(log2(s + 1)) bits each
-            scheme 255       : no body; the sender's gradient was not finite
+    scheme 2 (sparse): EF(indices of l_i > 0) | n sign bits | n values l_i - 1, ceil(log2 s) bits each
+    scheme 3 (dense) : d sign bits | d levels l_i, ceil(log2(s + 1)) bits each
 
-w and s as in ``hvdspar.coding`` (4 bytes each for float32 gradients and
-d < 2^32). The encoder picks the smaller scheme per message, so TernGrad never
-costs more than 2 bits per element (+ 9 header bytes) and QSGD with few levels
+The encoder picks the smaller scheme per message, so TernGrad never
+costs more than 2 bits per element (+ 13 header bytes) and QSGD with few levels
 -- whose levels are mostly 0 -- gets an Elias-Fano coded sparse message, in
 the spirit of QSGD's Elias coding of the non-zero positions.
 """
@@ -27,16 +25,16 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import bits, coding
+from hvdspar import bits, coding, wire
 from hvdspar.compressor import Compressor, Encoded
 from hvdspar.probabilities import compute_dtype
 
 # Plain TF ops with explicit tf.cond/tf.case: nothing for AutoGraph to convert (and traces get faster).
 _no_autograph = tf.autograph.experimental.do_not_convert
 
-SCHEME_SPARSE = 0
-SCHEME_DENSE = 1
-SCHEME_NONFINITE = 255
+SCHEME_SPARSE = 2
+SCHEME_DENSE = 3
+SCHEME_NONFINITE = wire.SCHEME_NONFINITE
 
 QuantMessage = collections.namedtuple("QuantMessage", ["level", "neg", "scale"])
 QuantMessage.__doc__ = """A quantised vector before byte coding.
@@ -56,8 +54,7 @@ def nonzero_width(levels):
     return int(levels - 1).bit_length()
 
 
-def header_nbytes(d, value_dtype):
-    return 1 + coding.count_width(d) + coding.scale_dtype(value_dtype).size
+header_nbytes = wire.header_nbytes
 
 
 def body_nbytes(scheme, n, d, levels):
@@ -147,17 +144,6 @@ def contracted(msg, x, levels):
     return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
 
 
-def _header(scheme, n, scale, d, value_dtype):
-    return tf.concat(
-        [
-            tf.reshape(tf.cast(scheme, tf.uint8), [1]),
-            bits.uint_to_bytes(n, coding.count_width(d)),
-            bits.to_bytes(tf.cast(scale, coding.scale_dtype(value_dtype))),
-        ],
-        axis=0,
-    )
-
-
 @_no_autograph
 def encode(msg, d, levels, value_dtype):
     """QuantMessage -> uint8 bytes, the smaller of the sparse and dense schemes."""
@@ -182,27 +168,18 @@ def encode(msg, d, levels, value_dtype):
 
     body = tf.cond(use_sparse, sparse_body, dense_body)
     scheme = tf.where(use_sparse, SCHEME_SPARSE, SCHEME_DENSE)
-    return tf.concat([_header(scheme, n, msg.scale, d, value_dtype), body], axis=0)
+    return tf.concat([wire.header(scheme, n, 0, msg.scale, d, value_dtype), body], axis=0)
+
+
+def body_size(d, levels):
+    """This format's body size as ``wire.read_at`` / ``wire.fold`` take it (header -> bytes)."""
+    return lambda head: body_nbytes(head.scheme, head.n_a, d, levels)
 
 
 @_no_autograph
-def encode_nonfinite(d, value_dtype):
-    return _header(SCHEME_NONFINITE, tf.constant(0, tf.int64), 0.0, d, value_dtype)
-
-
-@_no_autograph
-def decode_at(data, offset, d, levels, value_dtype):
-    """The message at ``offset``: ((idx, level, neg) of its non-zero levels, scale), scheme, total bytes."""
-    w = coding.count_width(d)
-    sdt = coding.scale_dtype(value_dtype)
-    hdr = header_nbytes(d, value_dtype)
-    offset = tf.cast(offset, tf.int64)
-    head = tf.slice(data, tf.reshape(offset, [1]), [hdr])
-    scheme = tf.cast(head[0], tf.int64)
-    n = bits.bytes_to_uint(head[1 : 1 + w])
-    scale = tf.reshape(tf.bitcast(tf.reshape(head[1 + w :], [1, sdt.size]), sdt), [])
-    size = body_nbytes(scheme, n, d, levels)
-    body = tf.slice(data, tf.reshape(offset + hdr, [1]), tf.reshape(size, [1]))
+def decode_body(head, body, d, levels):
+    """(idx, level, neg) of the non-zero levels of a message's body."""
+    n = head.n_a
 
     def sparse():
         ef = coding.ef_nbytes(n, d)
@@ -222,10 +199,17 @@ def decode_at(data, offset, d, levels, value_dtype):
         z = tf.zeros([0], tf.int64)
         return z, z, tf.zeros([0], tf.bool)
 
-    idx, level, neg = tf.case(
-        [(tf.equal(scheme, SCHEME_SPARSE), sparse), (tf.equal(scheme, SCHEME_DENSE), dense)], default=empty
+    return tf.case(
+        [(tf.equal(head.scheme, SCHEME_SPARSE), sparse), (tf.equal(head.scheme, SCHEME_DENSE), dense)], default=empty
     )
-    return (idx, level, neg, scale), scheme, hdr + size
+
+
+@_no_autograph
+def decode_at(data, offset, d, levels, value_dtype):
+    """The message at ``offset``: ((idx, level, neg) of its non-zero levels, scale), scheme, total bytes."""
+    head, body, total = wire.read_at(data, offset, d, value_dtype, body_size(d, levels))
+    idx, level, neg = decode_body(head, body, d, levels)
+    return (idx, level, neg, head.scale), head.scheme, total
 
 
 @_no_autograph
@@ -247,13 +231,12 @@ def to_dense(msg, levels, dtype):
 def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
     """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)."""
 
-    def add_message(acc, offset):
-        (idx, level, neg, scale), scheme, total = decode_at(data, offset, d, levels, value_dtype)
-        values = dequantize(scale, level, neg, levels, accumulate_dtype)
-        acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), values)
-        return acc, total, tf.not_equal(scheme, SCHEME_NONFINITE)
+    def add(acc, head, body):
+        idx, level, neg = decode_body(head, body, d, levels)
+        values = dequantize(head.scale, level, neg, levels, accumulate_dtype)
+        return tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), values)
 
-    return coding.fold_messages(data, num_messages, d, accumulate_dtype, add_message)
+    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, levels), add)
 
 
 class QuantCompressor(Compressor):
@@ -290,13 +273,13 @@ class QuantCompressor(Compressor):
 
         def nonfinite():
             return Encoded(
-                encode_nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64), tf.constant(0.0, tf.float64)
+                wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64), tf.constant(0.0, tf.float64)
             )
 
         return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
 
     @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype):
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
         return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype))
 
 
@@ -339,7 +322,7 @@ class QSGD(QuantCompressor):
 class TernGrad(QuantCompressor):
     """TernGrad (Wen et al. 2017): Q(x)_i = max|x| sign(x_i) b_i, b_i ~ Bernoulli(|x_i| / max|x|); unbiased.
 
-    At most 2 bits per element (+ 9 header bytes). Args: memory, fallback, seed.
+    At most 2 bits per element (+ 13 header bytes). Args: memory, fallback, seed.
     """
 
     spec_name = "terngrad"

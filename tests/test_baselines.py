@@ -12,7 +12,7 @@ import scipy.optimize
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import atomo, coding, quantize, topk
+from hvdspar import atomo, coding, quantize, topk, wire
 from hvdspar.probabilities import atom_probabilities, compute_dtype
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -23,7 +23,7 @@ def wire_q(comp, x, seed, shape=None):
     d = x.shape[0]
     kwargs = {} if shape is None else {"shape": shape}
     enc = comp.encode(x, seed, x.dtype, **kwargs)
-    total, finite = comp.decode_sum(enc.message, 1, d, x.dtype)
+    total, finite = comp.decode_sum(enc.message, 1, d, x.dtype, **kwargs)
     return total, finite, enc
 
 
@@ -288,12 +288,14 @@ def test_atomo_round_trip_and_exact_size(shape):
     x = tf.constant(np.random.default_rng(6).standard_normal(d).astype(np.float32))
     comp = hvdspar.Atomo(budget=2, memory=True, seed=1)
     enc = comp.encode(x, tf.constant([1, 9], tf.int64), tf.float32, shape=shape)
-    total, finite = comp.decode_sum(enc.message, 1, d, tf.float32)
+    total, finite = comp.decode_sum(enc.message, 1, d, tf.float32, shape)
     assert bool(finite)
     np.testing.assert_array_equal(total.numpy(), enc.q.numpy())  # the sender's Q is what receivers decode
     if atomo.uses_svd(shape):
         rows, cols = atomo.matrix_layout(shape)
-        msg, _ = atomo.decode_spectral_at(enc.message, 0, tf.float32)
+        head, body, _ = wire.read_at(enc.message, 0, d, tf.float32, atomo.body_size(d, tf.float32, (rows, cols)))
+        assert int(head.scheme) == atomo.SCHEME_SPECTRAL
+        msg = atomo.decode_spectral_body(head, body, rows, cols, tf.float32)
         n = msg.scale.shape[0]
         assert enc.message.shape[0] == atomo.spectral_nbytes(n, rows, cols, tf.float32)
         assert int(enc.kept) == n * (rows + cols + 1)
@@ -321,10 +323,10 @@ def test_messages_of_several_ranks_concatenate():
         parts, expect = [], np.zeros(48, np.float32)
         for r in range(3):
             enc = comp.encode(x[r], tf.constant([r, 0], tf.int64), tf.float32, **kwargs)
-            q, _ = comp.decode_sum(enc.message, 1, 48, tf.float32)
+            q, _ = comp.decode_sum(enc.message, 1, 48, tf.float32, **kwargs)
             parts.append(enc.message)
             expect += q.numpy()
-        total, finite = comp.decode_sum(tf.concat(parts, 0), 3, 48, tf.float32)
+        total, finite = comp.decode_sum(tf.concat(parts, 0), 3, 48, tf.float32, **kwargs)
         assert bool(finite)
         np.testing.assert_allclose(total.numpy(), expect, rtol=1e-6, atol=1e-6, err_msg=repr(comp))
 
@@ -341,7 +343,7 @@ def test_nonfinite_input_is_flagged_by_every_compressor():
     ]:
         enc = comp.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
         ok = comp.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
-        _, finite = comp.decode_sum(tf.concat([ok.message, enc.message], 0), 2, 48, tf.float32)
+        _, finite = comp.decode_sum(tf.concat([ok.message, enc.message], 0), 2, 48, tf.float32, **kwargs)
         assert not bool(finite), comp
 
 
@@ -356,7 +358,7 @@ def test_other_dtypes_round_trip(dtype):
         (hvdspar.RandomK(0.5, rescale=True), {}),
     ]:
         enc = comp.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
-        total, finite = comp.decode_sum(enc.message, 1, 48, dtype)
+        total, finite = comp.decode_sum(enc.message, 1, 48, dtype, **kwargs)
         assert bool(finite) and total.dtype == compute_dtype(dtype)
         np.testing.assert_array_equal(total.numpy(), enc.q.numpy())
     # Atomo with every atom kept reconstructs the matrix to the dtype's precision.

@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import hvdspar
-from hvdspar import bits, coding
+from hvdspar import bits, coding, wire
 from hvdspar.sparsify import gspar_message, uniform_message
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -44,7 +44,7 @@ def test_decode_encode_is_exact(d, rho, dtype, seed, heavy):
     # the byte count is the real size, and the planning twin agrees
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
     assert int(tf.size(data)) == coding.expected_nbytes(n_a, n_b, d, dtype)
-    _, _, _, _, total = coding.read_header(data, 0, d, dtype)
+    _, _, total = wire.read_at(data, 0, d, dtype, coding.body_size(d, dtype))
     assert int(total) == int(tf.size(data))
 
 
@@ -68,7 +68,7 @@ def test_several_messages_sum_in_order():
     total, finite = coding.sum_messages(tf.concat(msgs, 0), 3, d, tf.float32, tf.float32)
     assert bool(finite)
     np.testing.assert_allclose(total.numpy(), np.sum(dense, axis=0), rtol=1e-6)
-    bad = tf.concat([msgs[0], coding.encode_nonfinite(d, tf.float32), msgs[2]], 0)
+    bad = tf.concat([msgs[0], wire.nonfinite(d, tf.float32), msgs[2]], 0)
     _, finite = coding.sum_messages(bad, 3, d, tf.float32, tf.float32)
     assert not bool(finite)
 

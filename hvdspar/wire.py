@@ -1,0 +1,120 @@
+"""The one wire header every hvdspar message starts with, and the fold over a gathered buffer.
+
+Byte layout (integers little-endian)::
+
+    scheme (1 byte) | n_a (w bytes) | n_b (w bytes) | scale (s bytes) | body
+
+w = 4 bytes when d < 2^32 (else 8), s = 4 (a float32 scale; 8 for float64
+gradients). The scheme says which method's body follows and how to read it,
+and is unique across methods:
+
+    0, 1   GSpar / UniSp / top-k / random-k / ATOMO entry-wise   (``hvdspar.coding``: sparse, 2-bit symbols)
+    2, 3   QSGD / TernGrad                                       (``hvdspar.quantize``: sparse, dense levels)
+    16     ATOMO spectral atoms                                  (``hvdspar.atomo``)
+    255    no body: the sender's gradient held NaN or Inf
+
+A method's body size is a function of the header fields, d and the tensor's
+shape, so the messages of all ranks can simply be concatenated (what Horovod's
+allgather returns) and read back one after the other (``fold``).
+"""
+
+import tensorflow as tf
+
+from hvdspar import bits
+
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+SCHEME_NONFINITE = 255
+
+
+def count_width(d):
+    """Bytes of a count n <= d in the header."""
+    return 4 if d < 2**32 else 8
+
+
+def scale_dtype(value_dtype):
+    """The header's scale: float64 for float64 gradients, else float32."""
+    return tf.float64 if tf.as_dtype(value_dtype) == tf.float64 else tf.float32
+
+
+def header_nbytes(d, value_dtype):
+    return 1 + 2 * count_width(d) + scale_dtype(value_dtype).size
+
+
+def header(scheme, n_a, n_b, scale, d, value_dtype):
+    """The header's bytes (uint8 [header_nbytes])."""
+    w = count_width(d)
+    return tf.concat(
+        [
+            tf.reshape(tf.cast(scheme, tf.uint8), [1]),
+            bits.uint_to_bytes(tf.cast(n_a, tf.int64), w),
+            bits.uint_to_bytes(tf.cast(n_b, tf.int64), w),
+            bits.to_bytes(tf.cast(scale, scale_dtype(value_dtype))),
+        ],
+        axis=0,
+    )
+
+
+@_no_autograph
+def nonfinite(d, value_dtype):
+    """The header-only message a rank sends when its gradient holds NaN or Inf (any method)."""
+    zero = tf.constant(0, tf.int64)
+    return header(SCHEME_NONFINITE, zero, zero, 0.0, d, value_dtype)
+
+
+class Header:
+    """The fields of one message's header: scheme, n_a, n_b (int64 scalars), scale (scale dtype)."""
+
+    def __init__(self, scheme, n_a, n_b, scale):
+        self.scheme, self.n_a, self.n_b, self.scale = scheme, n_a, n_b, scale
+
+
+def read_header(data, offset, d, value_dtype):
+    """The ``Header`` of the message at byte ``offset`` of ``data``."""
+    w = count_width(d)
+    sdt = scale_dtype(value_dtype)
+    offset = tf.cast(offset, tf.int64)
+    head = tf.slice(data, tf.reshape(offset, [1]), [header_nbytes(d, value_dtype)])
+    scheme = tf.cast(head[0], tf.int64)
+    n_a = bits.bytes_to_uint(head[1 : 1 + w])
+    n_b = bits.bytes_to_uint(head[1 + w : 1 + 2 * w])
+    scale = tf.reshape(tf.bitcast(tf.reshape(head[1 + 2 * w :], [1, sdt.size]), sdt), [])
+    return Header(scheme, n_a, n_b, scale)
+
+
+@_no_autograph
+def read_at(data, offset, d, value_dtype, body_nbytes):
+    """(Header, body bytes, total bytes) of the message at ``offset``.
+
+    ``body_nbytes(header) -> int64`` is the method's body size (0 for a non-finite message)."""
+    head = read_header(data, offset, d, value_dtype)
+    size = tf.where(tf.equal(head.scheme, SCHEME_NONFINITE), tf.constant(0, tf.int64),
+                    tf.cast(body_nbytes(head), tf.int64))
+    start = tf.cast(offset, tf.int64) + header_nbytes(d, value_dtype)
+    body = tf.slice(data, tf.reshape(start, [1]), tf.reshape(size, [1]))
+    return head, body, header_nbytes(d, value_dtype) + size
+
+
+@_no_autograph
+def fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add):
+    """The sum [d] of the ``num_messages`` messages concatenated in ``data``, and whether all were finite.
+
+    ``body_nbytes(header)`` sizes a body; ``add(acc, header, body) -> acc`` adds one message's
+    Q to the running sum (never called for a non-finite message, which adds nothing and clears
+    the flag). Messages are added in rank order, so every rank computes bit-identical sums;
+    the loop is a tf.while_loop, one graph whatever the number of ranks.
+    """
+
+    def body(i, offset, acc, all_finite):
+        head, payload, total = read_at(data, offset, d, value_dtype, body_nbytes)
+        finite = tf.not_equal(head.scheme, SCHEME_NONFINITE)
+        acc = tf.cond(finite, lambda: add(acc, head, payload), lambda: acc)
+        return i + 1, offset + total, acc, tf.logical_and(all_finite, finite)
+
+    _, _, acc, all_finite = tf.while_loop(
+        lambda i, *_: i < num_messages,
+        body,
+        (tf.constant(0), tf.constant(0, tf.int64), tf.zeros([d], accumulate_dtype), tf.constant(True)),
+        parallel_iterations=1,
+    )
+    return acc, all_finite
