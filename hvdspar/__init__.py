@@ -8,12 +8,13 @@
 Modules, one idea each:
   probabilities  p_i = min(lambda |g_i|, 1): Algorithm 2, exact water-filling, Algorithm 3
   sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
-  coding         the message's bytes (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
+  wire           the one message header of every method, and the fold over a gathered buffer
+  coding         GSpar's message body (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
   exchange       the allgather inside compress(), the dense-vs-sparse cost model (bytes)
   link           the time model of fallback="auto": measured network and compute
-  traffic        per-rank byte counters and per-tensor state in tf.Variables
+  state          per-message state in tf.Variables: error-feedback memory, random stream, byte counters
   compressor     the base Horovod Compressor (memory, fallback, NaN policy, traffic)
-  compressors    GSpar and UniSp
+  gspar          GSpar and UniSp
   spec           from_spec("gspar:rho=0.01")
 """
 
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 from hvdspar.probabilities import probabilities, water_level  # noqa: E402
 from hvdspar.compressor import Compressor  # noqa: E402
-from hvdspar.compressors import GSpar, UniSp  # noqa: E402
+from hvdspar.gspar import GSpar, UniSp  # noqa: E402
 from hvdspar.topk import TopK, RandomK  # noqa: E402
 from hvdspar.atomo import Atomo  # noqa: E402
 from hvdspar.quantize import QSGD, TernGrad  # noqa: E402

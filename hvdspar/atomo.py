@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from hvdspar import bits, coding, wire
 from hvdspar.compressor import Compressor, Encoded
-from hvdspar.compressors import encode_sparse, scaled
+from hvdspar.gspar import encode_sparse, scaled
 from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
 from hvdspar.sparsify import bernoulli
 

@@ -33,7 +33,7 @@ under a per-rank path).
 
 import tensorflow as tf
 
-from hvdspar.traffic import SlotState
+from hvdspar.state import SlotState
 
 ATTRIBUTE = "hvdspar_compressor"
 

@@ -76,8 +76,8 @@ import tensorflow as tf
 from hvdspar import buckets as _buckets
 from hvdspar import exchange
 from hvdspar.probabilities import compute_dtype
-from hvdspar import traffic as _traffic
-from hvdspar.traffic import SlotState, trace_key
+from hvdspar import state as _state
+from hvdspar.state import SlotState, trace_key
 
 try:  # Horovod's interface; hvdspar's pure-TF parts work without Horovod.
     from horovod.tensorflow.compression import Compressor as _HorovodCompressor
@@ -386,9 +386,9 @@ class Compressor(_HorovodCompressor, tf.Module):
         (calls of the first tensor); dense_tensors: tensors sent dense by the
         fallback (last step); variance_ratio: sum ||Q(g)||^2 / sum ||g||^2
         over the tensors sent compressed (sq_norm_sent, sq_norm: the sums).
-        The counters are per tensor (see ``hvdspar.traffic``); these are their sums.
+        The counters are per tensor (see ``hvdspar.state``); these are their sums.
         """
-        return _traffic.summary(self.slots)
+        return _state.summary(self.slots)
 
     def reset_traffic(self):
         """Zero the traffic figures (not the random streams or the memory)."""
@@ -500,7 +500,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if control_flow_util.GraphOrParentsInXlaContext(graph):  # no Python callbacks under XLA
             self._emit_plan(rank)
             return
-        first = tf.equal(slot.totals[_traffic.TOTALS.index("calls")], 0)
+        first = tf.equal(slot.totals[_state.TOTALS.index("calls")], 0)
         tf.cond(first, lambda: tf.numpy_function(lambda: self._emit_plan(rank), [], tf.bool, stateful=True),
                 lambda: tf.constant(True))
 

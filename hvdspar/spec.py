@@ -91,7 +91,7 @@ def to_spec(compressor):
 
 def _register_builtins():
     from hvdspar.atomo import Atomo
-    from hvdspar.compressors import GSpar, UniSp
+    from hvdspar.gspar import GSpar, UniSp
     from hvdspar.quantize import QSGD, TernGrad
     from hvdspar.topk import RandomK, TopK
 

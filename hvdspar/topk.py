@@ -22,7 +22,7 @@ values.
 import tensorflow as tf
 
 from hvdspar.coding import SparseMessage
-from hvdspar.compressors import SparseCompressor
+from hvdspar.gspar import SparseCompressor
 from hvdspar.probabilities import compute_dtype
 
 # Plain TF ops: nothing for AutoGraph to convert (and traces get faster).
