@@ -30,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 
 from hvdspar import bits, wire
-from hvdspar.wire import count_width, header_nbytes, scale_dtype  # noqa: F401 (this format's header)
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -160,7 +159,7 @@ def expected_nbytes(n_a, n_b, d, value_dtype):
     values = n_a * tf.as_dtype(value_dtype).size
     sparse = ef_nbytes_planned(n_a, d) + ef_nbytes_planned(n_b, d) + -(-n_b // 8) + values
     dense = symbols_nbytes(d) + values
-    return header_nbytes(d, value_dtype) + min(sparse, dense)
+    return wire.header_nbytes(d, value_dtype) + min(sparse, dense)
 
 
 def entropy_bits(n_a, n_plus, n_minus, d, value_bits=32):

@@ -117,6 +117,8 @@ class _Bucket:
         self.sizes = [s.num_elements() for s in self.shapes]
         self.offsets = list(np.cumsum([0] + self.sizes[:-1]))
         self.d = int(sum(self.sizes))
+        # the shape the codec sees: the tensor's own, or [d] for a bucket of several
+        self.shape = self.shapes[0] if len(self.shapes) == 1 else tf.TensorShape([self.d])
         self.kind = None  # "dense", "sparse" or RUN_TIME, set by _send
         self.sent = None  # what each member hands Horovod
         self.x = None  # the flat message input: concat(g) (+ memory)
@@ -249,7 +251,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     def _send(self, bucket):
         """x = g + m; plan; then dense (hand x to Horovod) or compressed (encode, allgather, placeholders)."""
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
-        shape = bucket.shape = bucket.shapes[0] if len(bucket.shapes) == 1 else tf.TensorShape([d])
+        shape = bucket.shape
         num_ranks, rank = exchange.world(site.process_set)
         dense, reason = self._plan(slot, d, dtype, shape, num_ranks, len(bucket.tensors))
         self._log_plan_at_first_step(slot, bucket.position, rank)

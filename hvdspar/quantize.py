@@ -54,9 +54,6 @@ def nonzero_width(levels):
     return int(levels - 1).bit_length()
 
 
-header_nbytes = wire.header_nbytes
-
-
 def body_nbytes(scheme, n, d, levels):
     """Body bytes of a message from its header fields (int64 tensor)."""
     n = tf.cast(n, tf.int64)
@@ -70,7 +67,7 @@ def body_nbytes(scheme, n, d, levels):
 
 def max_nbytes(d, levels, value_dtype):
     """Python: the largest message for d elements (the dense scheme)."""
-    return header_nbytes(d, value_dtype) + bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8)
+    return wire.header_nbytes(d, value_dtype) + bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8)
 
 
 @_no_autograph
@@ -94,7 +91,7 @@ def qsgd_quantize(x, levels, seed):
     x = tf.reshape(tf.convert_to_tensor(x), [-1])
     cdt = compute_dtype(x.dtype)
     xc = tf.cast(x, cdt)
-    sdt = coding.scale_dtype(x.dtype)
+    sdt = wire.scale_dtype(x.dtype)
     norm = tf.cast(tf.cast(tf.norm(xc), sdt), cdt)  # the scale exactly as it travels
     r = tf.math.divide_no_nan(tf.abs(xc) * tf.cast(levels, cdt), norm)
     level = tf.minimum(_stochastic_round(r, seed), levels)
@@ -107,7 +104,7 @@ def terngrad_quantize(x, seed):
     x = tf.reshape(tf.convert_to_tensor(x), [-1])
     cdt = compute_dtype(x.dtype)
     xc = tf.cast(x, cdt)
-    sdt = coding.scale_dtype(x.dtype)
+    sdt = wire.scale_dtype(x.dtype)
     scale = tf.cast(tf.cast(tf.reduce_max(tf.abs(xc)), sdt), cdt)
     r = tf.math.divide_no_nan(tf.abs(xc), scale)
     level = tf.minimum(_stochastic_round(r, seed), 1)
@@ -313,7 +310,7 @@ class QSGD(QuantCompressor):
         s = self.levels
         n = min(d, s * (s + math.sqrt(d)))
         sparse = (
-            header_nbytes(d, dtype) + coding.ef_nbytes_planned(n, d) + -(-int(n) // 8)
+            wire.header_nbytes(d, dtype) + coding.ef_nbytes_planned(n, d) + -(-int(n) // 8)
             + -(-int(n) * nonzero_width(s) // 8)
         )
         return min(sparse, max_nbytes(d, s, dtype))

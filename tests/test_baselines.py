@@ -256,7 +256,7 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
     n = int(np.sum(nz))
     sizes = {s: int(quantize.body_nbytes(s, n, 777, levels)) for s in (quantize.SCHEME_SPARSE, quantize.SCHEME_DENSE)}
     assert int(data[0]) == min(sizes, key=lambda s: (sizes[s], s))
-    assert data.shape[0] == quantize.header_nbytes(777, tf.float32) + min(sizes.values())
+    assert data.shape[0] == wire.header_nbytes(777, tf.float32) + min(sizes.values())
     assert data.shape[0] <= quantize.max_nbytes(777, levels, tf.float32)
     # planning: never above the worst case; QSGD plans with E[#non-zero] <= s (s + sqrt(d))
     assert comp.expected_nbytes(777, tf.float32) <= quantize.max_nbytes(777, levels, tf.float32)
@@ -271,7 +271,7 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
 def test_terngrad_costs_at_most_two_bits_per_element():
     x = tf.constant(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
     enc = hvdspar.TernGrad().encode(x, tf.constant([1, 1], tf.int64), tf.float32)
-    assert enc.message.shape[0] <= 4096 * 2 / 8 + quantize.header_nbytes(4096, tf.float32)
+    assert enc.message.shape[0] <= 4096 * 2 / 8 + wire.header_nbytes(4096, tf.float32)
 
 
 def test_qsgd_one_level_is_sparse_and_small():

@@ -93,7 +93,7 @@ def test_dense_symbols_are_chosen_when_cheaper():
     data = coding.encode(msg, d, tf.float32)
     assert int(data[0]) == coding.SCHEME_DENSE
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
-    sparse = coding.header_nbytes(d, tf.float32) + int(coding.body_nbytes(coding.SCHEME_SPARSE, n_a, n_b, d, tf.float32))
+    sparse = wire.header_nbytes(d, tf.float32) + int(coding.body_nbytes(coding.SCHEME_SPARSE, n_a, n_b, d, tf.float32))
     assert int(tf.size(data)) < sparse
 
 
@@ -115,7 +115,7 @@ def test_theorem4_coding_length(seed):
     msg, _ = gspar_message(gt, tf.constant([seed, 0], tf.int64), epsilon=rho)
     nbits = 8 * int(tf.size(coding.encode(msg, d, tf.float32)))
     bound = s * (b + math.log2(d)) + min(rho * s * math.log2(d), d) + b
-    assert nbits <= bound + 8 * (1 + 2 * coding.count_width(d)), (nbits, bound)
+    assert nbits <= bound + 8 * (1 + 2 * wire.count_width(d)), (nbits, bound)
 
 
 def test_elias_fano_roundtrip_edge_cases():
@@ -130,7 +130,7 @@ def test_indices_beyond_int32_are_coded():
     idx = tf.constant([3, 2**31 + 7, 2**33 + 4], tf.int64)
     enc = coding.ef_encode(idx, d)
     np.testing.assert_array_equal(coding.ef_decode(enc, 3, d).numpy(), idx.numpy())
-    assert coding.count_width(d) == 8
+    assert wire.count_width(d) == 8
 
 
 def test_bit_packing_roundtrip():
