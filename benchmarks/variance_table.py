@@ -131,8 +131,8 @@ def measure(make, grads, draws, seed=0):
             x = tf.constant(g.reshape(-1))
             kwargs = {"shape": g.shape} if isinstance(comp, hvdspar.Atomo) else {}
             for r in range(draws):
-                enc = comp.encode(x, tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64), tf.float32, **kwargs)
-                q, _ = comp.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
+                enc = comp.coder.encode(x, tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64), tf.float32, **kwargs)
+                q, _ = comp.codec.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
                 sq_q[r] += float(enc.q_sq_norm)
                 sq_err[r] += float(np.sum((q.numpy().astype(np.float64) - flat) ** 2))
                 nbytes[r] += int(enc.message.shape[0])
@@ -210,7 +210,7 @@ def table_for(points, draws, log):
             for mb, tensors in enumerate(grads):
                 x = tf.constant(tensors[t].reshape(-1))
                 for r in range(draws):
-                    sizes.append(int(gs.encode(x, tf.constant([mb, r], tf.int64), tf.float32).message.shape[0]))
+                    sizes.append(int(gs.coder.encode(x, tf.constant([mb, r], tf.int64), tf.float32).message.shape[0]))
             targets.append(float(np.mean(sizes)))
 
         def make(t, g, targets=targets):

@@ -10,11 +10,14 @@ Modules, one idea each:
   sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
   wire           the one message header of every method, and the fold over a gathered buffer
   coding         GSpar's message body (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
-  exchange       the allgather inside compress(), the dense-vs-sparse cost model (bytes)
+  codec          a method's message: encode / decode_sum / expected_nbytes, pure TensorFlow
+  error_feedback e = m + g, send gamma Q(e) (one contraction rule), m <- e - C(e)
+  exchange       the collectives of compress() (Horovod's, or in-process), the cost model (bytes)
+  fallback       the dense fallback: per message, compressed or dense (by bytes, or by time)
   link           the time model of fallback="auto": measured network and compute
   state          per-message state in tf.Variables: error-feedback memory, random stream, byte counters
-  compressor     the base Horovod Compressor (memory, fallback, NaN policy, traffic)
-  gspar          GSpar and UniSp
+  compressor     the Horovod Compressor around a codec: a gradient's whole trip
+  gspar          GSpar and UniSp (topk, quantize, atomo: the other methods)
   spec           from_spec("gspar:rho=0.01")
 """
 

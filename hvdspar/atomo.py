@@ -38,7 +38,8 @@ import math
 import tensorflow as tf
 
 from hvdspar import bits, coding, wire
-from hvdspar.compressor import Compressor, Encoded
+from hvdspar.codec import Codec, Encoded
+from hvdspar.compressor import Compressor
 from hvdspar.gspar import encode_sparse, scaled
 from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
 from hvdspar.sparsify import bernoulli
@@ -199,13 +200,77 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=No
     return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add)
 
 
-@_no_autograph
-def contraction_scale(weights, p):
-    """gamma = sum w_i^2 / sum_{p_i > 0} w_i^2 / p_i = ||g||^2 / E||Q(g)||^2 (float64), 0 for g = 0."""
+def second_moment(weights, p):
+    """E||Q(g)||^2 = sum_{p_i > 0} w_i^2 / p_i (float64) for atom weights w (sigma_i, or g_i)."""
     w2 = tf.square(tf.cast(weights, tf.float64))
     p = tf.cast(p, tf.float64)
-    second = tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
-    return tf.math.divide_no_nan(tf.reduce_sum(w2), second)
+    return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
+
+
+class AtomoCodec(Codec):
+    """ATOMO's message: spectral atoms for the tensors ``uses_svd`` picks, entry-wise for the rest.
+
+    Needs each tensor's own shape (its matrix view), so a Horovod group is compressed tensor by
+    tensor (``buckets = False``). Arguments as ``Atomo``'s.
+    """
+
+    buckets = False
+
+    def __init__(self, budget=2, atoms="svd"):
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:
+            raise ValueError(f"hvdspar: budget must be a positive number (expected atoms), got {budget!r}")
+        if atoms not in ATOMS:
+            raise ValueError(f"hvdspar: atoms must be one of {ATOMS}, got {atoms!r}")
+        self.budget = float(budget)
+        self.atoms = atoms
+
+    def config(self):
+        return {"budget": self.budget, "atoms": self.atoms}
+
+    def layout(self, d, shape):
+        """(rows, cols) when a tensor of ``shape`` gets spectral atoms, else None (entry-wise)."""
+        if shape is None or tf.TensorShape(shape).num_elements() != d or not uses_svd(shape, self.atoms):
+            return None
+        return matrix_layout(shape)
+
+    def timing_shape(self, shape):
+        # fallback="auto" must time the encoder that will run: an SVD's cost depends on the matrix shape.
+        return tuple(tf.TensorShape(shape).as_list()) if uses_svd(shape, self.atoms) else None
+
+    def expected_nbytes(self, d, dtype, shape=None):
+        layout = self.layout(d, shape)
+        if layout is None:
+            return coding.expected_nbytes(0, min(self.budget, d), d, dtype)
+        rows, cols = layout
+        return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
+
+    @_no_autograph
+    def draw(self, x, seed, dtype, shape):
+        layout = self.layout(x.shape[0], shape)
+        if layout is None:
+            msg, p = entry_message(x, self.budget, seed)
+            return msg, lambda: second_moment(x, p)
+        msg, p, sigma = spectral_message(x, *layout, self.budget, seed, dtype)
+        return msg, lambda: second_moment(sigma, p)
+
+    def scaled(self, msg, gamma):
+        if isinstance(msg, SpectralMessage):
+            return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
+        return scaled(msg, gamma)
+
+    @_no_autograph
+    def pack(self, msg, d, dtype, shape, with_q):
+        if not isinstance(msg, SpectralMessage):
+            return encode_sparse(msg, d, dtype, with_q)
+        rows, cols = self.layout(d, shape)
+        cdt = compute_dtype(dtype)
+        n = tf.shape(msg.scale, out_type=tf.int64)[0]
+        q = spectral_dense(msg, d, cdt) if with_q else tf.zeros([0], cdt)
+        return Encoded(encode_spectral(msg, rows, cols, dtype), q, n * (rows + cols + 1), spectral_sq_norm(msg))
+
+    @_no_autograph
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), self.layout(d, shape))
 
 
 class Atomo(Compressor):
@@ -221,72 +286,11 @@ class Atomo(Compressor):
       fallback, seed: as for every hvdspar compressor.
 
     ``traffic()["density"]`` counts the numbers sent (n (rows + cols + 1) for n
-    spectral atoms) over the tensor's elements.
+    spectral atoms) over the tensor's elements. Every tensor travels alone (no ``bucket_mb``).
     """
 
     spec_name = "atomo"
-    #: the SVD atoms need each tensor's own matrix shape: a Horovod group is compressed tensor by tensor
-    buckets = False
 
     def __init__(self, budget=2, atoms="svd", memory=False, fallback=True, nonfinite="propagate", seed=None):
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < float(budget) < math.inf:
-            raise ValueError(f"hvdspar: budget must be a positive number (expected atoms), got {budget!r}")
-        if atoms not in ATOMS:
-            raise ValueError(f"hvdspar: atoms must be one of {ATOMS}, got {atoms!r}")
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed)
-        self.budget = float(budget)
-        self.atoms = atoms
-
-    def config(self):
-        return {"budget": self.budget, "atoms": self.atoms, **super().config()}
-
-    def _layout(self, d, shape):
-        """(rows, cols) when a tensor of ``shape`` gets spectral atoms, else None (entry-wise)."""
-        if shape is None or tf.TensorShape(shape).num_elements() != d or not uses_svd(shape, self.atoms):
-            return None
-        return matrix_layout(shape)
-
-    def _timing_shape(self, shape):
-        # fallback="auto" must time the encoder that will run: an SVD's cost depends on the matrix shape.
-        return tuple(tf.TensorShape(shape).as_list()) if uses_svd(shape, self.atoms) else None
-
-    def expected_nbytes(self, d, dtype, shape=None):
-        layout = self._layout(d, shape)
-        if layout is None:
-            return coding.expected_nbytes(0, min(self.budget, d), d, dtype)
-        rows, cols = layout
-        return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
-
-    @_no_autograph
-    def encode(self, x, seed, dtype, shape=None):
-        """As the base class; ``shape`` (of the tensor x is the flat view of) picks the atoms."""
-        d = x.shape[0]
-        cdt = compute_dtype(dtype)
-        q_len = d if self.memory else 0
-        layout = self._layout(d, shape)
-
-        def spectral():
-            rows, cols = layout
-            msg, p, sigma = spectral_message(x, rows, cols, self.budget, seed, dtype)
-            if self.memory:
-                gamma = contraction_scale(sigma, p)
-                msg = msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
-            n = tf.shape(msg.scale, out_type=tf.int64)[0]
-            q = spectral_dense(msg, d, cdt) if self.memory else tf.zeros([0], cdt)
-            return Encoded(encode_spectral(msg, rows, cols, dtype), q, n * (rows + cols + 1), spectral_sq_norm(msg))
-
-        def entry():
-            msg, p = entry_message(x, self.budget, seed)
-            if self.memory:
-                msg = scaled(msg, contraction_scale(x, p))
-            return encode_sparse(msg, d, dtype, self.memory)
-
-        def nonfinite():
-            zero = tf.constant(0, tf.int64)
-            return Encoded(wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
-
-        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), spectral if layout else entry, nonfinite)
-
-    @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), self._layout(d, shape))
+        super().__init__(AtomoCodec(budget, atoms), memory=memory, fallback=fallback, nonfinite=nonfinite,
+                         seed=seed)

@@ -1,25 +1,27 @@
-"""The base of every hvdspar compressor: Horovod's two-method interface plus state.
+"""The base of every hvdspar compressor: Horovod's two-method interface around a codec.
 
-A subclass only says how one rank's flat vector becomes a message and how a
-concatenation of the ranks' messages becomes their sum::
+A compressor is made of pieces, one module each:
 
-    encode(x, seed, dtype, shape)         -> Encoded(message, q, kept, q_sq_norm)
-    decode_sum(data, num_ranks, d, dtype) -> (sum of the ranks' Q [d], all senders finite)
-    expected_nbytes(d, dtype, shape)      -> planned message size (for the dense fallback)
+    codec           the method's message: encode / decode_sum / expected_nbytes (``hvdspar.codec``)
+    error feedback  with memory=True: e = m + g, send gamma Q(e), m <- e - C(e) (``hvdspar.error_feedback``)
+    exchange        the collectives: Horovod's, or in-process for tests (``hvdspar.exchange``)
+    fallback        per message: compressed or dense (``hvdspar.fallback``)
+    state           per message: memory, random stream, byte counters (``hvdspar.state``)
 
-This class does the rest, once for all methods. A gradient's whole trip, in this file:
+A method's compressor class (``GSpar``, ``QSGD``, ...) only builds its codec.
+This class runs the pieces, once for all methods. A gradient's whole trip, in this file:
 
     compress(g):    bucket: g alone, or with the other tensors of its Horovod group (``hvdspar.buckets``)
                     the bucket's first member sends it (``_send``):
-                      x = concat(g...) + m (error feedback)
+                      x = concat(g...) + m (error feedback: ``feed``)
                       plan: dense or compressed (per bucket, at trace time; at run time under elastic)
                       dense:      hand each member's part of x to Horovod's allreduce as it is
-                      compressed: message = encode(x); gathered = allgather(message);
+                      compressed: message = codec.encode(x); gathered = exchange.allgather(message);
                                   hand Horovod one placeholder per member (``exchange.placeholder``)
     Horovod:        allreduce of what compress returned, with the user's op and scale factors
     decompress(t):  (``_receive``)
                     dense:      t is Horovod's result; m <- x - sent
-                    compressed: total = decode_sum(gathered) (once per bucket); m <- x - Q(x);
+                    compressed: total = codec.decode_sum(gathered) (once per bucket); m <- x - C(x);
                                 the random stream advances; result = t[0] * member's part of total
                                 (t[0]: Horovod's factor)
 
@@ -41,21 +43,11 @@ step on every rank and lowers its scale; nothing of that step enters the
 error-feedback memory, the variance figures or the random streams. "raise"
 stops training with a clear error instead.
 
-The dense fallback (``fallback=``, per message, decided at trace time alike on
-every rank, counted in ``traffic()["dense_tensors"]``; rank 0 logs the
-decisions once, at the first step, through the ``hvdspar`` logger):
-
-    True (default)    by bytes (``exchange.prefer_dense``): dense when the allgather
-                      would move at least as many bytes as a ring allreduce;
-                      deterministic, the same decisions on every machine
-    "auto"            by bytes, then by time (``hvdspar.link``): also dense when the
-                      dense allreduce is faster on this network once the compressor's
-                      own compute is paid (measured at the first step)
-    False             always compressed
-
-Under elastic training (``HOROVOD_ELASTIC=1``) Horovod never retraces after the
-world changes, so the byte rule runs in the graph at every step
-(``_send_planned_at_run_time``) and fallback="auto" is refused.
+The dense fallback (``fallback=``: True by bytes, "auto" by bytes then by
+time, False never) is decided per message at trace time, alike on every rank,
+by ``hvdspar.fallback``, and counted in ``traffic()["dense_tensors"]``; under
+elastic training the byte rule runs in the graph at every step
+(``_send_planned_at_run_time``).
 
 State (``SlotState``: memory, random stream, traffic counters) is kept per
 message (a tensor or a bucket): inside a ``tf.function`` by its position in
@@ -67,7 +59,6 @@ and restore.
 """
 
 import collections
-import logging
 import random
 
 import numpy as np
@@ -75,6 +66,8 @@ import tensorflow as tf
 
 from hvdspar import buckets as _buckets
 from hvdspar import exchange
+from hvdspar.error_feedback import ErrorFeedback
+from hvdspar.fallback import RUN_TIME, Fallback
 from hvdspar.probabilities import compute_dtype
 from hvdspar import state as _state
 from hvdspar.state import SlotState, trace_key
@@ -87,18 +80,8 @@ except ImportError:  # pragma: no cover - exercised only where Horovod is absent
         """Stand-in with Horovod's interface when Horovod is not installed."""
 
 
-log = logging.getLogger("hvdspar")
 
 NONFINITE = ("propagate", "raise")
-
-
-class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm"])):
-    """What ``Compressor.encode`` returns: the uint8 message, Q(x) if memory is on
-    (else a [0] tensor), the count of kept elements, and ||Q(x)||^2."""
-
-
-#: the plan's reason for messages planned at every step (elastic training)
-RUN_TIME = "by bytes at run time"
 
 
 class _Bucket:
@@ -142,19 +125,21 @@ class _Member(collections.namedtuple("_Member", ["bucket", "j"])):
 
 
 class Compressor(_HorovodCompressor, tf.Module):
-    """Base class; see the module docstring. Not used directly."""
+    """A Horovod compressor running ``codec`` (an ``hvdspar.codec.Codec``); see the module docstring.
+
+    A method's class (``hvdspar.GSpar``, ...) builds its codec and passes it here with the
+    arguments every compressor has (memory, fallback, nonfinite, seed, bucket_mb).
+    """
 
     #: short name used by ``hvdspar.from_spec``
     spec_name = None
-    #: whether the tensors of a Horovod group may share one message (False: the codec needs the shape)
-    buckets = True
 
-    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None, name=None):
+    def __init__(self, codec, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None,
+                 name=None):
         tf.Module.__init__(self, name=name or type(self).__name__)
         if not isinstance(memory, bool):
             raise ValueError(f"hvdspar: memory must be True or False, got {memory!r}")
-        if not (isinstance(fallback, bool) or fallback == "auto"):
-            raise ValueError(f"hvdspar: fallback must be True, False or 'auto', got {fallback!r}")
+        plans = Fallback(fallback)  # checks the argument
         if nonfinite not in NONFINITE:
             raise ValueError(f"hvdspar: nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -162,49 +147,37 @@ class Compressor(_HorovodCompressor, tf.Module):
         if bucket_mb is not None and (isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float))
                                       or not 0 <= bucket_mb < float("inf")):
             raise ValueError(f"hvdspar: bucket_mb must be a number >= 0 (MB) or None (no cap), got {bucket_mb!r}")
-        if bucket_mb is not None and not self.buckets:
+        if bucket_mb is not None and not codec.buckets:
             raise ValueError(f"hvdspar: {type(self).__name__} compresses every tensor on its own (its codec needs "
                              "the tensor's shape): bucket_mb does not apply")
+        self.codec = codec
+        #: what the trip encodes with: the codec, or the codec with error feedback
+        self.coder = ErrorFeedback(codec) if memory else codec
         self.memory = memory
         self.fallback = fallback
         self.nonfinite = nonfinite
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.bucket_mb = bucket_mb
         self.slots = []
+        #: the collectives of the trip: Horovod's (``exchange.Horovod``), or ``exchange.InProcess`` for tests
+        self.exchange = exchange.Horovod()
         # Python-only bookkeeping, kept out of tf.Module's tracking (and so out of checkpoints).
         self.__dict__["_trace"] = None
         self.__dict__["_next_slot"] = 0
         self.__dict__["_eager_index"] = {}  # (name, shapes, dtype) -> slot index, for eager calls
-        self.__dict__["_plans"] = {}  # slot index -> (dense?, reason, ranks, tensors) of the latest trace
-        self.__dict__["_logged_plan"] = None
-        self.__dict__["_eager_logged"] = set()  # slot indices whose eager plan was logged
-        self.__dict__["_compute_costs"] = {}  # (dtype, timing shape) -> link.Compute (fallback="auto")
+        self.__dict__["_fallback"] = plans  # the dense fallback's policy and latest decisions
         self.__dict__["_group"] = None  # the Horovod group being compressed: (tensor list, {position: (bucket, j)})
 
-    # --- what a subclass provides -----------------------------------------------------------
-
-    def encode(self, x, seed, dtype, shape=None):
-        """Flat x (gradient, plus memory) of a tensor of ``shape`` -> ``Encoded``.
-
-        ``dtype`` is the gradient's dtype, x is in it or in its compute dtype.
-        Encoded.q, this rank's Q(x) as the receivers will decode it (compute
-        dtype), is needed only when ``self.memory`` (else a [0] tensor).
-        Encoded.q_sq_norm is ||Q(x)||^2 (for the variance figures). A
-        non-finite x must give a message that decode_sum flags as such.
-        """
-        raise NotImplementedError
-
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        """The sum of ``num_ranks`` (an int32 tensor) concatenated messages of d elements (a tensor of
-        ``shape``, or a bucket: [d]), and whether all were finite (``hvdspar.wire.fold``)."""
-        raise NotImplementedError
-
-    def expected_nbytes(self, d, dtype, shape=None):
-        raise NotImplementedError
+    def __getattr__(self, name):
+        """The method's arguments read on the compressor (``GSpar(rho=0.01).rho``) are its codec's."""
+        codec = self.__dict__.get("codec")
+        if codec is not None and not name.startswith("_") and name in codec.config():
+            return getattr(codec, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def config(self):
-        """The constructor arguments, for ``spec()`` and tracking."""
-        out = {"memory": self.memory, "fallback": self.fallback}
+        """The constructor arguments, for ``spec()`` and tracking: the codec's, then the compressor's."""
+        out = {**self.codec.config(), "memory": self.memory, "fallback": self.fallback}
         if self.nonfinite != "propagate":
             out["nonfinite"] = self.nonfinite
         if self.bucket_mb is not None:
@@ -234,13 +207,13 @@ class Compressor(_HorovodCompressor, tf.Module):
         dozen shapes builds a few dozen encoders, not hundreds (graph building was 2.4 s per
         compressed tensor). Pure: x and the seed in, the message out."""
         return self._traced(("encode", dtype.name, tuple(shape.as_list())),
-                            lambda x, seed: self.encode(x, seed, dtype, shape))
+                            lambda x, seed: self.coder.encode(x, seed, dtype, shape))
 
     def _decoder(self, dtype, shape):
         """``decode_sum`` for one dtype and shape, traced once (see ``_encoder``)."""
         d = shape.num_elements()
         return self._traced(("decode", dtype.name, tuple(shape.as_list())),
-                            lambda data, num_ranks: self.decode_sum(data, num_ranks, d, dtype, shape))
+                            lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
 
     def _traced(self, key, fn):
         cache = self.__dict__.setdefault("_traced_fns", {})  # plain dict: tf.Module would track it
@@ -252,14 +225,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         """x = g + m; plan; then dense (hand x to Horovod) or compressed (encode, allgather, placeholders)."""
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
         shape = bucket.shape
-        num_ranks, rank = exchange.world(site.process_set)
-        dense, reason = self._plan(slot, d, dtype, shape, num_ranks, len(bucket.tensors))
-        self._log_plan_at_first_step(slot, bucket.position, rank)
+        num_ranks, rank = self.exchange.world(site.process_set)
+        dense, reason, _, _ = self._fallback.decide(self, slot.index, d, dtype, shape, num_ranks, len(bucket.tensors))
+        self._fallback.log_at_first_step(self, slot, bucket.position, rank)
 
         flat = [tf.reshape(t, [-1]) for t in bucket.tensors]
         x = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
         if self.memory:
-            x = tf.cast(x, compute_dtype(dtype)) + slot.memory  # e = m + g (error feedback)
+            x = self.coder.feed(x, slot.memory, dtype)  # e = m + g
         bucket.x = x
         n = len(bucket.tensors)
 
@@ -279,11 +252,11 @@ class Compressor(_HorovodCompressor, tf.Module):
         else:
             bucket.kind = "sparse"
             bucket.enc = self._encoder(dtype, shape)(x, self._seed(slot))
-            bucket.gathered = exchange.allgather(bucket.enc.message, site.process_set)
+            bucket.gathered = self.exchange.allgather(bucket.enc.message, site.process_set)
             nbytes = _message_nbytes(bucket.enc, n, dtype)
             slot.record(nbytes, d * dtype.size, d, bucket.enc.kept, dense=False)
         # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
-        bucket.sent = [exchange.placeholder(dtype, site.process_set) for _ in range(n)]
+        bucket.sent = [self.exchange.placeholder(dtype, site.process_set) for _ in range(n)]
 
     def _receive(self, bucket, j, reduced):
         """Member j's result: Horovod's own (dense), or its factor times its part of the decoded sum."""
@@ -292,11 +265,11 @@ class Compressor(_HorovodCompressor, tf.Module):
             return self._receive_dense(bucket, j, reduced)
         if bucket.total is None:  # the bucket's first decompress: decode once, then the state
             if bucket.kind == "sparse":
-                size = exchange.size_op(bucket.site.process_set)
+                size = self.exchange.size_op(bucket.site.process_set)
                 bucket.total, bucket.finite = self._decoder(dtype, bucket.shape)(bucket.gathered, size)
                 used = bucket.finite
                 norms = _norms(bucket.x, bucket.enc)
-                new_memory = (lambda: bucket.x - bucket.enc.q) if self.memory else None
+                new_memory = (lambda: self.coder.residual(bucket.x, bucket.enc)) if self.memory else None
             else:
                 bucket.total, bucket.finite, memory_value, sparse, norms = bucket.cond
                 used = tf.logical_and(bucket.finite, sparse)
@@ -346,8 +319,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         """
         slot, ps, dtype, d, x = bucket.slot, bucket.site.process_set, bucket.dtype, bucket.d, bucket.x
         cdt = compute_dtype(dtype)
-        num_ranks = exchange.size_op(ps)
-        message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
+        num_ranks = self.exchange.size_op(ps)
+        message_nbytes, dense_nbytes = self.codec.expected_nbytes(d, dtype, shape), d * dtype.size
         go_dense = exchange.prefer_dense_op(message_nbytes, dense_nbytes, num_ranks)
         seed = self._seed(slot)
         zero = tf.zeros([0], cdt)
@@ -355,7 +328,7 @@ class Compressor(_HorovodCompressor, tf.Module):
 
         def dense_branch():
             sent = tf.cast(x, dtype)
-            total = tf.cast(exchange.allreduce_sum(sent, ps, exchange.collective_name("HorovodAllreduce", x, "dense")),
+            total = tf.cast(self.exchange.allreduce_sum(sent, ps, exchange.collective_name("HorovodAllreduce", x, "dense")),
                             cdt)
             new_memory = x - tf.cast(sent, x.dtype) if self.memory else zero
             return (total, _reduced_is_finite(total), new_memory, tf.constant(dense_nbytes, tf.int64),
@@ -363,17 +336,17 @@ class Compressor(_HorovodCompressor, tf.Module):
 
         def sparse_branch():
             enc = self._encoder(dtype, shape)(x, seed)
-            gathered = exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
+            gathered = self.exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
             total, finite = self._decoder(dtype, shape)(gathered, num_ranks)
             nbytes = _message_nbytes(enc, n, dtype)
             norms = _norms(x, enc)
-            new_memory = x - tf.cast(enc.q, x.dtype) if self.memory else zero
+            new_memory = self.coder.residual(x, enc) if self.memory else zero
             return tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms
 
         total, finite, new_memory, nbytes, kept, norms = tf.cond(go_dense, dense_branch, sparse_branch)
         slot.record(nbytes, dense_nbytes, d, kept, dense=go_dense)
         bucket.cond = (total, finite, new_memory, tf.logical_not(go_dense), norms)
-        bucket.sent = [exchange.placeholder(dtype, ps) for _ in range(n)]
+        bucket.sent = [self.exchange.placeholder(dtype, ps) for _ in range(n)]
 
     # --- state ------------------------------------------------------------------------------
 
@@ -392,6 +365,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         """
         return _state.summary(self.slots)
 
+    def plan_summary(self):
+        """One line: how many messages the latest trace sends dense, and why (``hvdspar.fallback``)."""
+        return self._fallback.summary(self)
+
+    def plans(self):
+        """{message index: ``fallback.Plan``} of the latest trace."""
+        return dict(self._fallback.plans)
+
     def reset_traffic(self):
         """Zero the traffic figures (not the random streams or the memory)."""
         for slot in self.slots:
@@ -407,112 +388,16 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     # --- internals --------------------------------------------------------------------------
 
-    def _plan(self, slot, d, dtype, shape, num_ranks, n_tensors=1):
-        """(dense?, reason): the fallback's decision for one message, at trace time, alike on every rank.
-
-        fallback=True: by bytes (``exchange.prefer_dense``: dense when M m >= 2 D).
-        fallback="auto": by bytes first, then by time, from the measured network
-        and this compressor's measured compute (``hvdspar.link``): compressed must
-        be AUTO_MARGIN times faster. The measurement is collective (every rank
-        traces the same step), taken once and broadcast from rank 0.
-        Under elastic training (``HOROVOD_ELASTIC=1``) the byte rule is left to
-        run time (RUN_TIME), and the timed one is refused.
-        """
-        if d == 0:
-            dense, reason = True, "empty"
-        elif not self.fallback:
-            dense, reason = False, "compressed"
-        elif exchange.elastic():
-            if self.fallback == "auto":
-                raise ValueError(
-                    f"hvdspar: {self.name}: fallback='auto' times the network once and plans at the first trace, "
-                    "which Horovod does not redo when an elastic job changes size; use fallback=True (the byte "
-                    "rule, taken at every step from the world size) or fallback=False under hvd.elastic"
-                )
-            dense, reason = False, RUN_TIME
-        elif num_ranks <= 1:
-            dense, reason = False, "compressed"
-        else:
-            message_nbytes, dense_nbytes = self.expected_nbytes(d, dtype, shape), d * dtype.size
-            if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
-                dense, reason = True, "by bytes"
-            elif self.fallback == "auto" and not self._sparse_is_faster(d, dtype, shape, num_ranks, message_nbytes):
-                dense, reason = True, "by time"
-            else:
-                dense, reason = False, "compressed"
-        self._plans[slot.index] = (dense, reason, num_ranks, n_tensors)
-        return dense, reason
-    def _sparse_is_faster(self, d, dtype, shape, num_ranks, message_nbytes):
-        from hvdspar import link
-
-        timing_shape = self._timing_shape(shape)
-        key = (dtype.name, timing_shape)
-        if key not in self._compute_costs:
-            self._compute_costs[key] = link.measure_compute(self, dtype, num_ranks, timing_shape)
-        return link.sparse_pays(link.network(), self._compute_costs[key], d, message_nbytes, d * dtype.size, num_ranks)
-
-    def _timing_shape(self, shape):
-        """The shape fallback="auto" times this compressor at: None = flat vectors of two sizes
-        (cost linear in d); a compressor whose cost depends on the shape returns it."""
-        return None
-
-    def plan_summary(self):
-        """One line: how many messages (tensors, or buckets of tensors) the latest trace sends dense, and why."""
-        plans = list(self._plans.values())
-        if not plans:
-            return f"hvdspar: {self!r}: no tensor planned yet"
-        reasons = collections.Counter(reason for dense, reason, _, _ in plans if dense)
-        ranks = sorted({m for _, _, m, _ in plans})
-        tensors = sum(n for *_, n in plans)
-        what = "tensors" if tensors == len(plans) else f"messages ({tensors} tensors in buckets)"
-        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
-        at_run_time = sum(reason == RUN_TIME for _, reason, _, _ in plans)
-        if at_run_time:
-            return (f"hvdspar: {type(self).__name__} (elastic): {at_run_time} of {len(plans)} {what} planned at "
-                    f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
-                    f"trace ({why})")
-        rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.fallback]
-        return (f"hvdspar: {type(self).__name__} at {'/'.join(map(str, ranks))} ranks: "
-                f"{sum(reasons.values())} of {len(plans)} {what} sent dense ({why}; fallback={rule}), "
-                f"{len(plans) - sum(reasons.values())} compressed")
-
-    def _emit_plan(self, rank=0):
-        line = self.plan_summary()
-        if rank == 0 and line != self._logged_plan:
-            self._logged_plan = line
-            log.info(line)
-        return np.bool_(True)
-
-    def _log_plan_at_first_step(self, slot, position, rank):
-        """Rank 0 logs ``plan_summary()`` once, when the first step runs (the whole trace planned by then).
-
-        The graph built here is the same on every rank (Horovod matches collectives across ranks by
-        op names, so a rank-dependent op would shift them); only the Python callback looks at the rank.
-        """
-        if tf.executing_eagerly():
-            if slot.index not in self._eager_logged:
-                self._eager_logged.add(slot.index)
-                self._emit_plan(rank)
-            return
-        if position != 0:
-            return
-        graph = tf.compat.v1.get_default_graph()
-        from tensorflow.python.ops import control_flow_util
-
-        if control_flow_util.GraphOrParentsInXlaContext(graph):  # no Python callbacks under XLA
-            self._emit_plan(rank)
-            return
-        first = tf.equal(slot.totals[_state.TOTALS.index("calls")], 0)
-        tf.cond(first, lambda: tf.numpy_function(lambda: self._emit_plan(rank), [], tf.bool, stateful=True),
-                lambda: tf.constant(True))
-
-    def _seed_base(self, rank, slot_index):
-        # Distinct streams per (seed, rank, tensor); the step comes from slot.calls.
-        return (self.seed * 1_000_003 + rank * 65_537 + slot_index) % (2**62)
+    def stream_seed(self, rank, index):
+        """The base of the random stream of message ``index`` (a tensor or bucket, in Horovod's call order)
+        on ``rank``: its step t draws with the seed ``[stream_seed(rank, index), t]``, t counting the
+        steps sent compressed. Distinct per (seed, rank, message); what a simulated worker uses to draw
+        as rank ``rank`` would (``training/reproduce_sim.py``)."""
+        return (self.seed * 1_000_003 + rank * 65_537 + index) % (2**62)
 
     def _seed(self, slot):
-        """This step's seed of ``slot``'s random stream: [base for this rank and slot, calls so far]."""
-        return tf.stack([self._seed_base(0, slot.index) + 65_537 * exchange.rank_op(), slot.calls.read_value()])
+        """This step's seed of ``slot``'s random stream, with this rank read at run time."""
+        return tf.stack([self.stream_seed(0, slot.index) + 65_537 * self.exchange.rank_op(), slot.calls.read_value()])
 
     def _bucket_for(self, tensor, site):
         """(bucket, j): the message ``tensor`` travels in, and its place there.
@@ -524,7 +409,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         decompress(), so the first member of each bucket sends the whole bucket
         (``buckets.partition``: consecutive tensors of one dtype, at most ``bucket_mb`` MB).
         """
-        group = site.group if (self.buckets and self.bucket_mb != 0) else None
+        group = site.group if (self.codec.buckets and self.bucket_mb != 0) else None
         pos = None
         if group is not None and len(group) > 1:
             pos = next((i for i, t in enumerate(group) if t is tensor), None)

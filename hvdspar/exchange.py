@@ -21,6 +21,12 @@ know the op, the factors or the build: the reduced placeholder is the factor.
 The world size M that the decoder loops over is read at run time
 (``size_op``), as Horovod does under ``HOROVOD_ELASTIC``.
 
+A compressor reaches the collectives through its ``exchange`` attribute:
+``Horovod()`` (the default) calls Horovod's; ``InProcess(num_ranks)`` is a world
+of ``num_ranks`` ranks inside one process, for unit tests and simulated workers:
+this process is one rank of it, and every other rank's message is given by
+``peers`` (by default, an equal copy of this rank's).
+
 What Horovod does not hand to ``compress``, the process set and the op, is read
 from Horovod's own calling frame (``call_site``): the allgather must run on the
 same process set as the allreduce, and Adasum, Min/Max/Product or a
@@ -223,6 +229,87 @@ def placeholder(dtype, process_set=None):
     else:
         root = tf.equal(rank_op(), min(process_set.ranks))
     return tf.reshape(tf.cast(root, placeholder_dtype(dtype)), [1])
+
+
+def placeholder_nbytes(dtype):
+    return placeholder_dtype(dtype).size
+
+
+class Horovod:
+    """The collectives of a compressor's trip, run by Horovod (before hvd.init(): a one-process world)."""
+
+    def world(self, process_set=None):
+        """(size, rank) at trace time."""
+        return world(process_set)
+
+    def size_op(self, process_set=None):
+        """The number of ranks at run time (int32 scalar)."""
+        return size_op(process_set)
+
+    def rank_op(self):
+        """This process's global rank at run time (int64 scalar)."""
+        return rank_op()
+
+    def allgather(self, message, process_set=None, name=None):
+        """Every rank's 1-D uint8 message, concatenated in rank order."""
+        return allgather(message, process_set, name)
+
+    def allreduce_sum(self, tensor, process_set=None, name=None):
+        """The sum over the ranks of a dense tensor."""
+        return allreduce_sum(tensor, process_set, name)
+
+    def placeholder(self, dtype, process_set=None):
+        """What Horovod allreduces in place of a compressed message: [1] on the set's root, [0] elsewhere.
+
+        Reduced, it is the factor Horovod applies to the sum (see the module docstring).
+        """
+        root = 0 if process_set is None else min(process_set.ranks)
+        return tf.reshape(tf.cast(tf.equal(self.rank_op(), root), placeholder_dtype(dtype)), [1])
+
+
+class InProcess(Horovod):
+    """A world of ``num_ranks`` ranks in this process, of which this process is ``rank``.
+
+    ``peers(r, message)`` gives rank r's message for this rank's ``message`` (default: an equal
+    copy, as if every rank had sent the same); ``allreduce_sum`` sums one copy per rank.
+    ``gathers`` counts the allgathers built, ``gathered_nbytes`` this rank's bytes handed to
+    them (built in eager mode: the bytes of the calls; in a graph: a tf.Variable's count).
+    Process sets are not modelled: every collective is over the whole world.
+    """
+
+    def __init__(self, num_ranks, rank=0, peers=None):
+        if not (isinstance(num_ranks, int) and num_ranks >= 1 and 0 <= rank < num_ranks):
+            raise ValueError(f"hvdspar: InProcess needs num_ranks >= 1 and 0 <= rank < num_ranks, "
+                             f"got {num_ranks!r}, {rank!r}")
+        self.num_ranks, self.rank = num_ranks, rank
+        self.peers = peers or (lambda r, message: message)
+        self.gathers = 0
+
+    def world(self, process_set=None):
+        return self.num_ranks, self.rank
+
+    def size_op(self, process_set=None):
+        return tf.constant(self.num_ranks, tf.int32)
+
+    def rank_op(self):
+        return tf.constant(self.rank, tf.int64)
+
+    def allgather(self, message, process_set=None, name=None):
+        self.gathers += 1
+        return tf.concat([message if r == self.rank else self.peers(r, message) for r in range(self.num_ranks)], 0)
+
+    def allreduce_sum(self, tensor, process_set=None, name=None):
+        return tensor * tf.cast(self.num_ranks, tensor.dtype)
+
+
+#: the placeholder of a float32 (or 16-bit) gradient; float64 gradients get a float64 one
+PLACEHOLDER_DTYPE = tf.float32
+PLACEHOLDER_NBYTES = 4
+
+
+def placeholder_dtype(dtype):
+    """float64 for float64 gradients (the factor exact in their precision), else float32."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
 
 
 def placeholder_nbytes(dtype):

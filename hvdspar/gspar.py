@@ -1,34 +1,31 @@
 """GSpar and UniSp: unbiased random sparsifiers sending the hybrid message of sec. 2.3.
 
+Their codecs (``GSparCodec``, ``UniSpCodec``: pure TensorFlow) and the Horovod compressors
+that run them (``GSpar``, ``UniSp``).
+
     opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1),
                                    compression=hvdspar.GSpar(rho=0.01))
 """
 
 import tensorflow as tf
 
-from hvdspar import coding, wire
-from hvdspar.compressor import Compressor, Encoded
+from hvdspar import coding
+from hvdspar.codec import Codec, Encoded
+from hvdspar.compressor import Compressor
 from hvdspar.probabilities import check_budget, compute_dtype, default_method
 from hvdspar.sparsify import gspar_message, uniform_message
 
 
-def contraction_scale(x, lam):
-    """gamma = ||x||^2 / E||Q(x)||^2, with E||Q(x)||^2 = sum_i x_i^2 / p_i, p_i = min(lam |x_i|, 1).
+def second_moment(x, lam):
+    """E||Q(x)||^2 = sum_i x_i^2 / p_i with p_i = min(lam |x_i|, 1) (float64; zeros add nothing).
 
-    Error feedback needs a contraction, E||C(x) - x||^2 < ||x||^2, and an
-    unbiased sparsifier is not one: the residual x - Q(x) has second moment
-    sum_i x_i^2 (1/p_i - 1), larger than ||x||^2 once p_i < 1/2, so the memory
-    would grow geometrically. gamma Q(x) is the best scalar shrinkage:
-    E||gamma Q(x) - x||^2 = ||x||^2 (1 - gamma) < ||x||^2. It scales the
-    whole message (top-set values and 1/lambda alike), so the coding is kept.
-    For UniSp (p_i = rho) gamma = rho and gamma Q(x) = Z * x: MemSGD's rand-k.
+    For error feedback (``hvdspar.error_feedback``): with it, gamma Q(x) scales the whole
+    message (top-set values and 1/lambda alike), so the coding is kept.
     """
     x = tf.cast(x, tf.float64)
-    lam = tf.cast(lam, tf.float64)
     a = tf.abs(x)
-    p = tf.minimum(lam * a, 1)
-    second = tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(a * a, p), tf.zeros_like(a)))
-    return tf.math.divide_no_nan(tf.reduce_sum(a * a), second)
+    p = tf.minimum(tf.cast(lam, tf.float64) * a, 1)
+    return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(a * a, p), tf.zeros_like(a)))
 
 
 def scaled(msg, gamma):
@@ -39,21 +36,17 @@ def scaled(msg, gamma):
     )
 
 
-def encode_sparse(msg, d, dtype, memory):
-    """A SparseMessage -> ``Encoded``: bytes, Q as sent (if ``memory``), kept count, ||Q||^2."""
+def encode_sparse(msg, d, dtype, with_q):
+    """A SparseMessage -> ``Encoded``: bytes, Q as sent (if ``with_q``), kept count, ||Q||^2."""
     msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
     kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
     cdt = compute_dtype(dtype)
-    q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if memory else tf.zeros([0], cdt)
+    q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if with_q else tf.zeros([0], cdt)
     return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
 
 
-class SparseCompressor(Compressor):
-    """A compressor whose message is a ``coding.SparseMessage``; subclasses give ``message``."""
-
-    def message(self, x, seed):
-        """Flat x -> SparseMessage (values in any float dtype)."""
-        raise NotImplementedError
+class SparseCodec(Codec):
+    """A codec whose message is a ``coding.SparseMessage``; subclasses give ``draw`` and ``expected_counts``."""
 
     def expected_counts(self, d):
         """Expected (n_A, n_B) of a message for a tensor of d elements."""
@@ -63,25 +56,64 @@ class SparseCompressor(Compressor):
         n_a, n_b = self.expected_counts(d)
         return coding.expected_nbytes(n_a, n_b, d, dtype)
 
-    def encode(self, x, seed, dtype, shape=None):
-        d = x.shape[0]
-        q_len = d if self.memory else 0
-        cdt = compute_dtype(dtype)
+    def scaled(self, msg, gamma):
+        return scaled(msg, gamma)
 
-        def finite():
-            return encode_sparse(self.message(x, seed), d, dtype, self.memory)
-
-        def nonfinite():
-            zero = tf.constant(0, tf.int64)
-            return Encoded(wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), zero, tf.constant(0.0, tf.float64))
-
-        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
+    def pack(self, msg, d, dtype, shape, with_q):
+        return encode_sparse(msg, d, dtype, with_q)
 
     def decode_sum(self, data, num_ranks, d, dtype, shape=None):
         return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))
 
 
-class GSpar(SparseCompressor):
+class GSparCodec(SparseCodec):
+    """GSpar's message: p_i = min(lambda |x_i|, 1), Q(x)_i = Z_i x_i / p_i, coded as in sec. 2.3.
+
+    E[Q(x)] = x and E||Q(x)||^2 = sum_i x_i^2 / p_i. Arguments as ``GSpar``'s.
+    """
+
+    def __init__(self, rho=None, epsilon=None, method=None, iterations=2):
+        method = method or default_method(rho, epsilon)
+        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
+        self.rho = None if rho is None else float(rho)
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.method = method
+        self.iterations = iterations
+
+    def config(self):
+        budget = {"rho": self.rho} if self.rho is not None else {"epsilon": self.epsilon}
+        return {**budget, "method": self.method, "iterations": self.iterations}
+
+    def draw(self, x, seed, dtype, shape):
+        msg, lam = gspar_message(
+            x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method, iterations=self.iterations
+        )
+        return msg, lambda: second_moment(x, lam)
+
+    def expected_counts(self, d):
+        # With an epsilon budget the density is data-dependent: plan for a dense message.
+        return 0, (self.rho * d if self.rho is not None else d)
+
+
+class UniSpCodec(SparseCodec):
+    """Uniform sampling: p_i = rho, Q(x)_i = Z_i x_i / rho; E||Q(x)||^2 = ||x||^2 / rho."""
+
+    def __init__(self, rho):
+        check_budget(rho=rho)
+        self.rho = float(rho)
+
+    def config(self):
+        return {"rho": self.rho}
+
+    def draw(self, x, seed, dtype, shape):
+        x64 = tf.cast(x, tf.float64)
+        return uniform_message(x, seed, self.rho), lambda: tf.tensordot(x64, x64, 1) / self.rho
+
+    def expected_counts(self, d):
+        return self.rho * d, 0
+
+
+class GSpar(Compressor):
     """Gradient sparsification (Wangni, Wang, Liu, Zhang; NeurIPS 2018).
 
     Keeps g_i with probability p_i = min(lambda |g_i|, 1) and sends
@@ -98,7 +130,7 @@ class GSpar(SparseCompressor):
       iterations: rescalings of Algorithm 3 (the paper uses 2).
       memory: error feedback, not in the paper: send C(e) = gamma Q(e) for e = m + g and keep
         m = e - C(e), with gamma = ||e||^2 / sum e_i^2/p_i so that C is a contraction
-        (``contraction_scale``); plain Q(e) would make the memory diverge.
+        (``hvdspar.error_feedback``); plain Q(e) would make the memory diverge.
       fallback: True (default): send a tensor dense when the allgather would move
         at least as many bytes as a ring allreduce (decided per tensor from its size
         and the ranks: the same decisions on every machine); "auto": also when the
@@ -114,49 +146,19 @@ class GSpar(SparseCompressor):
 
     def __init__(self, rho=None, epsilon=None, method=None, iterations=2, memory=False, fallback=True,
                  nonfinite="propagate", seed=None, bucket_mb=None):
-        method = method or default_method(rho, epsilon)
-        check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
-        self.rho = None if rho is None else float(rho)
-        self.epsilon = None if epsilon is None else float(epsilon)
-        self.method = method
-        self.iterations = iterations
-
-    def config(self):
-        budget = {"rho": self.rho} if self.rho is not None else {"epsilon": self.epsilon}
-        return {**budget, "method": self.method, "iterations": self.iterations, **super().config()}
-
-    def message(self, x, seed):
-        msg, lam = gspar_message(
-            x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method, iterations=self.iterations
-        )
-        return scaled(msg, contraction_scale(x, lam)) if self.memory else msg
-
-    def expected_counts(self, d):
-        # With an epsilon budget the density is data-dependent: plan for a dense message.
-        return 0, (self.rho * d if self.rho is not None else d)
+        super().__init__(GSparCodec(rho, epsilon, method, iterations), memory=memory, fallback=fallback,
+                         nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
 
 
-class UniSp(SparseCompressor):
+class UniSp(Compressor):
     """Uniform sampling, the paper's baseline: p_i = rho, Q(g)_i = Z_i g_i / rho (unbiased).
 
-    With ``memory=True`` it sends rho Q(e) = Z * e (see ``contraction_scale``).
+    With ``memory=True`` it sends rho Q(e) = Z * e (``hvdspar.error_feedback``).
     """
 
     spec_name = "unisp"
 
     def __init__(self, rho, memory=False, fallback=True, nonfinite="propagate", seed=None,
                  bucket_mb=None):
-        check_budget(rho=rho)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
-        self.rho = float(rho)
-
-    def config(self):
-        return {"rho": self.rho, **super().config()}
-
-    def message(self, x, seed):
-        msg = uniform_message(x, seed, self.rho)
-        return scaled(msg, self.rho) if self.memory else msg  # gamma = rho: Z * x
-
-    def expected_counts(self, d):
-        return self.rho * d, 0
+        super().__init__(UniSpCodec(rho), memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed,
+                         bucket_mb=bucket_mb)

@@ -26,7 +26,8 @@ import math
 import tensorflow as tf
 
 from hvdspar import bits, coding, wire
-from hvdspar.compressor import Compressor, Encoded
+from hvdspar.codec import Codec, Encoded
+from hvdspar.compressor import Compressor
 from hvdspar.probabilities import compute_dtype
 
 # Plain TF ops with explicit tf.cond/tf.case: nothing for AutoGraph to convert (and traces get faster).
@@ -129,19 +130,6 @@ def expected_sq_norm(x, scale, levels):
 
 
 @_no_autograph
-def contracted(msg, x, levels):
-    """gamma Q(x) with gamma = ||x||^2 / E||Q(x)||^2: the message with its scale times gamma.
-
-    Error feedback needs E||C(x) - x||^2 < ||x||^2; an unbiased Q with relative
-    variance above 1 makes the memory grow geometrically. gamma Q is the best
-    scalar shrinkage, with E||gamma Q(x) - x||^2 = (1 - gamma) ||x||^2.
-    """
-    x64 = tf.cast(x, tf.float64)
-    gamma = tf.math.divide_no_nan(tf.reduce_sum(x64 * x64), expected_sq_norm(x, msg.scale, levels))
-    return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
-
-
-@_no_autograph
 def encode(msg, d, levels, value_dtype):
     """QuantMessage -> uint8 bytes, the smaller of the sparse and dense schemes."""
     level = tf.cast(msg.level, tf.int64)
@@ -236,12 +224,11 @@ def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
     return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, levels), add)
 
 
-class QuantCompressor(Compressor):
-    """A compressor whose message is a ``QuantMessage``; subclasses give ``levels`` and ``quantize``.
+class QuantCodec(Codec):
+    """A codec whose message is a ``QuantMessage``; subclasses give ``levels`` and ``quantize``.
 
-    With ``memory=True`` (error feedback) it sends C(e) = gamma Q(e) for e = m + g,
-    gamma = ||e||^2 / E||Q(e)||^2 (``contracted``), and keeps m = e - C(e):
-    a contraction, so the memory stays bounded (plain Q(e) would not be one).
+    With error feedback gamma Q(x) is the message with its scale times gamma, from
+    E||Q(x)||^2 of the quantiser (``expected_sq_norm``).
     """
 
     levels = 1
@@ -253,53 +240,36 @@ class QuantCompressor(Compressor):
         # The level distribution is data-dependent: plan for the largest (dense) message.
         return max_nbytes(d, self.levels, dtype)
 
+    def draw(self, x, seed, dtype, shape):
+        msg = self.quantize(x, seed)
+        return msg, lambda: expected_sq_norm(x, msg.scale, self.levels)
+
+    def scaled(self, msg, gamma):
+        return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
+
     @_no_autograph
-    def encode(self, x, seed, dtype, shape=None):
-        d = x.shape[0]
+    def pack(self, msg, d, dtype, shape, with_q):
         cdt = compute_dtype(dtype)
-        q_len = d if self.memory else 0
-
-        def finite():
-            msg = self.quantize(x, seed)
-            if self.memory:
-                msg = contracted(msg, x, self.levels)
-            q = to_dense(msg, self.levels, cdt)
-            kept = tf.reduce_sum(tf.cast(msg.level > 0, tf.int64))
-            sq = tf.reduce_sum(tf.square(tf.cast(q, tf.float64)))
-            return Encoded(encode(msg, d, self.levels, dtype), q if self.memory else tf.zeros([0], cdt), kept, sq)
-
-        def nonfinite():
-            return Encoded(
-                wire.nonfinite(d, dtype), tf.zeros([q_len], cdt), tf.constant(0, tf.int64), tf.constant(0.0, tf.float64)
-            )
-
-        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
+        q = to_dense(msg, self.levels, cdt)
+        kept = tf.reduce_sum(tf.cast(msg.level > 0, tf.int64))
+        sq = tf.reduce_sum(tf.square(tf.cast(q, tf.float64)))
+        return Encoded(encode(msg, d, self.levels, dtype), q if with_q else tf.zeros([0], cdt), kept, sq)
 
     @_no_autograph
     def decode_sum(self, data, num_ranks, d, dtype, shape=None):
         return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype))
 
 
-class QSGD(QuantCompressor):
-    """QSGD (Alistarh et al. 2017) with ``levels`` = s quantisation levels; unbiased.
+class QSGDCodec(QuantCodec):
+    """QSGD's message with s = ``levels`` quantisation levels."""
 
-    Args:
-      levels: s >= 1; each element costs about ceil(log2(s + 1)) + 1 bits in the
-        dense scheme, or Elias-Fano index + sign + ceil(log2 s) bits per non-zero level.
-      memory, fallback, seed: as for every hvdspar compressor.
-    """
-
-    spec_name = "qsgd"
-
-    def __init__(self, levels=4, memory=False, fallback=True, nonfinite="propagate", seed=None,
-                 bucket_mb=None):
+    def __init__(self, levels=4):
         if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels < 2**31:
             raise ValueError(f"hvdspar: levels must be an integer >= 1, got {levels!r}")
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
         self.levels = levels
 
     def config(self):
-        return {"levels": self.levels, **super().config()}
+        return {"levels": self.levels}
 
     def quantize(self, x, seed):
         return qsgd_quantize(x, self.levels, seed)
@@ -316,18 +286,44 @@ class QSGD(QuantCompressor):
         return min(sparse, max_nbytes(d, s, dtype))
 
 
-class TernGrad(QuantCompressor):
-    """TernGrad (Wen et al. 2017): Q(x)_i = max|x| sign(x_i) b_i, b_i ~ Bernoulli(|x_i| / max|x|); unbiased.
+class TernGradCodec(QuantCodec):
+    """TernGrad's message: s = 1, scale max|x|."""
 
-    At most 2 bits per element (+ 13 header bytes). Args: memory, fallback, seed.
-    """
-
-    spec_name = "terngrad"
     levels = 1
-
-    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None,
-                 bucket_mb=None):
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
 
     def quantize(self, x, seed):
         return terngrad_quantize(x, seed)
+
+
+class QSGD(Compressor):
+    """QSGD (Alistarh et al. 2017) with ``levels`` = s quantisation levels; unbiased.
+
+    Args:
+      levels: s >= 1; each element costs about ceil(log2(s + 1)) + 1 bits in the
+        dense scheme, or Elias-Fano index + sign + ceil(log2 s) bits per non-zero level.
+      memory: error feedback; then it sends C(e) = gamma Q(e) for e = m + g,
+        gamma = ||e||^2 / E||Q(e)||^2 (``hvdspar.error_feedback``), and keeps m = e - C(e).
+      fallback, seed: as for every hvdspar compressor.
+    """
+
+    spec_name = "qsgd"
+
+    def __init__(self, levels=4, memory=False, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
+        super().__init__(QSGDCodec(levels), memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed,
+                         bucket_mb=bucket_mb)
+
+
+class TernGrad(Compressor):
+    """TernGrad (Wen et al. 2017): Q(x)_i = max|x| sign(x_i) b_i, b_i ~ Bernoulli(|x_i| / max|x|); unbiased.
+
+    At most 2 bits per element (+ 13 header bytes). Args: memory (error feedback, as QSGD's),
+    fallback, seed.
+    """
+
+    spec_name = "terngrad"
+
+    def __init__(self, memory=False, fallback=True, nonfinite="propagate", seed=None,
+                 bucket_mb=None):
+        super().__init__(TernGradCodec(), memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed,
+                         bucket_mb=bucket_mb)

@@ -3,7 +3,7 @@
     opt = hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.1),
                                    compression=hvdspar.TopK(ratio=0.01))   # memory=True by default
 
-Each rank keeps a memory m per tensor (the base class's ``memory=True``):
+Each rank keeps a memory m per tensor (``memory=True``, ``hvdspar.error_feedback``):
 e = m + g; send C(e); m <- e - C(e). C is
 
 - top-k: the k = max(1, round(ratio * d)) coordinates of largest |e_i|
@@ -22,7 +22,8 @@ values.
 import tensorflow as tf
 
 from hvdspar.coding import SparseMessage
-from hvdspar.gspar import SparseCompressor
+from hvdspar.compressor import Compressor
+from hvdspar.gspar import SparseCodec
 from hvdspar.probabilities import compute_dtype
 
 # Plain TF ops: nothing for AutoGraph to convert (and traces get faster).
@@ -86,13 +87,56 @@ def randomk_message(g, k, seed, rescale=False):
     return _a_only(g, idx, values)
 
 
-class TopK(SparseCompressor):
+class TopKCodec(SparseCodec):
+    """The k = max(1, round(ratio d)) coordinates of largest |x_i|, exact: a biased contraction."""
+
+    def __init__(self, ratio):
+        self.ratio = check_ratio(ratio)
+
+    def config(self):
+        return {"ratio": self.ratio}
+
+    def draw(self, x, seed, dtype, shape):
+        return topk_message(x, num_kept(x.shape[0], self.ratio)), None
+
+    def expected_counts(self, d):
+        return num_kept(d, self.ratio), 0
+
+
+class RandomKCodec(SparseCodec):
+    """k uniform coordinates without replacement, exact (a biased contraction, MemSGD's rand-k) or,
+    with ``rescale``, times d / k (unbiased: E||C(x)||^2 = (d/k) ||x||^2)."""
+
+    def __init__(self, ratio, rescale=False):
+        self.ratio = check_ratio(ratio)
+        if not isinstance(rescale, bool):
+            raise ValueError(f"hvdspar: rescale must be True or False, got {rescale!r}")
+        self.rescale = rescale
+
+    def config(self):
+        return {"ratio": self.ratio, "rescale": self.rescale}
+
+    def draw(self, x, seed, dtype, shape):
+        d = x.shape[0]
+        k = num_kept(d, self.ratio)
+        msg = randomk_message(x, k, seed, rescale=self.rescale)
+        if not self.rescale:
+            return msg, None
+        x64 = tf.cast(x, tf.float64)
+        # error feedback's gamma = k/d cancels the d/k: plain rand-k is sent
+        return msg, lambda: tf.tensordot(x64, x64, 1) * (d / k)
+
+    def expected_counts(self, d):
+        return num_kept(d, self.ratio), 0
+
+
+class TopK(Compressor):
     """Top-k sparsification, with error feedback by default (MemSGD).
 
     Args:
       ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
       memory: error feedback (default True); False gives plain, biased top-k.
-      fallback: send a tensor dense when that moves fewer bytes or, with "auto" (default),
+      fallback: send a tensor dense when that moves fewer bytes or, with "auto",
         is faster on this network (see the base class).
       seed: unused by top-k itself (deterministic); kept for a uniform interface.
     """
@@ -101,28 +145,18 @@ class TopK(SparseCompressor):
 
     def __init__(self, ratio, memory=True, fallback=True, nonfinite="propagate", seed=None,
                  bucket_mb=None):
-        ratio = check_ratio(ratio)
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
-        self.ratio = ratio
-
-    def config(self):
-        return {"ratio": self.ratio, **super().config()}
-
-    def message(self, x, seed):
-        return topk_message(x, num_kept(x.shape[0], self.ratio))
-
-    def expected_counts(self, d):
-        return num_kept(d, self.ratio), 0
+        super().__init__(TopKCodec(ratio), memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed,
+                         bucket_mb=bucket_mb)
 
 
-class RandomK(SparseCompressor):
+class RandomK(Compressor):
     """Random-k sparsification (k uniform coordinates without replacement), with error feedback by default.
 
     Args:
       ratio: fraction of coordinates sent, in (0, 1]; k = max(1, round(ratio * d)) per tensor.
       rescale: multiply the kept values by d / k, which makes C unbiased (E[C(x)] = x,
         E||C(x)||^2 = (d/k) ||x||^2); default False (MemSGD's plain rand-k). With
-        memory=True the error-feedback contraction factor k/d cancels it (see ``message``).
+        memory=True the error-feedback contraction factor k/d cancels it.
       memory: error feedback (default True); False gives the plain version.
       fallback, seed: as for every hvdspar compressor (each rank and tensor draws its own indices).
     """
@@ -131,21 +165,5 @@ class RandomK(SparseCompressor):
 
     def __init__(self, ratio, rescale=False, memory=True, fallback=True, nonfinite="propagate", seed=None,
                  bucket_mb=None):
-        ratio = check_ratio(ratio)
-        if not isinstance(rescale, bool):
-            raise ValueError(f"hvdspar: rescale must be True or False, got {rescale!r}")
-        super().__init__(memory=memory, fallback=fallback, nonfinite=nonfinite, seed=seed, bucket_mb=bucket_mb)
-        self.ratio = ratio
-        self.rescale = rescale
-
-    def config(self):
-        return {"ratio": self.ratio, "rescale": self.rescale, **super().config()}
-
-    def message(self, x, seed):
-        # With memory, C(e) = gamma Q(e) with gamma = ||e||^2 / E||Q(e)||^2 = k/d (as GSpar and the
-        # other unbiased compressors do): the d/k rescaling cancels, and plain rand-k remains.
-        rescale = self.rescale and not self.memory
-        return randomk_message(x, num_kept(x.shape[0], self.ratio), seed, rescale=rescale)
-
-    def expected_counts(self, d):
-        return num_kept(d, self.ratio), 0
+        super().__init__(RandomKCodec(ratio, rescale), memory=memory, fallback=fallback, nonfinite=nonfinite,
+                         seed=seed, bucket_mb=bucket_mb)

@@ -22,8 +22,8 @@ def wire_q(comp, x, seed, shape=None):
     """Q(x) as a receiver decodes it from the bytes, plus the message."""
     d = x.shape[0]
     kwargs = {} if shape is None else {"shape": shape}
-    enc = comp.encode(x, seed, x.dtype, **kwargs)
-    total, finite = comp.decode_sum(enc.message, 1, d, x.dtype, **kwargs)
+    enc = comp.coder.encode(x, seed, x.dtype, **kwargs)
+    total, finite = comp.codec.decode_sum(enc.message, 1, d, x.dtype, **kwargs)
     return total, finite, enc
 
 
@@ -219,7 +219,7 @@ def test_topk_message_round_trip_and_exact_size():
     assert bool(finite) and int(enc.kept) == 10
     msg = coding.decode(enc.message, 1000, tf.float32)
     np.testing.assert_array_equal(msg.idx_a.numpy(), np.sort(top))
-    assert enc.message.shape[0] == coding.expected_nbytes(10, 0, 1000, tf.float32) == comp.expected_nbytes(1000, tf.float32)
+    assert enc.message.shape[0] == coding.expected_nbytes(10, 0, 1000, tf.float32) == comp.codec.expected_nbytes(1000, tf.float32)
     assert enc.message.shape[0] < 4000 / 40  # a real compact message: 10 values + ~10 indices
     assert enc.q_sq_norm.numpy() == pytest.approx(np.sum(expect.astype(np.float64) ** 2))
 
@@ -245,8 +245,8 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
     x[0] = 3.0
     x = tf.constant(x.astype(np.float32))
     comp = maker()
-    levels = comp.levels
-    msg = comp.quantize(x, tf.constant([5, 5], tf.int64))
+    levels = comp.codec.levels
+    msg = comp.codec.quantize(x, tf.constant([5, 5], tf.int64))
     data = quantize.encode(msg, 777, levels, tf.float32)
     back = quantize.decode(data, 777, levels, tf.float32)
     np.testing.assert_array_equal(back.level.numpy(), msg.level.numpy())
@@ -259,10 +259,10 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
     assert data.shape[0] == wire.header_nbytes(777, tf.float32) + min(sizes.values())
     assert data.shape[0] <= quantize.max_nbytes(777, levels, tf.float32)
     # planning: never above the worst case; QSGD plans with E[#non-zero] <= s (s + sqrt(d))
-    assert comp.expected_nbytes(777, tf.float32) <= quantize.max_nbytes(777, levels, tf.float32)
+    assert comp.codec.expected_nbytes(777, tf.float32) <= quantize.max_nbytes(777, levels, tf.float32)
     # decode_sum(encode) is Q(x) exactly, as the sender computes it
-    enc = comp.encode(x, tf.constant([5, 5], tf.int64), tf.float32)
-    total, finite = comp.decode_sum(enc.message, 1, 777, tf.float32)
+    enc = comp.coder.encode(x, tf.constant([5, 5], tf.int64), tf.float32)
+    total, finite = comp.codec.decode_sum(enc.message, 1, 777, tf.float32)
     np.testing.assert_array_equal(total.numpy(), quantize.to_dense(msg, levels, tf.float32).numpy())
     assert bool(finite)
     assert int(enc.kept) == n
@@ -270,13 +270,13 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
 
 def test_terngrad_costs_at_most_two_bits_per_element():
     x = tf.constant(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
-    enc = hvdspar.TernGrad().encode(x, tf.constant([1, 1], tf.int64), tf.float32)
+    enc = hvdspar.TernGrad().coder.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
     assert enc.message.shape[0] <= 4096 * 2 / 8 + wire.header_nbytes(4096, tf.float32)
 
 
 def test_qsgd_one_level_is_sparse_and_small():
     x = tf.constant(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
-    enc = hvdspar.QSGD(levels=1).encode(x, tf.constant([1, 1], tf.int64), tf.float32)
+    enc = hvdspar.QSGD(levels=1).coder.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
     assert int(enc.message[0]) == quantize.SCHEME_SPARSE
     # about sqrt(d) * ||x||_1/(sqrt(d)||x||_2) non-zeros, each ~ log2(d/n) + 3 bits
     assert enc.message.shape[0] < 4096 * 2 / 8 / 2
@@ -287,8 +287,8 @@ def test_atomo_round_trip_and_exact_size(shape):
     d = int(np.prod(shape))
     x = tf.constant(np.random.default_rng(6).standard_normal(d).astype(np.float32))
     comp = hvdspar.Atomo(budget=2, memory=True, seed=1)
-    enc = comp.encode(x, tf.constant([1, 9], tf.int64), tf.float32, shape=shape)
-    total, finite = comp.decode_sum(enc.message, 1, d, tf.float32, shape)
+    enc = comp.coder.encode(x, tf.constant([1, 9], tf.int64), tf.float32, shape=shape)
+    total, finite = comp.codec.decode_sum(enc.message, 1, d, tf.float32, shape)
     assert bool(finite)
     np.testing.assert_array_equal(total.numpy(), enc.q.numpy())  # the sender's Q is what receivers decode
     if atomo.uses_svd(shape):
@@ -322,11 +322,11 @@ def test_messages_of_several_ranks_concatenate():
         kwargs = {"shape": shape} if isinstance(comp, hvdspar.Atomo) else {}
         parts, expect = [], np.zeros(48, np.float32)
         for r in range(3):
-            enc = comp.encode(x[r], tf.constant([r, 0], tf.int64), tf.float32, **kwargs)
-            q, _ = comp.decode_sum(enc.message, 1, 48, tf.float32, **kwargs)
+            enc = comp.coder.encode(x[r], tf.constant([r, 0], tf.int64), tf.float32, **kwargs)
+            q, _ = comp.codec.decode_sum(enc.message, 1, 48, tf.float32, **kwargs)
             parts.append(enc.message)
             expect += q.numpy()
-        total, finite = comp.decode_sum(tf.concat(parts, 0), 3, 48, tf.float32, **kwargs)
+        total, finite = comp.codec.decode_sum(tf.concat(parts, 0), 3, 48, tf.float32, **kwargs)
         assert bool(finite)
         np.testing.assert_allclose(total.numpy(), expect, rtol=1e-6, atol=1e-6, err_msg=repr(comp))
 
@@ -341,9 +341,9 @@ def test_nonfinite_input_is_flagged_by_every_compressor():
         (hvdspar.TopK(0.1), {}),
         (hvdspar.RandomK(0.1), {}),
     ]:
-        enc = comp.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
-        ok = comp.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
-        _, finite = comp.decode_sum(tf.concat([ok.message, enc.message], 0), 2, 48, tf.float32, **kwargs)
+        enc = comp.coder.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
+        ok = comp.coder.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
+        _, finite = comp.codec.decode_sum(tf.concat([ok.message, enc.message], 0), 2, 48, tf.float32, **kwargs)
         assert not bool(finite), comp
 
 
@@ -357,13 +357,13 @@ def test_other_dtypes_round_trip(dtype):
         (hvdspar.TopK(0.5), {}),
         (hvdspar.RandomK(0.5, rescale=True), {}),
     ]:
-        enc = comp.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
-        total, finite = comp.decode_sum(enc.message, 1, 48, dtype, **kwargs)
+        enc = comp.coder.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
+        total, finite = comp.codec.decode_sum(enc.message, 1, 48, dtype, **kwargs)
         assert bool(finite) and total.dtype == compute_dtype(dtype)
         np.testing.assert_array_equal(total.numpy(), enc.q.numpy())
     # Atomo with every atom kept reconstructs the matrix to the dtype's precision.
     comp = hvdspar.Atomo(budget=6, memory=True)
-    q = comp.encode(x, tf.constant([0, 3], tf.int64), dtype, shape=(8, 6)).q
+    q = comp.coder.encode(x, tf.constant([0, 3], tf.int64), dtype, shape=(8, 6)).q
     tol = {tf.float16: 1e-2, tf.bfloat16: 5e-2, tf.float64: 1e-12}[dtype]
     np.testing.assert_allclose(q.numpy(), tf.cast(x, q.dtype).numpy(), atol=tol * 4)
 

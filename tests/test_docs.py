@@ -32,3 +32,7 @@ def test_readme_is_a_guide_and_its_modules_exist():
     for module in modules - {"venv", "pytest"}:
         assert importlib.util.find_spec(module) is not None, f"README runs python -m {module}, which does not exist"
     assert "../shared" not in text  # the repository does not point outside itself
+    # the module list names files that exist (after a rename it named compressors.py for a session)
+    named = set(re.findall(r"`(?:hvdspar/)?([a-z_]+\.py)`", text))
+    package = {p.name for p in (ROOT / "hvdspar").glob("*.py")}
+    assert named and not named - package, f"README names modules hvdspar/ lacks: {sorted(named - package)}"

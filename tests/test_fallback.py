@@ -4,9 +4,9 @@ The base class (hvdspar/compressor.py) sends a tensor dense through Horovod's
 own allreduce when an allgather of the expected message (M - 1) m would move
 at least as many bytes as a ring allreduce 2 (M - 1) / M D, i.e. when M m >= 2 D
 (fallback=True, "by bytes"); the default, fallback="auto", applies that rule
-first and then the time model of hvdspar.link. The unit tests fake the world
-size (exchange.world), the allgather and the measured link, so they run
-without Horovod; the 2-rank tests are real horovodruns.
+first and then the time model of hvdspar.link. The unit tests run the compressor
+in an in-process world (``exchange.InProcess``) and fix the measured link, so
+they run without Horovod; the 2-rank tests are real horovodruns.
 """
 
 import pytest
@@ -49,21 +49,10 @@ def test_message_as_big_as_the_tensor_goes_dense_from_two_ranks():
 # --- the decision inside Compressor.compress ------------------------------------------------
 
 
-@pytest.fixture
-def fake_world(monkeypatch):
-    """Pretend to be rank 0 of ``size`` ranks whose messages all equal ours."""
-    state = {"size": 2, "gathers": 0}
-
-    def world(process_set=None):
-        return state["size"], 0
-
-    def allgather(message, process_set=None):
-        state["gathers"] += 1
-        return tf.concat([message] * state["size"], axis=0)
-
-    monkeypatch.setattr(exchange, "world", world)
-    monkeypatch.setattr(exchange, "allgather", allgather)
-    return state
+def in_world(comp, size):
+    """``comp`` as rank 0 of an in-process world of ``size`` ranks whose messages all equal ours."""
+    comp.exchange = exchange.InProcess(size)
+    return comp
 
 
 def _compress(comp, shape, seed=0):
@@ -72,16 +61,15 @@ def _compress(comp, shape, seed=0):
     return g, out, ctx
 
 
-def test_high_rho_small_tensor_many_ranks_goes_dense(fake_world):
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.5, seed=1)
+def test_high_rho_small_tensor_many_ranks_goes_dense():
+    comp = in_world(hvdspar.GSpar(rho=0.5, seed=1), 32)
     d = 100
-    m = comp.expected_nbytes(d, tf.float32)
+    m = comp.codec.expected_nbytes(d, tf.float32)
     assert exchange.prefer_dense(m, 4 * d, 32)
     assert not exchange.prefer_dense(m, 4 * d, 2)  # the same tensor goes sparse on 2 ranks
     g, out, ctx = _compress(comp, [10, 10])
     assert ctx.kind == "dense"
-    assert fake_world["gathers"] == 0
+    assert comp.exchange.gathers == 0
     # dense path: the tensor itself goes to Horovod's allreduce, untouched
     assert out.shape == g.shape and bool(tf.reduce_all(out == g))
     t = comp.traffic()
@@ -89,46 +77,42 @@ def test_high_rho_small_tensor_many_ranks_goes_dense(fake_world):
     assert bool(tf.reduce_all(comp.decompress(out, ctx) == g))
 
 
-def test_low_rho_big_tensor_two_ranks_goes_sparse(fake_world):
-    fake_world["size"] = 2
-    comp = hvdspar.GSpar(rho=0.01, fallback=True, seed=1)
+def test_low_rho_big_tensor_two_ranks_goes_sparse():
+    comp = in_world(hvdspar.GSpar(rho=0.01, fallback=True, seed=1), 2)
     d = 100_000
-    assert not exchange.prefer_dense(comp.expected_nbytes(d, tf.float32), 4 * d, 2)
+    assert not exchange.prefer_dense(comp.codec.expected_nbytes(d, tf.float32), 4 * d, 2)
     _, out, ctx = _compress(comp, [d])
     assert ctx.kind == "sparse"
-    assert fake_world["gathers"] == 1
+    assert comp.exchange.gathers == 1
     assert out.shape == [1] and out.dtype == exchange.PLACEHOLDER_DTYPE
     t = comp.traffic()
     assert t["dense_tensors"] == 0
     assert t["bytes_sent"] < t["dense_bytes"] / 50
 
 
-def test_fallback_false_forces_sparse(fake_world):
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.5, fallback=False, seed=1)
+def test_fallback_false_forces_sparse():
+    comp = in_world(hvdspar.GSpar(rho=0.5, fallback=False, seed=1), 32)
     _, out, ctx = _compress(comp, [10, 10])
     assert ctx.kind == "sparse"
-    assert fake_world["gathers"] == 1
+    assert comp.exchange.gathers == 1
     assert comp.traffic()["dense_tensors"] == 0
 
 
-def test_decision_is_per_tensor(fake_world):
+def test_decision_is_per_tensor():
     # 32 ranks, rho = 0.05: the big kernel travels sparse, the 10-element bias dense.
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.05, fallback=True, seed=1)
+    comp = in_world(hvdspar.GSpar(rho=0.05, fallback=True, seed=1), 32)
     kinds = [_compress(comp, s, seed=i)[2].kind for i, s in enumerate(([20_000, 10], [10]))]
     assert kinds == ["sparse", "dense"]
     assert comp.traffic()["dense_tensors"] == 1
 
 
 @pytest.mark.parametrize("spec", ["gspar:rho=0.01", "unisp:rho=0.01", "topk:ratio=0.01", "qsgd:levels=4"])
-def test_switch_follows_the_rule_for_every_compressor(fake_world, spec):
+def test_switch_follows_the_rule_for_every_compressor(spec):
     """For each rank count the decision equals M * expected_nbytes >= 2 D."""
     d = 50_000
     for ranks in (2, 8, 64, 512):
-        fake_world["size"] = ranks
-        comp = hvdspar.from_spec(spec, fallback=True)
-        m = comp.expected_nbytes(d, tf.float32)
+        comp = in_world(hvdspar.from_spec(spec, fallback=True), ranks)
+        m = comp.codec.expected_nbytes(d, tf.float32)
         _, _, ctx = _compress(comp, [d])
         assert (ctx.kind == "dense") == (ranks * m >= 2 * 4 * d), (spec, ranks, m)
 
@@ -190,7 +174,7 @@ def test_by_bytes_is_every_compressors_default_and_auto_is_opt_in(spec):
     assert hvdspar.from_spec(spec + ("," if ":" in spec else ":") + "fallback=auto").fallback == "auto"
 
 
-def test_auto_on_one_rank_sends_compressed_without_measuring(fake_world, monkeypatch):
+def test_auto_on_one_rank_sends_compressed_without_measuring(monkeypatch):
     """A one-rank world: no network to measure and no bytes to save; the compressor runs
     its method (simulations) and no timing collective is attempted."""
     from hvdspar import link
@@ -200,8 +184,7 @@ def test_auto_on_one_rank_sends_compressed_without_measuring(fake_world, monkeyp
 
     monkeypatch.setattr(link, "network", no_measuring)
     monkeypatch.setattr(link, "measure_compute", no_measuring)
-    fake_world["size"] = 1
-    comp = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
+    comp = in_world(hvdspar.GSpar(rho=0.01, fallback="auto", seed=1), 1)
     _, out, ctx = _compress(comp, [10_000])
     assert ctx.kind == "sparse" and comp.traffic()["dense_tensors"] == 0
 
@@ -231,21 +214,19 @@ def fake_link(monkeypatch):
     return state
 
 
-def test_auto_goes_sparse_on_a_slow_link_and_dense_on_a_fast_one(fake_world, fake_link):
+def test_auto_goes_sparse_on_a_slow_link_and_dense_on_a_fast_one(fake_link):
     from hvdspar import link
 
-    fake_world["size"] = 4
-    slow = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
+    slow = in_world(hvdspar.GSpar(rho=0.01, fallback="auto", seed=1), 4)
     assert _compress(slow, [100_000])[2].kind == "sparse"
     fake_link["network"] = link.Network(1e-5, 1e11)
-    fast = hvdspar.GSpar(rho=0.01, fallback="auto", seed=1)
+    fast = in_world(hvdspar.GSpar(rho=0.01, fallback="auto", seed=1), 4)
     assert _compress(fast, [100_000])[2].kind == "dense"
     assert fast.traffic()["dense_tensors"] == 1
 
 
-def test_auto_keeps_the_byte_rule_and_measures_compute_once_per_dtype(fake_world, fake_link):
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.05, fallback="auto", seed=1)
+def test_auto_keeps_the_byte_rule_and_measures_compute_once_per_dtype(fake_link):
+    comp = in_world(hvdspar.GSpar(rho=0.05, fallback="auto", seed=1), 32)
     kinds = [_compress(comp, s, seed=i)[2].kind for i, s in enumerate(([20_000, 10], [10], [30_000]))]
     assert kinds == ["sparse", "dense", "sparse"]  # the bias is dense by bytes, before any timing
     assert fake_link["measured"] == 1
@@ -270,9 +251,8 @@ def test_two_ranks_auto_fallback_decides_alike_on_every_rank(horovodrun):
     assert results[0]["figures"] == results[1]["figures"]
 
 
-def test_dense_path_stops_on_a_non_finite_average_with_nonfinite_raise(fake_world):
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.5, nonfinite="raise", seed=1)
+def test_dense_path_stops_on_a_non_finite_average_with_nonfinite_raise():
+    comp = in_world(hvdspar.GSpar(rho=0.5, nonfinite="raise", seed=1), 32)
     g, out, ctx = _compress(comp, [10, 10])
     assert ctx.kind == "dense"
     bad = tf.tensor_scatter_nd_update(out, [[3, 4]], [float("nan")])
@@ -281,10 +261,9 @@ def test_dense_path_stops_on_a_non_finite_average_with_nonfinite_raise(fake_worl
     assert comp.traffic()["variance_ratio"] == 1.0  # nothing went compressed: Q = identity
 
 
-def test_dense_path_lets_a_non_finite_average_through_by_default_and_keeps_the_memory(fake_world):
+def test_dense_path_lets_a_non_finite_average_through_by_default_and_keeps_the_memory():
     """As Horovod's none: the Inf reaches the optimizer (a LossScaleOptimizer skips the step)."""
-    fake_world["size"] = 32
-    comp = hvdspar.GSpar(rho=0.5, memory=True, seed=1)
+    comp = in_world(hvdspar.GSpar(rho=0.5, memory=True, seed=1), 32)
     g, out, ctx = _compress(comp, [10, 10])
     assert ctx.kind == "dense"
     bad = tf.tensor_scatter_nd_update(out, [[3, 4]], [float("inf")])
@@ -294,9 +273,8 @@ def test_dense_path_lets_a_non_finite_average_through_by_default_and_keeps_the_m
     assert (comp.slots[0].memory.numpy() == before).all()
 
 
-def test_atomo_auto_times_the_spectral_encoder_at_the_shape_it_sends(fake_world, fake_link):
-    fake_world["size"] = 4
-    comp = hvdspar.Atomo(budget=2, fallback="auto", seed=1)
+def test_atomo_auto_times_the_spectral_encoder_at_the_shape_it_sends(fake_link):
+    comp = in_world(hvdspar.Atomo(budget=2, fallback="auto", seed=1), 4)
     for i, shape in enumerate(([300, 200], [300, 200], [400, 100], [5000])):
         _compress(comp, shape, seed=i)
     assert fake_link["shapes"] == [(300, 200), (400, 100), None]  # once per matrix shape; vectors by size

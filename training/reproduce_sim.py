@@ -1,14 +1,14 @@
-"""M simulated workers in one process, with hvdspar's own encode / decode_sum.
+"""M simulated workers in one process, with the compressor's own pieces.
 
 The convex experiments of Wangni et al. (2018) (Figures 1-3, top-k) and the CNN
 are run with the M = 4 workers *simulated* in one process: worker r computes
-its minibatch gradient g_r, encodes it with the compressor's own ``encode``
-(the same function ``Compressor.compress`` calls under Horovod) with the seed
-``[compressor._seed_base(r, tensor_index), step]`` that rank r would use, the
+its minibatch gradient g_r, encodes it with the compressor's codec
+(``compressor.coder.encode``, what ``Compressor.compress`` calls under Horovod) with the seed
+``[compressor.stream_seed(r, tensor_index), step]`` that rank r would use, the
 M byte messages are concatenated in rank order (what the allgather returns)
-and ``decode_sum`` turns them into sum_r Q(g_r); the update uses the average
-(Algorithm 1). Error feedback (``memory=true``) is applied as
-``Compressor.compress`` does it: x = g + m, m <- x - Q(x).
+and ``codec.decode_sum`` turns them into sum_r Q(g_r); the update uses the average
+(Algorithm 1). Error feedback (``memory=true``) is the compressor's own
+(``hvdspar.error_feedback``): e = g + m, send C(e), m <- e - C(e).
 
 So a simulated run takes the same steps as ``horovodrun -np M`` with the same
 compressor seed and fallback off; tests/workers/reproduce_hvd.py checks that
@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 
 import hvdspar
-from hvdspar.probabilities import compute_dtype
 
 
 def make_compressor(spec, seed):
@@ -64,22 +63,21 @@ class SimExchange:
                 stats["sq_g"] += sq
                 stats["sq_q"] += sq
                 continue
-            cdt = compute_dtype(tf.float32)
             msgs, nbytes, kept, sq_g, sq_q, new_mem = [], [], [], [], [], []
             for r in range(m):
                 x = flat[r]
                 if self.memory:
-                    x = tf.cast(x, cdt) + self.mem[i][r]
-                seed = tf.stack([tf.constant(comp._seed_base(r, i), tf.int64), step])
-                enc = comp.encode(x, seed, tf.float32, tf.TensorShape(shape))
+                    x = comp.coder.feed(x, self.mem[i][r], tf.float32)  # e = m + g
+                seed = tf.stack([tf.constant(comp.stream_seed(r, i), tf.int64), step])
+                enc = comp.coder.encode(x, seed, tf.float32, tf.TensorShape(shape))
                 msgs.append(enc.message)
                 nbytes.append(tf.cast(tf.size(enc.message), tf.float64))
                 kept.append(tf.cast(enc.kept, tf.float64))
                 sq_g.append(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))))
                 sq_q.append(tf.cast(enc.q_sq_norm, tf.float64))
                 if self.memory:
-                    new_mem.append(x - enc.q)
-            total, _ = comp.decode_sum(tf.concat(msgs, 0), m, d, tf.float32)
+                    new_mem.append(comp.coder.residual(x, enc))  # m <- e - C(e)
+            total, _ = comp.codec.decode_sum(tf.concat(msgs, 0), m, d, tf.float32)
             averages.append(tf.reshape(tf.cast(total / m, tf.float32), shape))
             if self.memory:
                 self.mem[i].assign(tf.stack(new_mem))

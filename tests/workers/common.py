@@ -11,22 +11,23 @@ def report(rank, **results):
     out.write_text(json.dumps(results))
 
 
-def count_allgathered_bytes():
-    """Wrap hvdspar's allgather so every byte handed to it is counted, independently
-    of the compressors' own counters. Returns the int64 tf.Variable holding the count."""
+def counting_exchange():
+    """Horovod's collectives, counting every byte handed to the allgather, independently of the
+    compressors' own counters: set it as ``compressor.exchange``; ``.gathered`` is the int64
+    tf.Variable holding the count."""
     import tensorflow as tf
 
     from hvdspar import exchange
 
-    counter = tf.Variable(0, dtype=tf.int64)
-    allgather = exchange.allgather
+    class Counting(exchange.Horovod):
+        def __init__(self):
+            self.gathered = tf.Variable(0, dtype=tf.int64, trainable=False)
 
-    def counting_allgather(message, *args, **kwargs):  # (message[, process_set]): whatever exchange takes
-        counter.assign_add(tf.size(message, out_type=tf.int64))
-        return allgather(message, *args, **kwargs)
+        def allgather(self, message, process_set=None, name=None):
+            self.gathered.assign_add(tf.size(message, out_type=tf.int64))
+            return super().allgather(message, process_set, name)
 
-    exchange.allgather = counting_allgather
-    return counter
+    return Counting()
 
 
 def same_on_all_ranks(values):

@@ -187,8 +187,9 @@ def snapshot():
 def plan():
     """hvdspar's plan per tensor at trace time: (dense?, reason, ranks); under elastic the reason says
     the byte rule runs at every step (None for Horovod's own compressors)."""
-    plans = getattr(compressor, "_plans", None)
-    return {str(k): list(v) for k, v in plans.items()} if isinstance(plans, dict) else None
+    if not isinstance(compressor, hvdspar.Compressor):
+        return None
+    return {str(k): list(v) for k, v in compressor.plans().items()}
 
 
 def last_dense_tensors():

@@ -9,13 +9,14 @@ import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
 from hvdspar import exchange
-from tests.workers.common import count_allgathered_bytes, report
+from tests.workers.common import counting_exchange, report
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
 tf.keras.utils.set_random_seed(0)  # Python, NumPy and TF (initial weights) alike on every rank
 
-gathered_bytes = count_allgathered_bytes()
+counter = counting_exchange()
+gathered_bytes = counter.gathered
 
 # With 2 ranks the rule M m >= 2 D means m >= D: a GSpar message (about 2 bits a
 # kept element plus a 13-byte header for fp32) reaches the dense size only for
@@ -23,9 +24,10 @@ gathered_bytes = count_allgathered_bytes()
 # regression: kernel (3, 1) and bias (1,), both predicted (and sent) dense.
 d, k = 3, 1
 comp = hvdspar.GSpar(rho=0.9, seed=5)
+comp.exchange = counter
 shapes = [(d, k), (k,)]
 expected_dense = [
-    bool(exchange.prefer_dense(comp.expected_nbytes(int(np.prod(s)), tf.float32), 4 * int(np.prod(s)), size))
+    bool(exchange.prefer_dense(comp.codec.expected_nbytes(int(np.prod(s)), tf.float32), 4 * int(np.prod(s)), size))
     for s in shapes
 ]
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from tests.workers.common import count_allgathered_bytes, report, same_on_all_ranks
+from tests.workers.common import counting_exchange, report, same_on_all_ranks
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
@@ -19,7 +19,8 @@ tf.keras.utils.set_random_seed(SEED)
 results = {}
 
 # Count what really goes to the allgather, independently of the compressor's own counters.
-gathered_bytes = count_allgathered_bytes()
+counter = counting_exchange()
+gathered_bytes = counter.gathered
 
 
 # 1. Keras logistic regression with GSpar(rho=0.01): loss falls, identical weights, bytes.
@@ -29,6 +30,7 @@ w_true = np.random.default_rng(0).normal(size=(d, 1))
 x = (rng.normal(size=(1024, d)) * (rng.random((1024, d)) < 0.05)).astype("float32")
 y = (x @ w_true > 0).astype("float32")
 comp = hvdspar.GSpar(rho=0.01, fallback=True, seed=3)
+comp.exchange = counter
 model = tf.keras.Sequential([tf.keras.layers.Dense(1, activation="sigmoid", input_shape=(d,))])
 model.compile(hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression=comp), "binary_crossentropy")
 # 8 epochs: GSpar at rho = 0.01 multiplies the gradient's variance by ~100, and after 4 epochs

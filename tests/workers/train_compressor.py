@@ -18,7 +18,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from tests.workers.common import count_allgathered_bytes, report, same_on_all_ranks
+from tests.workers.common import counting_exchange, report, same_on_all_ranks
 
 hvd.init()
 rank, size = hvd.rank(), hvd.size()
@@ -26,7 +26,8 @@ specs = sys.argv[1:]
 SEED = 5  # the compressors' random streams (each rank and tensor draws its own from it)
 tf.keras.utils.set_random_seed(SEED)
 
-gathered_bytes = count_allgathered_bytes()
+counter = counting_exchange()
+gathered_bytes = counter.gathered
 
 
 d_in, d_out, n = 32, 16, 256
@@ -39,6 +40,7 @@ results = {"specs": specs}
 for spec in specs:
     tf.keras.utils.set_random_seed(rank)  # different (seeded) initial weights per rank: the broadcast must fix them
     comp = hvdspar.from_spec(spec, fallback=True, seed=SEED)  # by bytes: on this loopback "auto" would send dense
+    comp.exchange = counter
     model = tf.keras.Sequential([tf.keras.layers.Dense(d_out, input_shape=(d_in,))])
     hvdspar.track(model, comp)
     model.compile(hvd.DistributedOptimizer(tf.keras.optimizers.SGD(0.05), compression=comp), "mse")

@@ -1,0 +1,113 @@
+"""A method's message, in pure TensorFlow: no state, no Horovod, the shape passed in.
+
+A codec turns one rank's flat vector x (a tensor of ``shape``, or a bucket of
+tensors: [d]) into a byte message, and a concatenation of the ranks' messages
+into their sum::
+
+    encode(x, seed, dtype, shape, contract=False)  -> Encoded(message, q, kept, q_sq_norm)
+    decode_sum(data, num_ranks, d, dtype, shape)   -> (sum_r Q(x_r) [d], all senders finite)
+    expected_nbytes(d, dtype, shape)               -> the planned message size (the fallback's rule)
+
+``encode`` is the same for every method: a method gives its random message
+and that message's second moment (``draw``), how to scale it (``scaled``) and
+how to put it in bytes (``pack``). A non-finite x sends the header-only
+non-finite message (``hvdspar.wire.nonfinite``), which ``decode_sum`` flags.
+With ``contract=True`` (error feedback, ``hvdspar.error_feedback``) it sends
+gamma Q(x) with the one contraction rule gamma = ||x||^2 / E||Q(x)||^2 and
+returns Q as sent, for the memory.
+
+A codec whose messages are dense and the same shape on every rank (PowerSGD's
+P and Q) instead sums them with Horovod's allreduce itself
+(``collective = "allreduce"``, ``reduce_sum`` -> ``Reduced``) and says which
+gradients it sends dense (``plan``).
+
+``hvdspar.compressor.Compressor`` runs a codec inside Horovod's allreduce; a
+codec alone runs anywhere (tests, simulated workers, benchmarks).
+"""
+
+import collections
+
+import tensorflow as tf
+
+from hvdspar import error_feedback, wire
+from hvdspar.probabilities import compute_dtype
+
+
+class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm"])):
+    """What ``Codec.encode`` returns: the uint8 message; Q(x) as the receivers decode it, in the
+    compute dtype, if asked for (``contract=True``; else a [0] tensor); the count of kept elements
+    (int64); and ||Q(x)||^2 (float64, for the variance figures)."""
+
+
+class Reduced(collections.namedtuple("Reduced", ["total", "finite", "q", "nbytes", "kept", "q_sq_norm", "state",
+                                                 "dense"])):
+    """What a codec that sums through Horovod's allreduce itself (``collective = "allreduce"``:
+    PowerSGD) returns from ``reduce_sum``: the sum over the ranks [d], whether every rank was
+    finite, this rank's C(x) for the error-feedback memory, the bytes and numbers this rank sent,
+    ||own part||^2 (float64), the codec's new state values {name: tensor}, and whether it went dense."""
+
+
+class Codec:
+    """Base class of the codecs; see the module docstring."""
+
+    #: how the ranks' messages meet: "allgather" (encode / decode_sum) or "allreduce" (``reduce_sum``)
+    collective = "allgather"
+
+    #: whether several tensors may share one message (False: the method needs each tensor's shape)
+    buckets = True
+
+    def config(self):
+        """The method's arguments, for ``spec()`` and tracking."""
+        return {}
+
+    # --- what a method gives --------------------------------------------------------------
+
+    def draw(self, x, seed, dtype, shape):
+        """(message, second): the method's random message of flat x (finite), and a function giving
+        E||Q(x)||^2 given x (float64 scalar), or None when Q is already a contraction (a biased
+        method such as top-k, which error feedback sends as it is)."""
+        raise NotImplementedError
+
+    def scaled(self, msg, gamma):
+        """The message of gamma Q(x), gamma a float64 scalar."""
+        raise NotImplementedError
+
+    def pack(self, msg, d, dtype, shape, with_q):
+        """A finite message -> ``Encoded`` (Q(x) in it only ``with_q``)."""
+        raise NotImplementedError
+
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+        """The sum of ``num_ranks`` (an int32 tensor) concatenated messages of d elements (a tensor of
+        ``shape``, or a bucket: [d]), and whether all were finite (``hvdspar.wire.fold``)."""
+        raise NotImplementedError
+
+    def expected_nbytes(self, d, dtype, shape=None):
+        """The message size to plan for, in bytes, alike on every rank."""
+        raise NotImplementedError
+
+    def timing_shape(self, shape):
+        """The shape fallback="auto" times this codec at: None = flat vectors of two sizes (cost linear
+        in d); a codec whose cost depends on the shape returns it."""
+        return None
+
+    # --- the same for every method ----------------------------------------------------------
+
+    @tf.autograph.experimental.do_not_convert
+    def encode(self, x, seed, dtype, shape=None, contract=False):
+        """Flat x (in ``dtype`` or its compute dtype) of a tensor of ``shape`` -> ``Encoded``."""
+        x = tf.reshape(x, [-1])
+        d = x.shape[0]
+        cdt = compute_dtype(dtype)
+
+        def finite():
+            msg, second = self.draw(x, seed, dtype, shape)
+            if contract and second is not None:
+                msg = self.scaled(msg, error_feedback.contraction(x, second()))
+            return self.pack(msg, d, dtype, shape, with_q=contract)
+
+        def nonfinite():
+            zero = tf.constant(0, tf.int64)
+            q = tf.zeros([d if contract else 0], cdt)
+            return Encoded(wire.nonfinite(d, dtype), q, zero, tf.constant(0.0, tf.float64))
+
+        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)

@@ -1,0 +1,66 @@
+"""Error feedback around any codec: e = m + g, send C(e), keep m <- e - C(e).
+
+The memory m (one per message, ``hvdspar.state``) carries what a step did not
+send into the next. It stays bounded only if C is a contraction,
+E||C(e) - e||^2 < ||e||^2. Top-k and plain random-k are; an unbiased Q is not
+once its relative variance E||Q(e)||^2 / ||e||^2 - 1 reaches 1 (GSpar below
+p_i = 1/2, QSGD, TernGrad, ATOMO): the residual e - Q(e) then has a second
+moment above ||e||^2 and the memory grows geometrically. So an unbiased
+method sends C(e) = gamma Q(e), with the one rule
+
+    gamma = ||e||^2 / E||Q(e)||^2                                  (``contraction``)
+
+the best scalar shrinkage: E||gamma Q(e) - e||^2 = (1 - gamma) ||e||^2. Each
+codec gives its own E||Q(e)||^2 (GSpar: sum e_i^2 / p_i; QSGD: from its levels;
+ATOMO: sum sigma_i^2 / p_i) and scales its own message; for UniSp (p_i = rho)
+gamma = rho and gamma Q(e) = Z * e, MemSGD's rand-k.
+"""
+
+import tensorflow as tf
+
+from hvdspar.probabilities import compute_dtype
+
+
+def contraction(x, second_moment):
+    """gamma = ||x||^2 / E||Q(x)||^2 (float64 scalar; 0 for x = 0)."""
+    x = tf.cast(tf.reshape(x, [-1]), tf.float64)
+    return tf.math.divide_no_nan(tf.tensordot(x, x, 1), tf.cast(second_moment, tf.float64))
+
+
+class ErrorFeedback:
+    """A codec with error feedback: what a compressor with ``memory=True`` encodes with.
+
+    ``feed(g, m)`` is e = m + g, ``encode`` sends C(e) (``codec.encode(..., contract=True)``),
+    ``residual(e, encoded)`` is the new memory e - C(e), with C(e) as the receivers decode it.
+    Decoding and sizes are the codec's own.
+    """
+
+    def __init__(self, codec):
+        self.codec = codec
+
+    @property
+    def buckets(self):
+        return self.codec.buckets
+
+    def config(self):
+        return self.codec.config()
+
+    def timing_shape(self, shape):
+        return self.codec.timing_shape(shape)
+
+    def feed(self, g, memory, dtype):
+        """e = m + g, in the compute dtype of ``dtype`` (the memory's)."""
+        return tf.cast(g, compute_dtype(dtype)) + memory
+
+    def encode(self, x, seed, dtype, shape=None):
+        return self.codec.encode(x, seed, dtype, shape, contract=True)
+
+    def residual(self, e, encoded):
+        """m <- e - C(e)."""
+        return e - tf.cast(encoded.q, e.dtype)
+
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+        return self.codec.decode_sum(data, num_ranks, d, dtype, shape)
+
+    def expected_nbytes(self, d, dtype, shape=None):
+        return self.codec.expected_nbytes(d, dtype, shape)

@@ -1,0 +1,147 @@
+"""The dense fallback: per message (a tensor or a bucket), send it compressed or dense?
+
+Decided at trace time, alike on every rank, from the message's size and the
+number of ranks; the same decisions on every machine unless the rule is timed::
+
+    True (default)    by bytes (``exchange.prefer_dense``): dense when the allgather
+                      of M messages of m bytes moves at least as many bytes as a ring
+                      allreduce of the D dense bytes, M m >= 2 D
+    "auto"            by bytes, then by time (``hvdspar.link``): also dense when the
+                      dense allreduce is faster on this network once the compressor's
+                      own compute is paid (measured once, at the first trace)
+    False             always compressed
+
+Under elastic training (``HOROVOD_ELASTIC=1``) Horovod does not retrace after
+the world changes, so the byte rule is left to run time (``RUN_TIME``: the
+compressor decides in the graph at every step) and the timed rule is refused.
+
+Rank 0 logs the decisions once, at the first step, through the ``hvdspar``
+logger (``Fallback.log_at_first_step``); ``Fallback.summary`` is that line.
+"""
+
+import collections
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from hvdspar import exchange
+from hvdspar.state import TOTALS
+
+log = logging.getLogger("hvdspar")
+
+RULES = (True, False, "auto")
+
+#: the reason of messages planned at every step (elastic training)
+RUN_TIME = "by bytes at run time"
+
+
+class Plan(collections.namedtuple("Plan", ["dense", "reason", "num_ranks", "n_tensors"])):
+    """One message's decision: dense?, why, at how many ranks, for how many tensors."""
+
+
+class Fallback:
+    """The fallback policy of one compressor, and its latest decisions (Python only).
+
+    ``rule`` is the compressor's ``fallback=`` argument. ``plans`` maps a
+    message's slot index to its ``Plan`` at the latest trace.
+    """
+
+    def __init__(self, rule):
+        if not (isinstance(rule, bool) or rule == "auto"):
+            raise ValueError(f"hvdspar: fallback must be True, False or 'auto', got {rule!r}")
+        self.rule = rule
+        self.plans = {}
+        self._compute_costs = {}  # (dtype, timing shape) -> link.Compute, measured once (rule "auto")
+        self._logged = None  # the latest line rank 0 logged
+        self._eager_logged = set()  # slot indices whose eager plan was logged
+
+    def decide(self, comp, index, d, dtype, shape, num_ranks, n_tensors=1):
+        """The ``Plan`` of message ``index`` of ``comp``: d elements of ``dtype`` (a tensor of ``shape``,
+        or a bucket: [d]), at ``num_ranks`` ranks (at trace time); also kept in ``plans``."""
+        if d == 0:
+            dense, reason = True, "empty"
+        elif not self.rule:
+            dense, reason = False, "compressed"
+        elif exchange.elastic():
+            if self.rule == "auto":
+                raise ValueError(
+                    f"hvdspar: {comp.name}: fallback='auto' times the network once and plans at the first trace, "
+                    "which Horovod does not redo when an elastic job changes size; use fallback=True (the byte "
+                    "rule, taken at every step from the world size) or fallback=False under hvd.elastic"
+                )
+            dense, reason = False, RUN_TIME
+        elif num_ranks <= 1:
+            dense, reason = False, "compressed"
+        else:
+            message_nbytes, dense_nbytes = comp.codec.expected_nbytes(d, dtype, shape), d * dtype.size
+            if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
+                dense, reason = True, "by bytes"
+            elif self.rule == "auto" and not self._sparse_is_faster(comp, d, dtype, shape, num_ranks,
+                                                                    message_nbytes):
+                dense, reason = True, "by time"
+            else:
+                dense, reason = False, "compressed"
+        plan = self.plans[index] = Plan(dense, reason, num_ranks, n_tensors)
+        return plan
+
+    def _sparse_is_faster(self, comp, d, dtype, shape, num_ranks, message_nbytes):
+        """The timed rule (``hvdspar.link``): compressed must be AUTO_MARGIN times faster than dense."""
+        from hvdspar import link
+
+        timing_shape = comp.codec.timing_shape(shape)
+        key = (dtype.name, timing_shape)
+        if key not in self._compute_costs:
+            self._compute_costs[key] = link.measure_compute(comp, dtype, num_ranks, timing_shape)
+        return link.sparse_pays(link.network(), self._compute_costs[key], d, message_nbytes, d * dtype.size, num_ranks)
+
+    def summary(self, comp):
+        """One line: how many messages (tensors, or buckets of tensors) the latest trace sends dense, and why."""
+        plans = list(self.plans.values())
+        if not plans:
+            return f"hvdspar: {comp!r}: no tensor planned yet"
+        reasons = collections.Counter(p.reason for p in plans if p.dense)
+        ranks = sorted({p.num_ranks for p in plans})
+        tensors = sum(p.n_tensors for p in plans)
+        what = "tensors" if tensors == len(plans) else f"messages ({tensors} tensors in buckets)"
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+        at_run_time = sum(p.reason == RUN_TIME for p in plans)
+        name = type(comp).__name__
+        if at_run_time:
+            return (f"hvdspar: {name} (elastic): {at_run_time} of {len(plans)} {what} planned at "
+                    f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
+                    f"trace ({why})")
+        rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.rule]
+        return (f"hvdspar: {name} at {'/'.join(map(str, ranks))} ranks: "
+                f"{sum(reasons.values())} of {len(plans)} {what} sent dense ({why}; fallback={rule}), "
+                f"{len(plans) - sum(reasons.values())} compressed")
+
+    def _emit(self, comp, rank=0):
+        line = self.summary(comp)
+        if rank == 0 and line != self._logged:
+            self._logged = line
+            log.info(line)
+        return np.bool_(True)
+
+    def log_at_first_step(self, comp, slot, position, rank):
+        """Rank 0 logs ``summary`` once, when the first step runs (the whole trace planned by then).
+
+        The graph built here is the same on every rank (Horovod matches collectives across ranks by
+        op names, so a rank-dependent op would shift them); only the Python callback looks at the rank.
+        No call recorded yet in the message's traffic counters marks the first step.
+        """
+        if tf.executing_eagerly():
+            if slot.index not in self._eager_logged:
+                self._eager_logged.add(slot.index)
+                self._emit(comp, rank)
+            return
+        if position != 0:
+            return
+        from tensorflow.python.ops import control_flow_util
+
+        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+            self._emit(comp, rank)  # no Python callbacks under XLA: log at trace time
+            return
+        first = tf.equal(slot.totals[TOTALS.index("calls")], 0)
+        tf.cond(first, lambda: tf.numpy_function(lambda: self._emit(comp, rank), [], tf.bool, stateful=True),
+                lambda: tf.constant(True))
