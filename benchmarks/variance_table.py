@@ -17,7 +17,10 @@ Budget: rho = 0.01 (GSpar, UniSp), ratio = 0.01 (TopK, RandomK); ATOMO gets,
 per tensor, the budget whose expected bytes equal GSpar's measured bytes on
 that tensor (spectral atoms for matrices/kernels, entry-wise atoms for vectors,
 where it coincides with GSpar's exact water-filling); QSGD with s = 1 level
-(its cheapest setting); TernGrad; fp32 and fp16 for reference.
+(its cheapest setting); TernGrad; EF-signSGD's scaled sign (||g||_1 / d sign(g),
+without its memory); PowerSGD at rank 1 and 4, one power step from a random Q
+(no warm start, no memory: what one step of it sends; its P and Q are the
+bytes; vectors go dense); fp32 and fp16 for reference.
 
 Columns: E||Q(g)||^2 / ||g||^2 (over draws, summed over tensors; for an
 unbiased Q it is 1 + the relative variance), E||Q(g) - g||^2 / ||g||^2 (the
@@ -131,11 +134,16 @@ def measure(make, grads, draws, seed=0):
             x = tf.constant(g.reshape(-1))
             kwargs = {"shape": g.shape} if isinstance(comp, hvdspar.Atomo) else {}
             for r in range(draws):
-                enc = comp.coder.encode(x, tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64), tf.float32, **kwargs)
-                q, _ = comp.codec.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
-                sq_q[r] += float(enc.q_sq_norm)
+                seed_r = tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64)
+                if comp.codec.collective == "allreduce":
+                    q, q_sq, size = reduced_draw(comp.codec, x, g.shape, seed_r)
+                else:
+                    enc = comp.coder.encode(x, seed_r, tf.float32, **kwargs)
+                    q, _ = comp.codec.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
+                    q_sq, size = float(enc.q_sq_norm), int(enc.message.shape[0])
+                sq_q[r] += q_sq
                 sq_err[r] += float(np.sum((q.numpy().astype(np.float64) - flat) ** 2))
-                nbytes[r] += int(enc.message.shape[0])
+                nbytes[r] += size
             sq_g += float(np.sum(flat**2))
             elements += g.size
     ratio = sq_q / sq_g
@@ -145,6 +153,18 @@ def measure(make, grads, draws, seed=0):
         "error": float(sq_err.mean() / sq_g),
         "bytes_per_element": float(nbytes.mean() / elements),
     }
+
+
+def reduced_draw(codec, x, shape, seed):
+    """(Q, ||Q||^2, bytes) of one step of an allreduce codec (PowerSGD) on one rank, from a fresh
+    random start (``seed``): its P and Q are the message; a vector or a tensor below its
+    min_compression_rate goes dense."""
+    if codec.plan(x.shape[0], shape) is not None:
+        return x, float(np.sum(x.numpy().astype(np.float64) ** 2)), 4 * x.shape[0]
+    q0 = codec.initial_state(shape, tf.float32, int(seed[0]) * 7919 + int(seed[1]))["q"]
+    state = {"q": tf.Variable(q0), "step": tf.Variable(tf.constant(codec.start_iter, tf.int64))}
+    red = codec.reduce_sum(x, state, lambda t, tag: t, tf.float32, shape, tf.constant(1), 0)
+    return red.total, float(np.sum(red.total.numpy().astype(np.float64) ** 2)), int(red.nbytes)
 
 
 def atomo_budget(g, target_bytes):
@@ -186,6 +206,9 @@ def compressors():
         ("qsgd levels=1", "yes", fixed(lambda: hvdspar.QSGD(levels=1))),
         ("qsgd levels=4", "yes", fixed(lambda: hvdspar.QSGD(levels=4))),
         ("terngrad", "yes", fixed(lambda: hvdspar.TernGrad())),
+        ("efsignsgd (scaled sign)", "no", fixed(lambda: hvdspar.EFSignSGD(memory=False))),
+        ("powersgd rank=1 (one step, fresh Q)", "no", fixed(lambda: hvdspar.PowerSGD(rank=1, memory=False))),
+        ("powersgd rank=4 (one step, fresh Q)", "no", fixed(lambda: hvdspar.PowerSGD(rank=4, memory=False))),
     ]
 
 

@@ -17,7 +17,7 @@ Modules, one idea each:
   link           the time model of fallback="auto": measured network and compute
   state          per-message state in tf.Variables: error-feedback memory, random stream, byte counters
   compressor     the Horovod Compressor around a codec: a gradient's whole trip
-  gspar          GSpar and UniSp (topk, quantize, atomo: the other methods)
+  gspar          GSpar and UniSp (topk, quantize, atomo, powersgd, sign: the other methods)
   spec           from_spec("gspar:rho=0.01")
 """
 
@@ -29,6 +29,8 @@ from hvdspar.gspar import GSpar, UniSp  # noqa: E402
 from hvdspar.topk import TopK, RandomK  # noqa: E402
 from hvdspar.atomo import Atomo  # noqa: E402
 from hvdspar.quantize import QSGD, TernGrad  # noqa: E402
+from hvdspar.powersgd import PowerSGD  # noqa: E402
+from hvdspar.sign import EFSignSGD  # noqa: E402
 from hvdspar.checkpoint import track, build  # noqa: E402
 from hvdspar.spec import from_spec, register  # noqa: E402
 
@@ -43,6 +45,8 @@ __all__ = [
     "Atomo",
     "QSGD",
     "TernGrad",
+    "PowerSGD",
+    "EFSignSGD",
     "track",
     "build",
     "from_spec",

@@ -18,10 +18,13 @@ This class runs the pieces, once for all methods. A gradient's whole trip, in th
                       dense:      hand each member's part of x to Horovod's allreduce as it is
                       compressed: message = codec.encode(x); gathered = exchange.allgather(message);
                                   hand Horovod one placeholder per member (``exchange.placeholder``)
+                      reduced:    a codec summing by allreduce (PowerSGD): total = codec.reduce_sum(x),
+                                  its own op=Sum allreduces; one placeholder (``_send_reduced``)
     Horovod:        allreduce of what compress returned, with the user's op and scale factors
     decompress(t):  (``_receive``)
                     dense:      t is Horovod's result; m <- x - sent
                     compressed: total = codec.decode_sum(gathered) (once per bucket); m <- x - C(x);
+                                (reduced: the codec's state, e.g. PowerSGD's Q, too, when every rank was finite)
                                 the random stream advances; result = t[0] * member's part of total
                                 (t[0]: Horovod's factor)
 
@@ -108,7 +111,8 @@ class _Bucket:
         self.flat_sent = None  # dense: the flat tensor sent
         self.enc = self.gathered = None  # sparse: this rank's message, every rank's messages
         self.total = self.finite = None  # sparse / run time: sum_r Q(x_r) [d] and whether all ranks were finite
-        self.cond = None  # run time: the tf.cond's outputs
+        self.cond = None  # run time / reduced: (total, finite, new memory, compressed?, norms)
+        self.codec_state = None  # reduced: the codec's new state values (applied when every rank was finite)
         self.finite_members = [None] * len(self.tensors)  # dense: each member's reduced tensor finite?
 
     def member(self, j, flat):
@@ -249,6 +253,9 @@ class Compressor(_HorovodCompressor, tf.Module):
             bucket.sent = [bucket.member(j, bucket.flat_sent) for j in range(n)] if n > 1 else [
                 tf.reshape(bucket.flat_sent, bucket.shapes[0])]
             return
+        elif getattr(self.codec, "collective", "allgather") == "allreduce":
+            bucket.kind = "reduced"
+            self._send_reduced(bucket)
         else:
             bucket.kind = "sparse"
             bucket.enc = self._encoder(dtype, shape)(x, self._seed(slot))
@@ -264,7 +271,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if bucket.kind == "dense":
             return self._receive_dense(bucket, j, reduced)
         if bucket.total is None:  # the bucket's first decompress: decode once, then the state
-            if bucket.kind == "sparse":
+            if bucket.kind == "sparse":  # (RUN_TIME and "reduced" computed theirs in _send)
                 size = self.exchange.size_op(bucket.site.process_set)
                 bucket.total, bucket.finite = self._decoder(dtype, bucket.shape)(bucket.gathered, size)
                 used = bucket.finite
@@ -276,6 +283,9 @@ class Compressor(_HorovodCompressor, tf.Module):
                 new_memory = (lambda: memory_value) if self.memory else None
             if new_memory is not None:  # nothing of a non-finite step enters the memory
                 tf.cond(bucket.finite, lambda: slot.memory.assign(new_memory()).op, tf.no_op)
+            if bucket.codec_state:  # nor the codec's state
+                tf.cond(bucket.finite, lambda: tf.group([slot.codec_state[k].assign(v) for k, v in
+                                                         bucket.codec_state.items()]), tf.no_op)
             slot.calls.assign_add(tf.cast(used, tf.int64))  # a skipped step does not use up a stream
             slot.sq_norms.assign_add(tf.where(used, norms, tf.zeros([2], tf.float64)))
         total, finite = bucket.total, bucket.finite
@@ -306,6 +316,24 @@ class Compressor(_HorovodCompressor, tf.Module):
                 all_finite = tf.reduce_all(tf.stack(bucket.finite_members))
                 tf.cond(all_finite, lambda: slot.memory.assign(residual).op, tf.no_op)
             return tf.identity(reduced)
+
+    def _send_reduced(self, bucket):
+        """A codec that sums through Horovod's allreduce itself (PowerSGD): its step runs here, with
+        hvdspar's own op=Sum allreduces, and Horovod reduces the placeholder, for its factor."""
+        slot, ps, dtype, d = bucket.slot, bucket.site.process_set, bucket.dtype, bucket.d
+        x = tf.cast(bucket.x, compute_dtype(dtype))
+
+        def allreduce_sum(t, tag):
+            return self.exchange.allreduce_sum(t, ps, exchange.collective_name("HorovodAllreduce", bucket.x, tag))
+
+        red = self.codec.reduce_sum(x, slot.codec_state, allreduce_sum, dtype, bucket.shape,
+                                    self.exchange.size_op(ps), self.stream_seed(0, slot.index))
+        slot.record(red.nbytes + exchange.placeholder_nbytes(dtype), d * dtype.size, d, red.kept, dense=red.dense)
+        new_memory = self.coder.residual(x, red) if self.memory else tf.zeros([0], x.dtype)
+        norms = tf.stack([tf.cast(_sq_norm(x), tf.float64), red.q_sq_norm])
+        bucket.cond = (red.total, red.finite, new_memory, tf.logical_not(red.dense), norms)
+        bucket.codec_state = red.state
+        bucket.sent = [self.exchange.placeholder(dtype, ps)]
 
     def _send_planned_at_run_time(self, bucket, shape):
         """Elastic training: the byte rule decided at every step, from the world size at run time.
@@ -481,7 +509,9 @@ class Compressor(_HorovodCompressor, tf.Module):
             self._next_slot += 1
         if index == len(self.slots):
             with tf.init_scope():
-                self.slots.append(SlotState(index, shape, dtype, self.memory))
+                init = getattr(self.codec, "initial_state", None)
+                codec_state = init(shape, dtype, self.stream_seed(0, index)) if init and len(shape) >= 2 else None
+                self.slots.append(SlotState(index, shape, dtype, self.memory, codec_state))
         slot = self.slots[index]
         if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(

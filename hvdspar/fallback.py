@@ -59,8 +59,12 @@ class Fallback:
     def decide(self, comp, index, d, dtype, shape, num_ranks, n_tensors=1):
         """The ``Plan`` of message ``index`` of ``comp``: d elements of ``dtype`` (a tensor of ``shape``,
         or a bucket: [d]), at ``num_ranks`` ranks (at trace time); also kept in ``plans``."""
+        own_rule = getattr(comp.codec, "plan", None)  # a codec that sums by allreduce has its own (PowerSGD)
         if d == 0:
             dense, reason = True, "empty"
+        elif own_rule is not None:
+            why = own_rule(d, shape)
+            dense, reason = why is not None, why or "compressed"
         elif not self.rule:
             dense, reason = False, "compressed"
         elif exchange.elastic():

@@ -92,10 +92,12 @@ def to_spec(compressor):
 def _register_builtins():
     from hvdspar.atomo import Atomo
     from hvdspar.gspar import GSpar, UniSp
+    from hvdspar.powersgd import PowerSGD
     from hvdspar.quantize import QSGD, TernGrad
+    from hvdspar.sign import EFSignSGD
     from hvdspar.topk import RandomK, TopK
 
-    for cls in (GSpar, UniSp, TopK, RandomK, Atomo, QSGD, TernGrad):
+    for cls in (GSpar, UniSp, TopK, RandomK, Atomo, QSGD, TernGrad, PowerSGD, EFSignSGD):
         register(cls)
 
 

@@ -53,10 +53,11 @@ class SlotState(tf.Module):
 
     calls: the random-stream counter of the sparse path (never reset, so a
     stream is not reused); totals / last / sq_norms: the traffic figures
-    (fields in TOTALS, LAST, SQ_NORMS); memory: error feedback, if any.
+    (fields in TOTALS, LAST, SQ_NORMS); memory: error feedback, if any;
+    codec_state: the codec's own variables, by name (PowerSGD's Q and step).
     """
 
-    def __init__(self, index, shape, dtype, memory):
+    def __init__(self, index, shape, dtype, memory, codec_state=None):
         super().__init__(name=f"slot_{index}")
         self.index = index
         self.shape = tf.TensorShape(shape)
@@ -73,6 +74,8 @@ class SlotState(tf.Module):
             )
         else:
             self.memory = None
+        # a codec's own state (PowerSGD: Q and its step), checkpointed with the rest
+        self.codec_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in (codec_state or {}).items()}
 
     def record(self, nbytes, dense_nbytes, elements, kept, dense, sq_norm=None, sq_norm_sent=None):
         """Count one call (two variable updates; three with the norms). Arguments may be tensors."""

@@ -340,6 +340,7 @@ def test_nonfinite_input_is_flagged_by_every_compressor():
         (hvdspar.TernGrad(), {}),
         (hvdspar.TopK(0.1), {}),
         (hvdspar.RandomK(0.1), {}),
+        (hvdspar.EFSignSGD(), {}),
     ]:
         enc = comp.coder.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
         ok = comp.coder.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
@@ -356,6 +357,7 @@ def test_other_dtypes_round_trip(dtype):
         (hvdspar.TernGrad(memory=True), {}),
         (hvdspar.TopK(0.5), {}),
         (hvdspar.RandomK(0.5, rescale=True), {}),
+        (hvdspar.EFSignSGD(), {}),
     ]:
         enc = comp.coder.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
         total, finite = comp.codec.decode_sum(enc.message, 1, 48, dtype, **kwargs)
@@ -385,6 +387,10 @@ def test_other_dtypes_round_trip(dtype):
         ("terngrad", hvdspar.TernGrad, {"memory": False}),
         ("terngrad:memory=true,seed=5,fallback=false", hvdspar.TernGrad, {"memory": True, "seed": 5, "fallback": False}),
         ("gspar:rho=0.01,memory=true", hvdspar.GSpar, {"rho": 0.01, "memory": True}),
+        ("powersgd:rank=2", hvdspar.PowerSGD, {"rank": 2, "memory": True, "warm_start": True, "start_iter": 10}),
+        ("powersgd:rank=1,memory=false,warm_start=false", hvdspar.PowerSGD, {"memory": False, "warm_start": False}),
+        ("efsignsgd", hvdspar.EFSignSGD, {"memory": True}),
+        ("efsignsgd:memory=false", hvdspar.EFSignSGD, {"memory": False}),
     ],
 )
 def test_from_spec_builds_every_compressor_and_spec_round_trips(spec, cls, attrs):
@@ -399,7 +405,8 @@ def test_from_spec_builds_every_compressor_and_spec_round_trips(spec, cls, attrs
 def test_defaults_memory_on_for_topk_and_randomk_off_for_unbiased():
     assert hvdspar.TopK(0.01).memory and hvdspar.RandomK(0.01).memory
     assert not hvdspar.Atomo(2).memory and not hvdspar.QSGD(4).memory and not hvdspar.TernGrad().memory
-    for name in ("unisp", "topk", "randomk", "atomo", "qsgd", "terngrad"):
+    assert hvdspar.PowerSGD().memory and hvdspar.EFSignSGD().memory
+    for name in ("unisp", "topk", "randomk", "atomo", "qsgd", "terngrad", "powersgd", "efsignsgd"):
         assert name in hvdspar.spec.available()
 
 
@@ -415,6 +422,9 @@ def test_defaults_memory_on_for_topk_and_randomk_off_for_unbiased():
         lambda: hvdspar.QSGD(2.5),
         lambda: hvdspar.TernGrad(memory="yes"),
         lambda: hvdspar.from_spec("qsgd:bits=4"),
+        lambda: hvdspar.PowerSGD(rank=1.5),
+        lambda: hvdspar.PowerSGD(warm_start="yes"),
+        lambda: hvdspar.EFSignSGD(memory=1),
     ],
 )
 def test_bad_arguments_are_clear_errors(make):

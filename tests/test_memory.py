@@ -26,6 +26,7 @@ MAKERS = {
     "atomo": lambda: hvdspar.Atomo(budget=1.5, memory=True, seed=11),
     "qsgd": lambda: hvdspar.QSGD(levels=2, memory=True, seed=11),
     "terngrad": lambda: hvdspar.TernGrad(memory=True, seed=11),
+    "efsignsgd": lambda: hvdspar.EFSignSGD(seed=11),
 }
 
 
@@ -112,7 +113,8 @@ def test_memory_off_keeps_no_state_and_sends_compressed_gradient():
 
 @pytest.mark.parametrize(
     "name, how",
-    [("topk", "deferred"), ("atomo", "deferred"), ("qsgd", "deferred"), ("gspar", "deferred"), ("topk", "build")],
+    [("topk", "deferred"), ("atomo", "deferred"), ("qsgd", "deferred"), ("gspar", "deferred"), ("topk", "build"),
+     ("efsignsgd", "deferred")],
 )
 def test_checkpoint_round_trip_restores_memory_and_random_streams(tmp_path, name, how):
     """Restore into a fresh compressor before its first step: the next step is bit-identical."""

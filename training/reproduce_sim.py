@@ -26,7 +26,8 @@ def make_compressor(spec, seed):
     (so every step sends the compressed message); None for 'none'."""
     if spec in (None, "none"):
         return None
-    return hvdspar.from_spec(f"{spec},fallback=false,seed={int(seed)}")
+    joint = "," if ":" in spec else ":"  # a bare name ("terngrad") takes its arguments after a colon
+    return hvdspar.from_spec(f"{spec}{joint}fallback=false,seed={int(seed)}")
 
 
 class SimExchange:
@@ -44,6 +45,9 @@ class SimExchange:
         self.shapes = [tuple(int(s) for s in shape) for shape in shapes]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.comp = make_compressor(spec, seed)
+        if self.comp is not None and self.comp.codec.collective != "allgather":
+            raise ValueError(f"{spec}: the simulated workers exchange allgather messages; "
+                             f"{type(self.comp).__name__} sums through allreduce and runs under horovodrun only")
         self.memory = bool(self.comp is not None and self.comp.memory)
         self.mem = [tf.Variable(tf.zeros([self.m, d], tf.float32), trainable=False) for d in self.sizes] if self.memory else []
         self._fn = tf.function(self._step, reduce_retracing=True)

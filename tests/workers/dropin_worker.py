@@ -25,11 +25,13 @@ SPECS = [
     "gspar:rho=0.3", "gspar:rho=0.3,memory=true", "unisp:rho=0.3", "unisp:rho=0.3,memory=true",
     "topk:ratio=0.3", "topk:ratio=0.3,memory=false", "randomk:ratio=0.3", "randomk:ratio=0.3,memory=false",
     "atomo:budget=2", "atomo:budget=2,memory=true", "qsgd:levels=4", "qsgd:levels=4,memory=true",
-    "terngrad", "terngrad:memory=true",
+    "terngrad", "terngrad:memory=true", "powersgd:rank=2,start_iter=0", "powersgd:rank=2,start_iter=0,memory=false",
+    "efsignsgd", "efsignsgd:memory=false",
 ]
 # Settings at which a compressor sends its input exactly: the result must be Horovod's.
 LOSSLESS = ["gspar:rho=1.0,method=exact", "gspar:rho=1.0", "unisp:rho=1.0", "topk:ratio=1.0,memory=false",
-            "randomk:ratio=1.0,memory=false", "atomo:budget=20", "atomo:budget=600,atoms=entry"]
+            "randomk:ratio=1.0,memory=false", "atomo:budget=20", "atomo:budget=600,atoms=entry",
+            "powersgd:rank=20,start_iter=0,min_compression_rate=0.5,memory=false"]  # full rank: P P^T = I
 CONFIGS = {  # name -> allreduce keyword arguments
     "average": dict(op=hvd.Average),
     "sum": dict(op=hvd.Sum),
@@ -128,7 +130,7 @@ results["retrace"] = {"slots": len(c3.slots), "calls": [int(s.calls.numpy()) for
 # 5. Process sets: each rank reduces over its own set {rank}, beside none on the same set.
 mine = singles[rank]
 ps = {}
-for spec in (exact, "gspar:rho=0.3", "topk:ratio=0.3"):
+for spec in (exact, "gspar:rho=0.3", "topk:ratio=0.3", "powersgd:rank=2,start_iter=0"):  # powersgd: its allreduces
     ref = {k: hvd.allreduce(g, compression=Compression.none, process_set=mine, **kw).numpy()
            for k, kw in CONFIGS.items()}
     got = {k: hvd.allreduce(g, compression=make(spec), process_set=mine, **kw).numpy() for k, kw in CONFIGS.items()}
