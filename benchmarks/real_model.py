@@ -75,16 +75,23 @@ def table(rows):
             "wall": f"{r['wall_s']:.0f}",
             "x_wall": f"{r['wall_s'] / b['wall_s']:.2f}" if ok and b else "-",
             "ratio": f"{r['ratio']:.4f}" if ok and r.get("ratio") is not None else "-",
+            "built": f"{max(r['rss_built_mb']) / 1024:.2f}" if ok and r.get("rss_built_mb") else "-",
+            "first_rss": f"{max(r['rss_after_first_step_mb']) / 1024:.2f}" if ok and r.get("rss_after_first_step_mb")
+            else "-",
+            "graph": "{} + {} fns / {}".format(*r["graph"]) if ok and r.get("graph") else "-",
             "error": r.get("error", ""),
         })
     cols = [("network", "{}"), ("mode", "{}"), ("messages", "{}"), ("first", "{}"), ("ips", "{}"),
             ("x_ips", "{}"), ("peak", "{}"), ("x_peak", "{}"), ("wall", "{}"), ("x_wall", "{}"),
-            ("ratio", "{}"), ("error", "{}")]
+            ("ratio", "{}"), ("built", "{}"), ("first_rss", "{}"), ("graph", "{}"), ("error", "{}")]
     return markdown(out, cols) + (
         "\n\nmessages = compressed messages per step / gradient tensors; first = seconds to the end of the first "
         "step (tracing included); ips = images/s (both ranks) over the timed steps; peak = max over ranks of "
         "the peak resident memory (GB); wall = seconds of the whole horovodrun (start-up, model build, first "
-        "step, timed steps); x_* = against none on the same network; ratio = bytes sent / dense bytes.")
+        "step, timed steps); x_* = against none on the same network; ratio = bytes sent / dense bytes; "
+        "built / first_rss = max over ranks of the resident memory (GB) once the model is built and after the "
+        "first step (the difference: tracing, graph optimisation, the step's buffers); graph = nodes of the "
+        "traced step + library functions / their nodes.")
 
 
 def main(argv=None):

@@ -23,8 +23,8 @@ The world size M that the decoder loops over is read at run time
 
 A compressor reaches the collectives through its ``exchange`` attribute:
 ``Horovod()`` (the default) calls Horovod's; ``InProcess(num_ranks)`` is a world
-of ``num_ranks`` ranks inside one process, for unit tests and simulated workers:
-this process is one rank of it, and every other rank's message is given by
+of ``num_ranks`` ranks inside one process, for unit tests: this process is one
+rank of it, and every other rank's message is given by
 ``peers`` (by default, an equal copy of this rank's).
 
 What Horovod does not hand to ``compress``, the process set and the op, is read
@@ -272,9 +272,10 @@ class InProcess(Horovod):
 
     ``peers(r, message)`` gives rank r's message for this rank's ``message`` (default: an equal
     copy, as if every rank had sent the same); ``allreduce_sum`` sums one copy per rank.
-    ``gathers`` counts the allgathers built, ``gathered_nbytes`` this rank's bytes handed to
-    them (built in eager mode: the bytes of the calls; in a graph: a tf.Variable's count).
-    Process sets are not modelled: every collective is over the whole world.
+    ``gathers`` counts the allgathers built. Process sets are not modelled: every collective is
+    over the whole world. Horovod's own reduction of the placeholder is not run either: hand
+    ``decompress`` the placeholder ``compress`` returned (1 on rank 0: factor 1, so the result is
+    the sum over the ranks), or the factor you want.
     """
 
     def __init__(self, num_ranks, rank=0, peers=None):

@@ -116,6 +116,8 @@ class Fallback:
                     f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
                     f"trace ({why})")
         rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.rule]
+        if getattr(comp.codec, "plan", None) is not None:
+            rule = f"{name}'s own rule"
         return (f"hvdspar: {name} at {'/'.join(map(str, ranks))} ranks: "
                 f"{sum(reasons.values())} of {len(plans)} {what} sent dense ({why}; fallback={rule}), "
                 f"{len(plans) - sum(reasons.values())} compressed")

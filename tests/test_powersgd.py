@@ -225,3 +225,10 @@ def test_the_simulated_workers_refuse_powersgd_with_a_clear_error():
     with pytest.raises(ValueError, match="allreduce"):
         SimExchange("powersgd:rank=1", 4, [(8, 6)])
     assert SimExchange("efsignsgd", 4, [(8, 6)]).comp.memory  # an allgather codec runs there
+
+
+def test_plan_summary_names_powersgds_own_rule():
+    comp = in_world(hvdspar.PowerSGD(rank=1, seed=1))
+    stepper(comp)([tf.zeros([30, 20]), tf.zeros([20]), tf.zeros([2, 2])])
+    line = comp.plan_summary()
+    assert "2 of 3 tensors sent dense (1 a vector, 1 below min_compression_rate; fallback=PowerSGD's own rule)" in line

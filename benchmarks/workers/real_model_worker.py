@@ -11,7 +11,11 @@ default, every gradient its own allreduce) and gspar-bucketed (the same with
 ``groups=1``: the whole model one message). Reports, from rank 0: seconds to
 the end of the first step (tracing included, from just before it), images per
 second over the timed steps (all ranks' images), and each rank's peak resident
-memory (ru_maxrss).
+memory (ru_maxrss). What the memory goes to: the resident memory once the
+model is built (weights, data, TensorFlow itself) and after the first step
+(plus the traced and optimised step graph), and the size of that graph: the
+nodes of the step function and of its function library (every tf.cond branch
+and traced encoder/decoder is a library function).
 """
 
 import argparse
@@ -27,6 +31,26 @@ import horovod.tensorflow.keras as hvd
 import hvdspar
 
 MODES = ("none", "fp16", "gspar", "gspar-bucketed")
+
+
+def rss_mb():
+    """This process's resident memory now, in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def graph_size(fn):
+    """(nodes of the traced step, library functions, their nodes) of a Keras train function."""
+    try:
+        concrete = fn._list_all_concrete_functions_for_serialization()  # TF 2.15: the traces made so far
+        graph_def = concrete[0].graph.as_graph_def()
+    except Exception:  # noqa: BLE001 - a private API: report nothing rather than fail the benchmark
+        return None
+    library = graph_def.library.function
+    return [len(graph_def.node), len(library), sum(len(f.node_def) for f in library)]
 
 
 def main(argv=None):
@@ -58,9 +82,11 @@ def main(argv=None):
     hvd_tf.broadcast_variables(model.variables, root_rank=0)
 
     hvd_tf.allreduce(tf.constant(0.0))  # start together
+    rss_built = rss_mb()
     t0 = time.perf_counter()
     first_loss = float(model.train_on_batch(data, target))
     first_step_s = time.perf_counter() - t0
+    rss_first = rss_mb()
     model.train_on_batch(data, target)  # a second untimed step (Keras may finish building here)
     hvd_tf.allreduce(tf.constant(0.0))
     t1 = time.perf_counter()
@@ -78,6 +104,9 @@ def main(argv=None):
         "step_s": timed_s / args.steps, "peak_mb": peaks, "first_loss": first_loss, "loss": loss,
         "finite": bool(np.isfinite(loss)),
         "ratio": traffic.get("ratio"), "dense_tensors": traffic.get("dense_tensors"),
+        "rss_built_mb": hvd_tf.allgather(tf.constant([rss_built])).numpy().tolist(),
+        "rss_after_first_step_mb": hvd_tf.allgather(tf.constant([rss_first])).numpy().tolist(),
+        "graph": graph_size(model.train_function),
     }
     if rank == 0:
         with open(args.out, "w") as f:
