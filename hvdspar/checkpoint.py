@@ -72,5 +72,5 @@ def build(compressor, variables):
                         f"but variable {index} is {dtype.name}{shape.as_list()}"
                     )
                 continue
-            compressor.slots.append(SlotState(index, shape, dtype, compressor.memory))
+            compressor.slots.append(compressor.new_slot(index, shape, dtype))
     return compressor

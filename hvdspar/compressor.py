@@ -427,6 +427,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         """This step's seed of ``slot``'s random stream, with this rank read at run time."""
         return tf.stack([self.stream_seed(0, slot.index) + 65_537 * self.exchange.rank_op(), slot.calls.read_value()])
 
+    def new_slot(self, index, shape, dtype):
+        """The state of message ``index``: memory, stream, counters, and the codec's own (PowerSGD's Q,
+        alike on every rank). Created once, under ``tf.init_scope``, by compress or ``hvdspar.build``."""
+        init = getattr(self.codec, "initial_state", None)
+        shape = tf.TensorShape(shape)
+        codec_state = init(shape, dtype, self.stream_seed(0, index)) if init and len(shape) >= 2 else None
+        return SlotState(index, shape, dtype, self.memory, codec_state)
+
     def _bucket_for(self, tensor, site):
         """(bucket, j): the message ``tensor`` travels in, and its place there.
 
@@ -509,9 +517,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             self._next_slot += 1
         if index == len(self.slots):
             with tf.init_scope():
-                init = getattr(self.codec, "initial_state", None)
-                codec_state = init(shape, dtype, self.stream_seed(0, index)) if init and len(shape) >= 2 else None
-                self.slots.append(SlotState(index, shape, dtype, self.memory, codec_state))
+                self.slots.append(self.new_slot(index, shape, dtype))
         slot = self.slots[index]
         if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(

@@ -232,3 +232,18 @@ def test_plan_summary_names_powersgds_own_rule():
     stepper(comp)([tf.zeros([30, 20]), tf.zeros([20]), tf.zeros([2, 2])])
     line = comp.plan_summary()
     assert "2 of 3 tensors sent dense (1 a vector, 1 below min_compression_rate; fallback=PowerSGD's own rule)" in line
+
+
+def test_build_creates_powersgds_state_and_a_checkpoint_restores_it_before_the_first_step(tmp_path):
+    """``hvdspar.build`` (slots made eagerly, for an immediate restore) gives PowerSGD its Q and step."""
+    comp = in_world(hvdspar.PowerSGD(rank=1, start_iter=0, seed=4))
+    step = stepper(comp)
+    g = [tf.random.stateless_normal([12, 8], seed=[1, t]) for t in range(3)]
+    for t in range(2):
+        step([g[t]])
+    path = tf.train.Checkpoint(compressor=comp).save(str(tmp_path / "ckpt"))
+    fresh = in_world(hvdspar.PowerSGD(rank=1, start_iter=0, seed=4))
+    hvdspar.build(fresh, [tf.zeros([12, 8])])
+    tf.train.Checkpoint(compressor=fresh).restore(path).assert_existing_objects_matched()
+    assert int(fresh.slots[0].codec_state["step"].numpy()) == 2
+    np.testing.assert_array_equal(step([g[2]])[0].numpy(), stepper(fresh)([g[2]])[0].numpy())
