@@ -241,6 +241,8 @@ def test_sweep_grid_maps_budgets_to_each_compressor():
     specs = [(spec, seed) for _, spec, _, _, seed in grid(["gspar", "topk", "none"], [0.1, 0.01], [0, 1])]
     assert specs[:4] == [("gspar:rho=0.1", 0), ("gspar:rho=0.1", 1), ("gspar:rho=0.01", 0), ("gspar:rho=0.01", 1)]
     assert ("topk:ratio=0.01", 1) in specs and specs[-2:] == [("none", 0), ("none", 1)] and len(specs) == 10
+    # PowerSGD and EF-signSGD take no budget: once per seed
+    assert [spec for _, spec, *_ in grid(["powersgd", "efsignsgd"], [0.1, 0.01], [0])] == ["powersgd", "efsignsgd"]
     with pytest.raises(SystemExit, match="unknown compressor 'nope'"):
         grid(["nope"], [0.1], [0])
     assert main(["--dry-run", "--compressors", "unisp", "--rho", "0.5", "--", "--epochs", "1"]) == 0
