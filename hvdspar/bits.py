@@ -6,7 +6,11 @@ of byte j // 8. Byte streams are uint8 tensors.
 
 import tensorflow as tf
 
-_BYTE_SHIFTS = tf.constant([0, 1, 2, 3, 4, 5, 6, 7], tf.int32)
+#: the integer dtype of the bit arithmetic on message-sized tensors: int64, which TensorFlow keeps in
+#: device memory on a GPU (int32 tensors of most ops it keeps in host memory: a copy each way)
+WORD = tf.int64
+
+_BYTE_SHIFTS = tf.constant([0, 1, 2, 3, 4, 5, 6, 7], WORD)
 
 
 def ceil_div(a, b):
@@ -15,16 +19,16 @@ def ceil_div(a, b):
 
 def pack_bits(bits):
     """1-D tensor of 0/1 (any integer or bool dtype) -> uint8 bytes, ceil(len/8) long."""
-    bits = tf.cast(tf.reshape(bits, [-1]), tf.int32)
-    n = tf.size(bits)
-    bits = tf.pad(bits, [[0, ceil_div(n, 8) * 8 - n]])
+    bits = tf.cast(tf.reshape(bits, [-1]), WORD)
+    n = tf.size(bits, out_type=tf.int64)
+    bits = tf.concat([bits, tf.zeros(tf.reshape(ceil_div(n, 8) * 8 - n, [1]), WORD)], 0)  # (Pad: no int64 GPU kernel)
     words = tf.reshape(bits, [-1, 8])
     return tf.cast(tf.reduce_sum(tf.bitwise.left_shift(words, _BYTE_SHIFTS), axis=1), tf.uint8)
 
 
 def unpack_bits(data, nbits):
-    """uint8 bytes -> the first ``nbits`` bits as an int32 0/1 tensor."""
-    data = tf.cast(tf.reshape(data, [-1, 1]), tf.int32)
+    """uint8 bytes -> the first ``nbits`` bits as a 0/1 tensor (``WORD``)."""
+    data = tf.cast(tf.reshape(data, [-1, 1]), WORD)
     bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(data, _BYTE_SHIFTS), 1)
     return tf.reshape(bits, [-1])[:nbits]
 

@@ -81,7 +81,7 @@ def ef_encode(idx, d):
     high = tf.bitwise.right_shift(idx, l)
     _, high_bits, _ = ef_sizes(n, d)
     positions = high + tf.range(n, dtype=tf.int64)
-    unary = tf.scatter_nd(tf.expand_dims(positions, 1), tf.ones([n], tf.int32), tf.reshape(high_bits, [1]))
+    unary = tf.scatter_nd(tf.expand_dims(positions, 1), tf.ones([n], bits.WORD), tf.reshape(high_bits, [1]))
     return tf.concat([bits.pack_uints(low, l), bits.pack_bits(unary)], axis=0)
 
 
@@ -100,22 +100,23 @@ def ef_decode(data, n, d):
 
 # --- Dense 2-bit symbols --------------------------------------------------------------------
 
-_SYMBOL_SHIFTS = tf.constant([0, 2, 4, 6], tf.int32)
+_SYMBOL_SHIFTS = tf.constant([0, 2, 4, 6], bits.WORD)
 
 
 def symbols_encode(msg, d):
     """q_i = 0 (dropped), 1 (+scale), 2 (-scale), 3 (exact value from A); 4 per byte."""
-    sym = tf.zeros([d], tf.int32)
-    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_b, 1), 1 + tf.cast(msg.neg_b, tf.int32))
-    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_a, 1), tf.fill(tf.shape(msg.idx_a), 3))
-    sym = tf.pad(sym, [[0, bits.ceil_div(d, 4) * 4 - d]])
+    sym = tf.zeros([d], bits.WORD)
+    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_b, 1), 1 + tf.cast(msg.neg_b, bits.WORD))
+    sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_a, 1),
+                                      tf.fill(tf.shape(msg.idx_a), tf.constant(3, bits.WORD)))
+    sym = tf.concat([sym, tf.zeros([bits.ceil_div(d, 4) * 4 - d], bits.WORD)], 0)  # (Pad has no int64 GPU kernel)
     packed = tf.reduce_sum(tf.bitwise.left_shift(tf.reshape(sym, [-1, 4]), _SYMBOL_SHIFTS), axis=1)
     return tf.cast(packed, tf.uint8)
 
 
 def symbols_decode(data, d):
     """Bytes -> (idx_a, idx_b, neg_b)."""
-    words = tf.cast(tf.reshape(data, [-1, 1]), tf.int32)
+    words = tf.cast(tf.reshape(data, [-1, 1]), bits.WORD)
     sym = tf.reshape(tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, _SYMBOL_SHIFTS), 3), [-1])[:d]
     idx_a = tf.reshape(tf.where(tf.equal(sym, 3)), [-1])
     idx_b = tf.reshape(tf.where(tf.logical_or(tf.equal(sym, 1), tf.equal(sym, 2))), [-1])
@@ -251,12 +252,15 @@ def decode(data, d, value_dtype):
 
 
 @_no_autograph
-def to_dense(msg, d, dtype):
-    """The dense vector Q(g) (length d, ``dtype``) that a message stands for."""
+def to_dense(msg, d, dtype, out_dtype=None):
+    """The dense vector Q(g) (length d) that a message of gradient ``dtype`` stands for, with its
+    values rounded to ``dtype`` as sent and decoded, in ``out_dtype`` (default ``dtype``; give the
+    compute dtype for 16-bit gradients: the scatter has no float16/bfloat16 GPU kernel)."""
     dtype = tf.as_dtype(dtype)
-    scale = tf.cast(msg.scale, dtype)
-    out = tf.zeros([d], dtype)
-    out = tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, dtype))
+    out_dtype = tf.as_dtype(out_dtype or dtype)
+    scale = tf.cast(tf.cast(msg.scale, dtype), out_dtype)
+    out = tf.zeros([d], out_dtype)
+    out = tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_a, 1), tf.cast(tf.cast(msg.val_a, dtype), out_dtype))
     b_values = tf.where(msg.neg_b, -scale, scale)
     return tf.tensor_scatter_nd_update(out, tf.expand_dims(msg.idx_b, 1), b_values)
 

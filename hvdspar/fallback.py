@@ -149,5 +149,9 @@ class Fallback:
             self._emit(comp, rank)  # no Python callbacks under XLA: log at trace time
             return
         first = tf.equal(slot.totals[TOTALS.index("calls")], 0)
-        tf.cond(first, lambda: tf.numpy_function(lambda: self._emit(comp, rank), [], tf.bool, stateful=True),
-                lambda: tf.constant(True))
+        def emit():
+            done = tf.numpy_function(lambda: self._emit(comp, rank), [], tf.bool, stateful=True)
+            done.set_shape([])  # a scalar: this host callback touches nothing of the data path
+            return done
+
+        tf.cond(first, emit, lambda: tf.constant(True))

@@ -41,7 +41,7 @@ def encode_sparse(msg, d, dtype, with_q):
     msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
     kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
     cdt = compute_dtype(dtype)
-    q = tf.cast(coding.to_dense(msg, d, dtype), cdt) if with_q else tf.zeros([0], cdt)
+    q = coding.to_dense(msg, d, dtype, cdt) if with_q else tf.zeros([0], cdt)
     return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
 
 

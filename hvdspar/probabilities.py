@@ -131,7 +131,7 @@ def lambda_epsilon(a, epsilon):
     tail_l2 = tf.math.cumsum(a * a, reverse=True)
     ok = a * tail_l1 <= eps * total_sq + tail_l2
     # The condition always holds at k = d-1 (a_d^2 <= eps*S + a_d^2), so argmax finds a k.
-    k = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
+    k = tf.argmax(ok, output_type=tf.int64)  # (bool: a GPU kernel; int64: any d)
     return _safe_div(tail_l1[k], eps * total_sq + tail_l2[k])
 
 
@@ -150,7 +150,7 @@ def lambda_rho_exact(a, rho):
     k = tf.range(d, dtype=a.dtype)
     # a_(k+1) > 0: a tail of zeros cannot absorb any budget.
     ok = tf.logical_and((budget - k) * a <= tail_l1, a > 0)
-    k_star = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
+    k_star = tf.argmax(ok, output_type=tf.int64)
     lam = _safe_div(budget - tf.cast(k_star, a.dtype), tail_l1[k_star])
     # When g has at most rho*d non-zeros (always at rho = 1) every non-zero coordinate
     # is kept. Decided by counting, not by ``ok``: rounding in the cumulative sums can

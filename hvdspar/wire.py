@@ -74,7 +74,9 @@ def read_header(data, offset, d, value_dtype):
     w = count_width(d)
     sdt = scale_dtype(value_dtype)
     offset = tf.cast(offset, tf.int64)
-    head = tf.slice(data, tf.reshape(offset, [1]), [header_nbytes(d, value_dtype)])
+    n = header_nbytes(d, value_dtype)
+    # a strided slice (a GPU kernel for uint8 with int64 bounds; tf.slice has none), static size restored
+    head = tf.reshape(data[offset:offset + n], [n])
     scheme = tf.cast(head[0], tf.int64)
     n_a = bits.bytes_to_uint(head[1 : 1 + w])
     n_b = bits.bytes_to_uint(head[1 + w : 1 + 2 * w])
@@ -91,7 +93,7 @@ def read_at(data, offset, d, value_dtype, body_nbytes):
     size = tf.where(tf.equal(head.scheme, SCHEME_NONFINITE), tf.constant(0, tf.int64),
                     tf.cast(body_nbytes(head), tf.int64))
     start = tf.cast(offset, tf.int64) + header_nbytes(d, value_dtype)
-    body = tf.slice(data, tf.reshape(start, [1]), tf.reshape(size, [1]))
+    body = data[start:start + size]
     return head, body, header_nbytes(d, value_dtype) + size
 
 
