@@ -84,4 +84,4 @@ def from_bytes(data, dtype, count):
     dtype = tf.as_dtype(dtype)
     if dtype == tf.uint8:
         return data[:count]
-    return tf.bitcast(tf.reshape(data, tf.stack([tf.cast(count, tf.int32), dtype.size])), dtype)
+    return tf.bitcast(tf.reshape(data, tf.stack([tf.cast(count, tf.int64), dtype.size])), dtype)

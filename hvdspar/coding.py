@@ -229,7 +229,7 @@ def decode_body(head, body, d, value_dtype):
         return idx_a, idx_b, neg_b, body[start_values : start_values + n_a * itemsize]
 
     idx_a, idx_b, neg_b, value_bytes = tf.cond(tf.equal(head.scheme, SCHEME_DENSE), dense, sparse)
-    val_a = bits.from_bytes(value_bytes, value_dtype, tf.size(idx_a))
+    val_a = bits.from_bytes(value_bytes, value_dtype, tf.size(idx_a, out_type=tf.int64))
     return SparseMessage(idx_a, val_a, idx_b, neg_b, head.scale)
 
 

@@ -143,7 +143,7 @@ def lambda_rho_exact(a, rho):
     for which lambda * a_(k+1) <= 1, i.e. (rho d - k) * a_(k+1) <= sum_{i>k} a_(i).
     If g has fewer than rho*d non-zeros, all of them get p = 1.
     """
-    d = tf.size(a)
+    d = tf.size(a, out_type=tf.int64)  # (int64: tensors past 2^31 elements)
     a = tf.sort(a, direction="DESCENDING")
     budget = tf.cast(rho, a.dtype) * tf.cast(d, a.dtype)
     tail_l1 = tf.math.cumsum(a, reverse=True)

@@ -203,7 +203,7 @@ def decode(data, d, levels, value_dtype):
     (idx, level, neg, scale), _, _ = decode_at(data, 0, d, levels, value_dtype)
     index = tf.expand_dims(idx, 1)
     return QuantMessage(
-        tf.scatter_nd(index, level, [d]), tf.scatter_nd(index, tf.cast(neg, tf.int32), [d]) > 0, scale
+        tf.scatter_nd(index, level, [d]), tf.scatter_nd(index, tf.cast(neg, tf.int64), [d]) > 0, scale
     )
 
 
