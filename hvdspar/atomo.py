@@ -37,7 +37,7 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import bits, coding, wire
+from hvdspar import bits, coding, error_feedback, wire
 from hvdspar.codec import Codec, Encoded
 from hvdspar.compressor import Compressor
 from hvdspar.gspar import encode_sparse, scaled
@@ -200,13 +200,6 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=No
     return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add)
 
 
-def second_moment(weights, p):
-    """E||Q(g)||^2 = sum_{p_i > 0} w_i^2 / p_i (float64) for atom weights w (sigma_i, or g_i)."""
-    w2 = tf.square(tf.cast(weights, tf.float64))
-    p = tf.cast(p, tf.float64)
-    return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
-
-
 class AtomoCodec(Codec):
     """ATOMO's message: spectral atoms for the tensors ``uses_svd`` picks, entry-wise for the rest.
 
@@ -249,9 +242,9 @@ class AtomoCodec(Codec):
         layout = self.layout(x.shape[0], shape)
         if layout is None:
             msg, p = entry_message(x, self.budget, seed)
-            return msg, lambda: second_moment(x, p)
+            return msg, lambda: error_feedback.second_moment(x, p)
         msg, p, sigma = spectral_message(x, *layout, self.budget, seed, dtype)
-        return msg, lambda: second_moment(sigma, p)
+        return msg, lambda: error_feedback.second_moment(sigma, p)
 
     def scaled(self, msg, gamma):
         if isinstance(msg, SpectralMessage):

@@ -21,6 +21,14 @@ import tensorflow as tf
 from hvdspar.probabilities import compute_dtype
 
 
+def second_moment(weights, p):
+    """E||Q||^2 = sum_{p_i > 0} w_i^2 / p_i (float64) of a method that keeps weight w_i (a coordinate,
+    an atom's sigma_i) with probability p_i and sends it as w_i / p_i: GSpar, ATOMO."""
+    w2 = tf.square(tf.cast(weights, tf.float64))
+    p = tf.cast(p, tf.float64)
+    return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
+
+
 def contraction(x, second_moment):
     """gamma = ||x||^2 / E||Q(x)||^2 (float64 scalar; 0 for x = 0)."""
     x = tf.cast(tf.reshape(x, [-1]), tf.float64)

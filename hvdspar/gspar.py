@@ -9,7 +9,7 @@ that run them (``GSpar``, ``UniSp``).
 
 import tensorflow as tf
 
-from hvdspar import coding
+from hvdspar import coding, error_feedback
 from hvdspar.codec import Codec, Encoded
 from hvdspar.compressor import Compressor
 from hvdspar.probabilities import check_budget, compute_dtype, default_method
@@ -23,9 +23,7 @@ def second_moment(x, lam):
     message (top-set values and 1/lambda alike), so the coding is kept.
     """
     x = tf.cast(x, tf.float64)
-    a = tf.abs(x)
-    p = tf.minimum(tf.cast(lam, tf.float64) * a, 1)
-    return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(a * a, p), tf.zeros_like(a)))
+    return error_feedback.second_moment(x, tf.minimum(tf.cast(lam, tf.float64) * tf.abs(x), 1))
 
 
 def scaled(msg, gamma):

@@ -70,9 +70,6 @@ class EFSignCodec(Codec):
     def draw(self, x, seed, dtype, shape):
         return sign_message(x, dtype), None
 
-    def scaled(self, msg, gamma):  # never called: draw gives no second moment (C is a contraction)
-        return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
-
     @_no_autograph
     def pack(self, msg, d, dtype, shape, with_q):
         cdt = compute_dtype(dtype)
