@@ -100,7 +100,10 @@ class Synthetic:
     w_bar: np.ndarray  # (d,)
 
 
-def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0):
+GENERATORS = ("paper", "skewed")
+
+
+def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, generator="paper"):
     """The synthetic data of Wangni et al. (2018), sec. 4, exactly as written there::
 
         a_bar_ni ~ N(0, 1)            i in [d], n in [N]
@@ -116,7 +119,14 @@ def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0):
 
     Draw order (one ``np.random.default_rng(seed)``, float64): a_bar (N x d,
     row-major), B (d), w_bar (d). Returns ``Synthetic``.
+
+    ``generator="skewed"`` is our labelled variant, not the paper's text: it shrinks
+    every coordinate *but* a C2 fraction, B_i <- C1 * B_i if B_i > C2, so that
+    about C2 d coordinates keep their scale and smaller C2 means sparser data (the
+    paper's reading of C2). Use it with a strong shrink, C1 = 0.01.
     """
+    if generator not in GENERATORS:
+        raise ValueError(f"synthetic: generator must be one of {GENERATORS}, got {generator!r}")
     if n < 1 or d < 1:
         raise ValueError(f"synthetic: need N >= 1 and d >= 1, got N={n}, d={d}")
     if not 0.0 <= c2 <= 1.0:
@@ -124,7 +134,7 @@ def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0):
     rng = np.random.default_rng(seed)
     a_bar = rng.standard_normal((n, d))
     b_uniform = rng.uniform(0.0, 1.0, size=d)
-    shrunk = b_uniform <= c2
+    shrunk = b_uniform <= c2 if generator == "paper" else b_uniform > c2
     b_vec = np.where(shrunk, c1 * b_uniform, b_uniform)
     w_bar = rng.standard_normal(d)
     a = a_bar * b_vec
@@ -132,7 +142,7 @@ def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0):
     return Synthetic(a=a, b=labels, a_bar=a_bar, B_uniform=b_uniform, B=b_vec, shrunk=shrunk, w_bar=w_bar)
 
 
-def load_synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, n_test=None):
+def load_synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, n_test=None, generator="paper"):
     """The synthetic set as a ``DataSet``: the N rows of ``synthetic(...)`` for
     training, and ``n_test`` (default N // 4) test rows from the same
     distribution: the same B and w_bar, fresh a_bar rows drawn from
@@ -140,12 +150,12 @@ def load_synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, n_test=None):
     Features are stored as float32.
     """
     n_test = n // 4 if n_test is None else n_test
-    s = synthetic(n, d, c1, c2, seed)
+    s = synthetic(n, d, c1, c2, seed, generator)
     rng = np.random.default_rng([seed, 1])
     a_bar_t = rng.standard_normal((n_test, d))
     x_test = (a_bar_t * s.B).astype(np.float32)
     y_test = np.where(a_bar_t @ s.w_bar >= 0, 1.0, -1.0).astype(np.float32)
-    info = {"N": n, "d": d, "C1": c1, "C2": c2, "seed": seed, "n_test": n_test, "shrunk_fraction": float(s.shrunk.mean())}
+    info = {"N": n, "d": d, "C1": c1, "C2": c2, "seed": seed, "generator": generator, "n_test": n_test, "shrunk_fraction": float(s.shrunk.mean())}
     return DataSet("synthetic", "binary", s.a.astype(np.float32), s.b.astype(np.float32), x_test, y_test, info=info)
 
 
