@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 N, D, C1, M, BATCH = 1024, 2048, 0.9, 4, 8
 SKEWED_C1 = 0.01  # the shrink factor of the skewed generator variant (training/data.py)
 EXPERIMENTS = ("fig1", "fig2", "fig3", "topk", "cnn")
-LRS = (0.05, 0.1, 0.2)  # SGD/SVRG step-size grid of each curve in full mode; the fixed step (--lr) is in it
+LRS = (0.05, 0.1, 0.2, 0.4)  # SGD/SVRG step-size grid of each curve in full mode; the fixed step (--lr) is in it
 CNN_LRS = (0.02, 0.005, 0.001)  # Adam step-size grid of the CNN (the paper's 0.02 first)
 
 
