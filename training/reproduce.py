@@ -157,11 +157,17 @@ def log_run(mlflow, name, params, series, summary):
     return run.info.run_id
 
 
+def step_grid(given, fixed, default, quick):
+    """A step-size grid: the comma-separated ``given`` if set, else only the fixed step in quick
+    mode and ``default`` plus the fixed step in full mode."""
+    if given:
+        return sorted({float(v) for v in given.split(",")})
+    return [fixed] if quick else sorted(set(default) | {fixed})
+
+
 def step_sizes(args):
-    """The step-size grid of each curve: --lrs in full mode (default LRS), the one --lr in quick."""
-    if args.lrs:
-        return sorted({float(v) for v in args.lrs.split(",")})
-    return [args.lr] if args.quick else sorted(set(LRS) | {args.lr})
+    """The SGD/SVRG grid of each curve: --lrs, or LRS and --lr."""
+    return step_grid(args.lrs, args.lr, LRS, args.quick)
 
 
 def pick(rows, key, fixed_lr):
@@ -231,9 +237,8 @@ def run_convex_experiment(exp, args, store, budget):
                            "optimizer": optimizer, "lr": lr, "variance": float(r["variance"]),
                            "density": float(r["density"]), "bits_per_element": float(r["bits_per_element"]),
                            "final_subopt": float(r["subopt"][-1]), "min_subopt": float(np.min(r["subopt"])),
-                           "diverged": bool(len(r["subopt"]) and (not np.isfinite(r["subopt"][-1]) or r["subopt"][-1] > r["subopt"][0])),
                            "seconds": secs}
-                    params = {**config, "C1": c1, "N": N, "d": D, "M": M, "batch": BATCH, "compressor": spec,
+                    params = {**config, "N": N, "d": D, "M": M, "batch": BATCH, "compressor": spec,
                               "simulated_workers": True, "fstar": fs}
                     summary = {k: row[k] for k in ("variance", "density", "bits_per_element", "final_subopt", "min_subopt", "seconds")}
                     row["run_id"] = log_run(mlflow, f"{label} C2=1/{round(1 / c2)} lam={lam * N:g}/N lr={lr:g}", params,
@@ -297,7 +302,8 @@ def plot_convex(exp, results, probs, out, fixed=False, generator="paper"):
 
 
 def cnn_run(args, spec, lr, seed, x_all, y_all):
-    """One CNN training run of the simulated workers: (series, totals, d, steps, steps per epoch)."""
+    """One CNN training run of the simulated workers: (series, byte and norm totals, d, steps,
+    the run's shape as MLflow params)."""
     import tensorflow as tf
 
     from hvdspar.training.data import CIFAR10_MEAN, CIFAR10_STD
@@ -351,10 +357,8 @@ def cnn_run(args, spec, lr, seed, x_all, y_all):
 
 
 def cnn_step_sizes(args):
-    """The CNN's Adam step grid: --cnn-lrs in full mode (default CNN_LRS), the one --cnn-lr in quick."""
-    if args.cnn_lrs:
-        return sorted({float(v) for v in args.cnn_lrs.split(",")})
-    return [args.cnn_lr] if args.quick else sorted(set(CNN_LRS) | {args.cnn_lr})
+    """The CNN's Adam grid: --cnn-lrs, or CNN_LRS and --cnn-lr."""
+    return step_grid(args.cnn_lrs, args.cnn_lr, CNN_LRS, args.quick)
 
 
 def cnn_settings(quick):

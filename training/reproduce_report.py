@@ -80,7 +80,6 @@ def passes_to(curve, target):
 def slowdown(results, rows, lr):
     """Claim 3 at step ``lr``: per problem, (variance, slow-down) per compressed curve and the line's fit."""
     out = ["| problem | step | curves (var: slow-down) | fit slow-down = a + b var | R^2 |", "|---|---|---|---|---|"]
-    fits = []
     for key in sorted({(r["C2"], r["lambda2"]) for r in results["curves"]}, reverse=True):
         base = rows.get((*key, "none", lr, 0))
         if base is None:
@@ -104,10 +103,9 @@ def slowdown(results, rows, lr):
             b, a = np.polyfit(v, s, 1)
             r2 = 1 - np.sum((s - (a + b * v)) ** 2) / np.sum((s - s.mean()) ** 2)
             fit = f"{a:.2f} + {b:.3f} var"
-            fits.append(r2)
         cells = ", ".join(f"{v:.1f}: {'never' if not np.isfinite(s) else f'{s:.2f}'}" for v, s in sorted(pts))
         out.append(f"| C2=1/{round(1 / key[0])}, lambda={key[1] * 1024:g}/N | {lr:g} | {cells} | {fit} | {r2:.2f} |")
-    return out, fits
+    return out
 
 
 def variance_by_c2(named):
@@ -181,8 +179,7 @@ def main(argv=None):
     for n in ("fig1", "fig1-skewed", "fig2"):
         res, rows = loaded[n]
         if res is not None:
-            table, _ = slowdown(res, rows, args.fixed_lr)
-            lines += ["", f"## Slow-down against variance, {n}", ""] + table
+            lines += ["", f"## Slow-down against variance, {n}", ""] + slowdown(res, rows, args.fixed_lr)
     lines += ["", "## GSpar's variance by C2", ""] + variance_by_c2([(n, loaded[n][0]) for n in ("fig1", "fig1-skewed")])
     lines += ["", "## GSpar against QSGD at equal bits", ""] + gspar_vs_qsgd(
         [(n, loaded[n][0]) for n in ("fig3", "fig3-skewed")], {n: loaded[n][1] for n in names})
