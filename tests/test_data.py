@@ -48,6 +48,24 @@ def test_synthetic_follows_the_papers_definition(c2):
     assert s.B[s.shrunk].max() <= c1 * c2 and s.B[~s.shrunk].min() > c2
 
 
+def test_skewed_variant_keeps_the_largest_c2_fraction_so_smaller_c2_is_sparser():
+    # The labelled variant (not the paper's text): every coordinate but the largest C2
+    # fraction is shrunk by C1, so about C2 d columns keep a scale in (1 - C2, 1].
+    d, c1 = 2048, 0.01
+    eff = []
+    for c2 in (1 / 4, 1 / 16, 1 / 64):
+        s = data.synthetic(256, d, c1, c2, seed=3, generator="skewed")
+        kept = ~s.shrunk
+        assert abs(kept.mean() - c2) <= 4 * np.sqrt(c2 * (1 - c2) / d)
+        assert s.B[kept].min() > 1 - c2 and s.B[s.shrunk].max() <= c1
+        np.testing.assert_array_equal(s.B[s.shrunk], c1 * s.B_uniform[s.shrunk])
+        # Effective density of the column scales, (sum B)^2 / (d sum B^2): 1 for equal
+        # scales, ~C2 when C2 d columns carry the scale. It must fall with C2.
+        eff.append(s.B.sum() ** 2 / (d * np.sum(s.B**2)))
+    assert eff[0] > eff[1] > eff[2], eff
+    assert eff[2] < 0.1, eff
+
+
 def test_synthetic_is_reproducible_by_seed():
     a, b = data.synthetic(64, 32, seed=5), data.synthetic(64, 32, seed=5)
     c = data.synthetic(64, 32, seed=6)

@@ -121,9 +121,10 @@ def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, generator="paper"):
     row-major), B (d), w_bar (d). Returns ``Synthetic``.
 
     ``generator="skewed"`` is our labelled variant, not the paper's text: it shrinks
-    every coordinate *but* a C2 fraction, B_i <- C1 * B_i if B_i > C2, so that
-    about C2 d coordinates keep their scale and smaller C2 means sparser data (the
-    paper's reading of C2). Use it with a strong shrink, C1 = 0.01.
+    every coordinate *but* the largest C2 fraction, B_i <- C1 * B_i if B_i <= 1 - C2,
+    so that about C2 d coordinates keep their scale (B_i in (1 - C2, 1]) and smaller
+    C2 means sparser data (the paper's reading of C2). Use it with a strong shrink,
+    C1 = 0.01.
     """
     if generator not in GENERATORS:
         raise ValueError(f"synthetic: generator must be one of {GENERATORS}, got {generator!r}")
@@ -134,7 +135,7 @@ def synthetic(n=1024, d=2048, c1=0.9, c2=1.0 / 16, seed=0, generator="paper"):
     rng = np.random.default_rng(seed)
     a_bar = rng.standard_normal((n, d))
     b_uniform = rng.uniform(0.0, 1.0, size=d)
-    shrunk = b_uniform <= c2 if generator == "paper" else b_uniform > c2
+    shrunk = b_uniform <= c2 if generator == "paper" else b_uniform <= 1.0 - c2
     b_vec = np.where(shrunk, c1 * b_uniform, b_uniform)
     w_bar = rng.standard_normal(d)
     a = a_bar * b_vec
