@@ -28,6 +28,7 @@ N, D, C1, M, BATCH = 1024, 2048, 0.9, 4, 8
 SKEWED_C1 = 0.01  # the shrink factor of the skewed generator variant (training/data.py)
 EXPERIMENTS = ("fig1", "fig2", "fig3", "topk", "cnn")
 LRS = (0.05, 0.1, 0.2, 0.4)  # SGD/SVRG step-size grid of each curve in full mode; the fixed step (--lr) is in it
+LR_CAP = 1.6  # full mode: while a curve's best step is its largest, the step is doubled, up to this
 CNN_LRS = (0.02, 0.005, 0.001)  # Adam step-size grid of the CNN (the paper's 0.02 first)
 
 
@@ -179,6 +180,16 @@ def pick(rows, key, fixed_lr):
     return tuned, fixed
 
 
+def next_step_up(rows, key, cap):
+    """Twice the largest step tried, when that step has the best ``key`` (smallest; a diverged
+    run is +inf) and twice it is at most ``cap``; else None. A grid whose best step is its edge
+    has not found the best step: this extends it upward (steps that are too small show as a
+    best step inside the grid)."""
+    top = max(r["lr"] for r in rows)
+    best = pick(rows, key, None)[0]
+    return 2 * top if best["lr"] == top and 2 * top <= cap else None
+
+
 # --------------------------------------------------------------------------------------------
 # convex experiments (fig1, fig2, fig3, topk)
 # --------------------------------------------------------------------------------------------
@@ -213,6 +224,7 @@ def run_convex_experiment(exp, args, store, budget):
     probs = problems(args.quick, (4, 16) if exp == "fig3" else (4, 16, 64))
     c1 = C1 if args.generator == "paper" else SKEWED_C1
     lrs = step_sizes(args)
+    extend_upward = not args.quick and args.lrs is None  # the default grid only, not one given with --lrs
     results = []
     for c2, lam in probs:
         ds = load_synthetic(N, D, c1, c2, args.seed, generator=args.generator)
@@ -222,12 +234,15 @@ def run_convex_experiment(exp, args, store, budget):
         while todo:
             label, spec = todo.pop(0)
             runs = []
-            for lr in lrs:
+            grid, stopped = list(lrs), False
+            while grid:
+                lr = grid.pop(0)
                 config = {"exp": exp, "generator": args.generator, "C1": c1, "C2": c2, "lambda2": lam, "spec": spec,
                           "optimizer": optimizer, "lr": lr, "passes": passes, "seed": args.seed, "quick": args.quick}
                 row = store.get(config)
                 if row is None:
                     if budget.spent():
+                        stopped = True
                         break
                     t0 = time.time()
                     r = run_convex(x, y, lam, spec, optimizer=optimizer, lr=lr, passes=passes, num_workers=M,
@@ -249,7 +264,10 @@ def run_convex_experiment(exp, args, store, budget):
                         f"spa={row['density']:.4f} bits/elem={row['bits_per_element']:.2f} "
                         f"final f-f*={row['final_subopt']:.3e} ({secs:.1f}s)")
                 runs.append(row)
-            if len(runs) < len(lrs):
+                up = next_step_up(runs, "final_subopt", LR_CAP) if not grid and extend_upward else None
+                if up is not None:
+                    grid.append(up)
+            if stopped:
                 break  # out of budget: this curve is not complete
             tuned, fixed = pick(runs, "final_subopt", args.lr)
             results.append({**tuned, "tuned_lr": tuned["lr"], "grid": {f"{r['lr']:g}": r["final_subopt"] for r in runs},
@@ -465,7 +483,8 @@ def main(argv=None):
     p.add_argument("--generator", choices=("paper", "skewed"), default="paper",
                    help="synthetic data: the paper's text (C1=0.9), or the skewed variant (C1=0.01, a C2 fraction kept)")
     p.add_argument("--lr", type=float, default=0.1, help="the fixed SGD/SVRG step size, one for every curve (in the grid)")
-    p.add_argument("--lrs", default=None, help=f"comma-separated SGD/SVRG step grid tuned per curve (full default {LRS})")
+    p.add_argument("--lrs", default=None, help=f"comma-separated SGD/SVRG step grid tuned per curve (full default {LRS}, doubled "
+                   f"while a curve's best step is its largest, up to {LR_CAP}; a grid given here is not extended)")
     p.add_argument("--cnn-lr", type=float, default=0.02, help="the fixed Adam step of the CNN (paper: 0.02; in the grid)")
     p.add_argument("--cnn-lrs", default=None, help=f"comma-separated Adam step grid of the CNN (full default {CNN_LRS})")
     p.add_argument("--seeds", default=None, help="comma-separated CNN seeds (full default 0,1,2)")

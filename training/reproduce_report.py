@@ -13,7 +13,9 @@ claims that need more than one curve:
 * variance by C2 (claim 4): GSpar's measured variance per C2, paper generator and
   skewed variant;
 * GSpar against QSGD at equal coded bits (claims 6 and 7): GSpar's f - f*
-  interpolated at each QSGD curve's total bits, per C2 and generator.
+  interpolated at each QSGD curve's total bits, per C2 and generator;
+* per experiment, how many curves of each method chose each step of the grid (a
+  tuned step at the top of the grid is marked: a wider grid might do better).
 
 Nothing here runs an experiment; it reads results.json and curves.jsonl only.
 """
@@ -59,8 +61,25 @@ def curve_table(results):
         fixed = r.get("fixed") or {}
         grid = ", ".join(f"{k}: {fmt(v)}" for k, v in r["grid"].items())
         out.append(f"| {problem(r)} | {r['label']} | {r['variance']:.3g} | {r['density']:.4f} | {r['bits_per_element']:.2f} | "
-                   f"{r['tuned_lr']:g} | {fmt(r['final_subopt'])} | {fmt(fixed.get('final_subopt'))} at {fixed.get('lr', '-')} | {grid} |")
+                   f"{tuned_step(r)} | {fmt(r['final_subopt'])} | {fmt(fixed.get('final_subopt'))} at {fixed.get('lr', '-')} | {grid} |")
     return out
+
+
+def tuned_step(row):
+    """The tuned step, marked when it is the grid's largest (a wider grid might do better still)."""
+    top = max(float(k) for k in row["grid"])
+    return f"{row['tuned_lr']:g}" + (" (top of grid)" if row["tuned_lr"] >= top and len(row["grid"]) > 1 else "")
+
+
+def step_counts(results):
+    """How many curves chose each step of the grid (method family by the spec's name)."""
+    counts = {}
+    for r in results["curves"]:
+        family = r["spec"].split(":")[0] + ("+mem" if "memory=true" in r["spec"] else "")
+        counts.setdefault(family, {}).setdefault(r["tuned_lr"], 0)
+        counts[family][r["tuned_lr"]] += 1
+    return ["| method | curves per tuned step |", "|---|---|"] + [
+        f"| {fam} | " + ", ".join(f"{lr:g}: {n}" for lr, n in sorted(c.items())) + " |" for fam, c in counts.items()]
 
 
 def passes_to(curve, target):
@@ -175,7 +194,7 @@ def main(argv=None):
         res, rows = loaded[n]
         if res is None or n == "cnn":
             continue
-        lines += ["", f"## {n} (step grid {res['step_grid']})", ""] + curve_table(res)
+        lines += ["", f"## {n} (step grid {res['step_grid']})", ""] + step_counts(res) + [""] + curve_table(res)
     for n in ("fig1", "fig1-skewed", "fig2"):
         res, rows = loaded[n]
         if res is not None:
