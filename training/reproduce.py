@@ -4,9 +4,10 @@
 
 Each experiment logs one MLflow run per curve under experiment "reproduce-<exp>"
 (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory), plus a
-"summary" run holding the figures, and writes PNGs to --out (default
-out/reproduce/<exp>). The M = 4 workers are simulated in one process with
-hvdspar's own encode/decode_sum (training/reproduce_sim.py; see REPRODUCTION.md).
+"summary" run holding the figures, and writes PNGs, results.json and the resumable
+curves.jsonl to --out (default docs/reproduction/<exp>; out/reproduce/<exp> with
+--quick). The M = 4 workers are simulated in one process with hvdspar's own
+encode/decode_sum (training/reproduce_sim.py; see REPRODUCTION.md).
 """
 
 import argparse
@@ -380,7 +381,8 @@ def cnn_step_sizes(args):
 
 
 def cnn_settings(quick):
-    rhos = (0.004,) if quick else (0.1, 0.02, 0.004)
+    """The baseline, then GSpar from the paper's smallest budget up (the order they are run in)."""
+    rhos = (0.004,) if quick else (0.004, 0.02, 0.1)
     return [("baseline", "none")] + [(f"GSpar rho={r:g}", f"gspar:rho={r:g}") for r in rhos]
 
 
@@ -481,7 +483,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help="result folder (default docs/reproduction/<exp>, or out/reproduce/<exp> with --quick)")
     p.add_argument("--generator", choices=("paper", "skewed"), default="paper",
-                   help="synthetic data: the paper's text (C1=0.9), or the skewed variant (C1=0.01, a C2 fraction kept)")
+                   help="synthetic data: the paper's text (C1=0.9), or the skewed variant (C1=0.01 on all but the largest C2 fraction)")
     p.add_argument("--lr", type=float, default=0.1, help="the fixed SGD/SVRG step size, one for every curve (in the grid)")
     p.add_argument("--lrs", default=None, help=f"comma-separated SGD/SVRG step grid tuned per curve (full default {LRS}, doubled "
                    f"while a curve's best step is its largest, up to {LR_CAP}; a grid given here is not extended)")
