@@ -524,6 +524,7 @@ def main(argv=None):
         "experiment": name, "quick": args.quick, "complete": complete, "runs": len(store.rows),
         "compute_seconds": compute, "seconds_this_invocation": secs,
         "step_grid": cnn_step_sizes(args) if args.experiment == "cnn" else step_sizes(args),
+        "step_doubled_up_to": LR_CAP if args.experiment != "cnn" and not args.quick and args.lrs is None else None,
         "curves": table}, indent=1))
     mlflow = mlflow_setup(name)
     with summary_run(mlflow, name):

@@ -194,7 +194,8 @@ def main(argv=None):
         res, rows = loaded[n]
         if res is None or n == "cnn":
             continue
-        lines += ["", f"## {n} (step grid {res['step_grid']})", ""] + step_counts(res) + [""] + curve_table(res)
+        up = f", doubled up to {res['step_doubled_up_to']:g} while a curve's best step was its largest" if res.get("step_doubled_up_to") else ""
+        lines += ["", f"## {n} (step grid {res['step_grid']}{up})", ""] + step_counts(res) + [""] + curve_table(res)
     for n in ("fig1", "fig1-skewed", "fig2"):
         res, rows = loaded[n]
         if res is not None:
