@@ -97,18 +97,22 @@ def test_gspar_with_memory_is_stable_at_step_0_1():
 
 
 @pytest.mark.quick
-def test_step_grid_is_extended_upward_only_while_its_largest_step_is_best():
-    from hvdspar.training.reproduce import next_step_up, pick
+def test_step_grid_is_extended_past_its_edge_only_while_the_edge_step_is_best():
+    from hvdspar.training.reproduce import next_step, pick
 
     runs = lambda *pairs: [{"lr": lr, "f": f} for lr, f in pairs]  # noqa: E731
-    # The largest step is best: double it, up to the cap.
-    assert next_step_up(runs((0.1, 0.3), (0.2, 0.2), (0.4, 0.1)), "f", 1.6) == 0.8
-    assert next_step_up(runs((0.4, 0.2), (0.8, 0.1)), "f", 1.6) == 1.6
-    assert next_step_up(runs((0.8, 0.2), (1.6, 0.1)), "f", 1.6) is None
-    # An inner best, or a largest step that diverged (inf, nan), stops the extension.
-    assert next_step_up(runs((0.1, 0.3), (0.2, 0.1), (0.4, 0.2)), "f", 1.6) is None
-    assert next_step_up(runs((0.1, 0.3), (0.2, 0.1), (0.4, float("inf"))), "f", 1.6) is None
-    assert next_step_up(runs((0.1, 0.3), (0.2, 0.1), (0.4, float("nan"))), "f", 1.6) is None
+    # The largest step is best: double it, up to hi; the smallest: halve it, down to lo.
+    assert next_step(runs((0.1, 0.3), (0.2, 0.2), (0.4, 0.1)), "f", 0.0125, 1.6) == 0.8
+    assert next_step(runs((0.4, 0.2), (0.8, 0.1)), "f", 0.0125, 1.6) == 1.6
+    assert next_step(runs((0.8, 0.2), (1.6, 0.1)), "f", 0.0125, 1.6) is None
+    assert next_step(runs((0.05, 0.1), (0.1, 0.2), (0.2, 0.3)), "f", 0.0125, 1.6) == 0.025
+    assert next_step(runs((0.0125, 0.1), (0.025, 0.2)), "f", 0.0125, 1.6) is None
+    # An inner best, or an edge step that diverged (inf, nan), stops the extension.
+    assert next_step(runs((0.1, 0.3), (0.2, 0.1), (0.4, 0.2)), "f", 0.0125, 1.6) is None
+    assert next_step(runs((0.1, 0.3), (0.2, 0.1), (0.4, float("inf"))), "f", 0.0125, 1.6) is None
+    assert next_step(runs((0.1, float("nan")), (0.2, 0.1), (0.4, 0.3)), "f", 0.0125, 1.6) is None
+    # A single step (quick mode) is never extended.
+    assert next_step(runs((0.1, 0.3)), "f", 0.0125, 1.6) is None
     # pick: a diverged run is never the tuned one; the fixed step is reported beside it.
     tuned, fixed = pick(runs((0.1, float("nan")), (0.2, 0.5)), "f", 0.1)
     assert tuned["lr"] == 0.2 and fixed["lr"] == 0.1

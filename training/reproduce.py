@@ -29,7 +29,7 @@ N, D, C1, M, BATCH = 1024, 2048, 0.9, 4, 8
 SKEWED_C1 = 0.01  # the shrink factor of the skewed generator variant (training/data.py)
 EXPERIMENTS = ("fig1", "fig2", "fig3", "topk", "cnn")
 LRS = (0.05, 0.1, 0.2, 0.4)  # SGD/SVRG step-size grid of each curve in full mode; the fixed step (--lr) is in it
-LR_CAP = 1.6  # full mode: while a curve's best step is its largest, the step is doubled, up to this
+LR_RANGE = (0.0125, 1.6)  # full mode: while a curve's best step is the grid's edge, the grid goes on (x2 or /2) within this
 CNN_LRS = (0.02, 0.005, 0.001)  # Adam step-size grid of the CNN (the paper's 0.02 first)
 
 
@@ -181,14 +181,18 @@ def pick(rows, key, fixed_lr):
     return tuned, fixed
 
 
-def next_step_up(rows, key, cap):
-    """Twice the largest step tried, when that step has the best ``key`` (smallest; a diverged
-    run is +inf) and twice it is at most ``cap``; else None. A grid whose best step is its edge
-    has not found the best step: this extends it upward (steps that are too small show as a
-    best step inside the grid)."""
-    top = max(r["lr"] for r in rows)
-    best = pick(rows, key, None)[0]
-    return 2 * top if best["lr"] == top and 2 * top <= cap else None
+def next_step(rows, key, lo, hi):
+    """The next step to try past the grid's edge: twice the largest step tried when that step has
+    the best ``key`` (smallest; a diverged run is +inf), half the smallest when that one has it,
+    as long as the new step stays within [lo, hi]; else None. A grid whose best step is at its
+    edge has not found the best step: this extends it until the best is inside (or at lo / hi)."""
+    steps = [r["lr"] for r in rows]
+    best = pick(rows, key, None)[0]["lr"]
+    if len(steps) > 1 and best == max(steps) and 2 * best <= hi:
+        return 2 * best
+    if len(steps) > 1 and best == min(steps) and best / 2 >= lo:
+        return best / 2
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +229,7 @@ def run_convex_experiment(exp, args, store, budget):
     probs = problems(args.quick, (4, 16) if exp == "fig3" else (4, 16, 64))
     c1 = C1 if args.generator == "paper" else SKEWED_C1
     lrs = step_sizes(args)
-    extend_upward = not args.quick and args.lrs is None  # the default grid only, not one given with --lrs
+    extend = not args.quick and args.lrs is None  # the default grid only, not one given with --lrs
     results = []
     for c2, lam in probs:
         ds = load_synthetic(N, D, c1, c2, args.seed, generator=args.generator)
@@ -265,9 +269,9 @@ def run_convex_experiment(exp, args, store, budget):
                         f"spa={row['density']:.4f} bits/elem={row['bits_per_element']:.2f} "
                         f"final f-f*={row['final_subopt']:.3e} ({secs:.1f}s)")
                 runs.append(row)
-                up = next_step_up(runs, "final_subopt", LR_CAP) if not grid and extend_upward else None
-                if up is not None:
-                    grid.append(up)
+                more = next_step(runs, "final_subopt", *LR_RANGE) if not grid and extend else None
+                if more is not None:
+                    grid.append(more)
             if stopped:
                 break  # out of budget: this curve is not complete
             tuned, fixed = pick(runs, "final_subopt", args.lr)
@@ -485,8 +489,8 @@ def main(argv=None):
     p.add_argument("--generator", choices=("paper", "skewed"), default="paper",
                    help="synthetic data: the paper's text (C1=0.9), or the skewed variant (C1=0.01 on all but the largest C2 fraction)")
     p.add_argument("--lr", type=float, default=0.1, help="the fixed SGD/SVRG step size, one for every curve (in the grid)")
-    p.add_argument("--lrs", default=None, help=f"comma-separated SGD/SVRG step grid tuned per curve (full default {LRS}, doubled "
-                   f"while a curve's best step is its largest, up to {LR_CAP}; a grid given here is not extended)")
+    p.add_argument("--lrs", default=None, help=f"comma-separated SGD/SVRG step grid tuned per curve (full default {LRS}, extended x2 or "
+                   f"/2 while a curve's best step is its edge, within {LR_RANGE}; a grid given here is not extended)")
     p.add_argument("--cnn-lr", type=float, default=0.02, help="the fixed Adam step of the CNN (paper: 0.02; in the grid)")
     p.add_argument("--cnn-lrs", default=None, help=f"comma-separated Adam step grid of the CNN (full default {CNN_LRS})")
     p.add_argument("--seeds", default=None, help="comma-separated CNN seeds (full default 0,1,2)")
@@ -524,7 +528,7 @@ def main(argv=None):
         "experiment": name, "quick": args.quick, "complete": complete, "runs": len(store.rows),
         "compute_seconds": compute, "seconds_this_invocation": secs,
         "step_grid": cnn_step_sizes(args) if args.experiment == "cnn" else step_sizes(args),
-        "step_doubled_up_to": LR_CAP if args.experiment != "cnn" and not args.quick and args.lrs is None else None,
+        "step_extended_within": LR_RANGE if args.experiment != "cnn" and not args.quick and args.lrs is None else None,
         "curves": table}, indent=1))
     mlflow = mlflow_setup(name)
     with summary_run(mlflow, name):

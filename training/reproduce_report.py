@@ -14,8 +14,8 @@ claims that need more than one curve:
   skewed variant;
 * GSpar against QSGD at equal coded bits (claims 6 and 7): GSpar's f - f*
   interpolated at each QSGD curve's total bits, per C2 and generator;
-* per experiment, how many curves of each method chose each step of the grid (a
-  tuned step at the top of the grid is marked: a wider grid might do better).
+* per experiment, how many curves of each method chose each step (a tuned step at
+  the edge of the extension range is marked: a wider range might do better).
 
 Nothing here runs an experiment; it reads results.json and curves.jsonl only.
 """
@@ -66,9 +66,10 @@ def curve_table(results):
 
 
 def tuned_step(row):
-    """The tuned step, marked when it is the grid's largest (a wider grid might do better still)."""
-    top = max(float(k) for k in row["grid"])
-    return f"{row['tuned_lr']:g}" + (" (top of grid)" if row["tuned_lr"] >= top and len(row["grid"]) > 1 else "")
+    """The tuned step, marked when it is the largest or smallest tried (a wider grid might do better)."""
+    steps = [float(k) for k in row["grid"]]
+    edge = len(steps) > 1 and row["tuned_lr"] in (min(steps), max(steps))
+    return f"{row['tuned_lr']:g}" + (" (edge)" if edge else "")
 
 
 def step_counts(results):
@@ -194,7 +195,8 @@ def main(argv=None):
         res, rows = loaded[n]
         if res is None or n == "cnn":
             continue
-        up = f", doubled up to {res['step_doubled_up_to']:g} while a curve's best step was its largest" if res.get("step_doubled_up_to") else ""
+        rng = res.get("step_extended_within")
+        up = f", extended x2 or /2 within [{rng[0]:g}, {rng[1]:g}] while a curve's best step was its edge" if rng else ""
         lines += ["", f"## {n} (step grid {res['step_grid']}{up})", ""] + step_counts(res) + [""] + curve_table(res)
     for n in ("fig1", "fig1-skewed", "fig2"):
         res, rows = loaded[n]
