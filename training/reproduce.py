@@ -172,6 +172,12 @@ def step_sizes(args):
     return step_grid(args.lrs, args.lr, LRS, args.quick)
 
 
+def extends_grid(args):
+    """Whether the SGD/SVRG grid is extended past its edge (``next_step``): full mode with the
+    default grid only, not in --quick and not for a grid given with --lrs."""
+    return args.experiment != "cnn" and not args.quick and args.lrs is None
+
+
 def pick(rows, key, fixed_lr):
     """(tuned, fixed) of one curve's runs over the grid: the run with the smallest ``key``
     (a diverged run counts as +inf), and the run at the fixed step ``fixed_lr`` (or None)."""
@@ -229,7 +235,7 @@ def run_convex_experiment(exp, args, store, budget):
     probs = problems(args.quick, (4, 16) if exp == "fig3" else (4, 16, 64))
     c1 = C1 if args.generator == "paper" else SKEWED_C1
     lrs = step_sizes(args)
-    extend = not args.quick and args.lrs is None  # the default grid only, not one given with --lrs
+    extend = extends_grid(args)
     results = []
     for c2, lam in probs:
         ds = load_synthetic(N, D, c1, c2, args.seed, generator=args.generator)
@@ -528,7 +534,7 @@ def main(argv=None):
         "experiment": name, "quick": args.quick, "complete": complete, "runs": len(store.rows),
         "compute_seconds": compute, "seconds_this_invocation": secs,
         "step_grid": cnn_step_sizes(args) if args.experiment == "cnn" else step_sizes(args),
-        "step_extended_within": LR_RANGE if args.experiment != "cnn" and not args.quick and args.lrs is None else None,
+        "step_extended_within": LR_RANGE if extends_grid(args) else None,
         "curves": table}, indent=1))
     mlflow = mlflow_setup(name)
     with summary_run(mlflow, name):

@@ -22,6 +22,7 @@ Nothing here runs an experiment; it reads results.json and curves.jsonl only.
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +75,11 @@ def tuned_step(row):
 
 def step_counts(results):
     """How many curves chose each step of the grid (method family by the spec's name)."""
-    counts = {}
-    for r in results["curves"]:
-        family = r["spec"].split(":")[0] + ("+mem" if "memory=true" in r["spec"] else "")
-        counts.setdefault(family, {}).setdefault(r["tuned_lr"], 0)
-        counts[family][r["tuned_lr"]] += 1
+    family = lambda spec: spec.split(":")[0] + ("+mem" if "memory=true" in spec else "")  # noqa: E731
+    counts = Counter((family(r["spec"]), r["tuned_lr"]) for r in results["curves"])
+    families = dict.fromkeys(fam for fam, _ in counts)  # in the order the curves come
     return ["| method | curves per tuned step |", "|---|---|"] + [
-        f"| {fam} | " + ", ".join(f"{lr:g}: {n}" for lr, n in sorted(c.items())) + " |" for fam, c in counts.items()]
+        f"| {fam} | " + ", ".join(f"{lr:g}: {n}" for (f, lr), n in sorted(counts.items()) if f == fam) + " |" for fam in families]
 
 
 def passes_to(curve, target):
