@@ -191,10 +191,10 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=No
 
     ``layout``: (rows, cols) when the tensor gets spectral atoms, None when entry-wise."""
     value_dtype = tf.as_dtype(value_dtype)
+    if layout is None:
+        return coding.sum_messages(data, num_messages, d, value_dtype, accumulate_dtype)
 
     def add(acc, head, body):
-        if layout is None:
-            return coding.add_to(acc, coding.decode_body(head, body, d, value_dtype), value_dtype)
         return acc + spectral_dense(decode_spectral_body(head, body, *layout, value_dtype), d, accumulate_dtype)
 
     return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add)

@@ -274,17 +274,20 @@ def sq_norm(msg, dtype):
     return tf.reduce_sum(tf.square(values)) + n_b * tf.square(scale)
 
 
-def add_to(acc, msg, value_dtype):
-    """acc + Q of one message: one scatter per part (indices are unique within a message)."""
-    acc = tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_a, 1), tf.cast(msg.val_a, acc.dtype))
-    scale = tf.cast(tf.cast(msg.scale, value_dtype), acc.dtype)
-    return tf.tensor_scatter_nd_add(acc, tf.expand_dims(msg.idx_b, 1), tf.where(msg.neg_b, -scale, scale))
+def entries(msg, value_dtype, accumulate_dtype):
+    """Q of one message as (indices, values): A's exact values, then B's +-scale. A and B are
+    disjoint, so every index appears once."""
+    scale = tf.cast(tf.cast(msg.scale, value_dtype), accumulate_dtype)
+    return (tf.concat([msg.idx_a, msg.idx_b], 0),
+            tf.concat([tf.cast(msg.val_a, accumulate_dtype), tf.where(msg.neg_b, -scale, scale)], 0))
 
 
 @_no_autograph
 def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
     """Sum of the dense vectors of ``num_messages`` hybrid messages concatenated in ``data``,
-    and whether all senders were finite (``wire.fold``)."""
+    and whether all senders were finite (``wire.fold_entries``: the output written once)."""
     value_dtype = tf.as_dtype(value_dtype)
-    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype),
-                     lambda acc, head, body: add_to(acc, decode_body(head, body, d, value_dtype), value_dtype))
+    return wire.fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype),
+                             lambda head, body: entries(decode_body(head, body, d, value_dtype), value_dtype,
+                                                        accumulate_dtype),
+                             lambda head: head.n_a + head.n_b)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from hvdspar.probabilities import check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
+from hvdspar.wire import XLA_MIN_ELEMENTS  # noqa: F401 (the same threshold for sampling and summing)
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -32,7 +33,6 @@ def bernoulli(p, seed):
     return u < p
 
 
-XLA_MIN_ELEMENTS = 1 << 16
 CHUNK_ELEMENTS = 1 << 18
 
 

@@ -73,6 +73,32 @@ def test_several_messages_sum_in_order():
     assert not bool(finite)
 
 
+@pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
+@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
+def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one(d, dtype, accumulate):
+    """Small tensors fold one scatter-add per message; large ones build one [M, P] table summed by
+    one XLA computation: both equal sum_r Q_r added in rank order, bit for bit, with a non-finite
+    message adding nothing and clearing the flag, and with messages of different lengths."""
+    msgs, dense = [], []
+    for r, rho in enumerate([0.3, 0.01, 0.05]):
+        g = tf.constant(np.random.default_rng(r).standard_t(2, size=d), dtype)
+        msg, _ = gspar_message(g, tf.constant([r, 7], tf.int64), rho=rho)
+        msgs.append(coding.encode(msg, d, dtype))
+        dense.append(coding.to_dense(msg, d, dtype, accumulate).numpy())
+    expected = np.zeros(d, accumulate.as_numpy_dtype)
+    for q in dense:
+        expected = expected + q
+    total, finite = tf.function(lambda m: coding.sum_messages(m, 3, d, dtype, accumulate))(tf.concat(msgs, 0))
+    assert bool(finite) and total.dtype == accumulate
+    np.testing.assert_array_equal(total.numpy(), expected)
+    bad = tf.concat([msgs[0], wire.nonfinite(d, dtype), msgs[2]], 0)
+    total, finite = coding.sum_messages(bad, 3, d, dtype, accumulate)
+    assert not bool(finite)
+    np.testing.assert_array_equal(total.numpy(), dense[0] + dense[2])
+    nothing, finite = coding.sum_messages(wire.nonfinite(d, dtype), 1, d, dtype, accumulate)
+    assert not bool(finite) and not np.any(nothing.numpy())
+
+
 @pytest.mark.parametrize("rho", [0.1, 0.01, 0.001])
 def test_bytes_track_the_entropy_bound(rho):
     d = 1_000_000
