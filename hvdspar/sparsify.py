@@ -19,7 +19,7 @@ import tensorflow as tf
 from hvdspar.probabilities import check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
-from hvdspar.wire import XLA_MIN_ELEMENTS  # noqa: F401 (the same threshold for sampling and summing)
+from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
