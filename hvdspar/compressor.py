@@ -516,8 +516,19 @@ class Compressor(_HorovodCompressor, tf.Module):
             index = position = self._next_slot
             self._next_slot += 1
         if index == len(self.slots):
-            with tf.init_scope():
-                self.slots.append(self.new_slot(index, shape, dtype))
+            try:
+                with tf.init_scope():
+                    self.slots.append(self.new_slot(index, shape, dtype))
+            except ValueError as e:
+                if "singleton tf.Variables" not in str(e):
+                    raise
+                raise ValueError(
+                    f"hvdspar: {self.name} was created inside a tf.function (e.g. hvd.DistributedGradientTape("
+                    "tape, compression=hvdspar.GSpar(...)) inside the step), which TensorFlow traces again, "
+                    "with a new instance whose state (random stream, memory, traffic) it refuses: the state "
+                    "must outlive the trace. Create the compressor "
+                    "once, outside the step (compression = hvdspar.GSpar(...)), and pass it as compression="
+                ) from e
         slot = self.slots[index]
         if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(

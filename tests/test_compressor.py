@@ -105,3 +105,32 @@ def test_elastic_refuses_the_timed_fallback(monkeypatch):
     comp = hvdspar.GSpar(rho=0.1, fallback="auto")
     with pytest.raises(ValueError, match="fallback='auto'.*elastic"):
         tf.function(lambda g: comp.compress(g)[0])(tf.ones([100]))
+
+
+def test_a_compressor_built_inside_the_step_gets_a_clear_error():
+    """``compression=hvdspar.GSpar(...)`` written in the tape line of a tf.function step: the first
+    trace creates its state, TensorFlow traces again (and again for first_batch=False, as Horovod's
+    examples do), and the new instance's variables are refused with a message naming no hvdspar."""
+
+    @tf.function
+    def step(g, first):
+        comp = hvdspar.GSpar(rho=0.5, fallback=False, seed=1)
+        return comp.decompress(*comp.compress(g))
+
+    g = tf.random.stateless_normal([100], seed=[1, 2])
+    with pytest.raises(ValueError, match="Create the compressor once, outside the step"):
+        step(g, True)
+
+
+def test_a_compressor_built_once_serves_every_trace_of_the_step():
+    comp = hvdspar.GSpar(rho=0.5, fallback=False, seed=1)
+
+    @tf.function
+    def step(g, first):
+        return comp.decompress(*comp.compress(g))
+
+    g = tf.random.stateless_normal([100], seed=[1, 2])
+    step(g, True)
+    step(g, False)
+    step(g, False)
+    assert len(comp.slots) == 1 and int(comp.slots[0].calls.numpy()) == 3
