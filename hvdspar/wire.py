@@ -90,11 +90,16 @@ def read_at(data, offset, d, value_dtype, body_nbytes):
 
     ``body_nbytes(header) -> int64`` is the method's body size (0 for a non-finite message)."""
     head = read_header(data, offset, d, value_dtype)
-    size = tf.where(tf.equal(head.scheme, SCHEME_NONFINITE), tf.constant(0, tf.int64),
-                    tf.cast(body_nbytes(head), tf.int64))
+    size = _body_size(head, body_nbytes)
     start = tf.cast(offset, tf.int64) + header_nbytes(d, value_dtype)
     body = data[start:start + size]
     return head, body, header_nbytes(d, value_dtype) + size
+
+
+def _body_size(head, body_nbytes):
+    """A message's body bytes: ``body_nbytes(head)``, 0 for a non-finite message (int64)."""
+    return tf.where(tf.equal(head.scheme, SCHEME_NONFINITE), tf.constant(0, tf.int64),
+                    tf.cast(body_nbytes(head), tf.int64))
 
 
 @_no_autograph
@@ -175,10 +180,8 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
 
     def longest(i, offset, n_max):
         head = read_header(data, offset, d, value_dtype)
-        finite = tf.not_equal(head.scheme, SCHEME_NONFINITE)
-        zero = tf.constant(0, tf.int64)
-        size = header_nbytes(d, value_dtype) + tf.where(finite, tf.cast(body_nbytes(head), tf.int64), zero)
-        return i + 1, offset + size, tf.maximum(n_max, tf.where(finite, tf.cast(count(head), tf.int64), zero))
+        n = tf.where(tf.equal(head.scheme, SCHEME_NONFINITE), tf.constant(0, tf.int64), tf.cast(count(head), tf.int64))
+        return i + 1, offset + header_nbytes(d, value_dtype) + _body_size(head, body_nbytes), tf.maximum(n_max, n)
 
     _, _, n_max = tf.while_loop(lambda i, *_: i < num_messages, longest,
                                 (tf.constant(0), tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
