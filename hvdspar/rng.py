@@ -15,13 +15,22 @@ import tensorflow as tf
 _M32 = 0xFFFFFFFF
 
 
+def _u32(value):
+    return tf.constant(value, tf.uint32)
+
+
 def _fmix32(x):
-    """MurmurHash3's 32-bit finalizer on int64 lanes holding 32-bit values."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = tf.bitwise.bitwise_and(x * 0x85EBCA6B, _M32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
-    x = tf.bitwise.bitwise_and(x * 0xC2B2AE35, _M32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    """MurmurHash3's 32-bit finalizer on uint32 lanes (multiplication wraps modulo 2^32)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+    x = x * _u32(0x85EBCA6B)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(13)))
+    x = x * _u32(0xC2B2AE35)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+
+
+def _low32(v):
+    """The low 32 bits of int64 v, as uint32."""
+    return tf.cast(tf.bitwise.bitwise_and(v, _M32), tf.uint32)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -29,11 +38,16 @@ def uniform(n, seed, dtype=tf.float32, offset=0):
     """Uniforms u_offset, ..., u_{offset+n-1} in [0, 1) (multiples of 2^-24) from a seed of shape [2] (int64).
 
     u_i depends only on (i, seed), so a tensor can be sampled in chunks
-    (``offset`` = the chunk's first index) with the same result as in one go.
+    (``offset`` = the chunk's first index) with the same result as in one go. With i = 2^32 hi + lo:
+
+        key = fmix(fmix(seed_0) * 0x9E3779B9 + seed_1),  u_i = fmix(fmix(lo ^ key) + hi + key) / 2^32
+
+    (all modulo 2^32; the top 24 bits kept). The lanes are uint32: half the width of int64
+    lanes, so a vector instruction hashes twice as many coordinates.
     """
     seed = tf.cast(seed, tf.int64)
-    key = _fmix32(tf.bitwise.bitwise_and(_fmix32(tf.bitwise.bitwise_and(seed[0], _M32)) * 0x9E3779B9 + seed[1], _M32))
+    key = _fmix32(_fmix32(_low32(seed[0])) * _u32(0x9E3779B9) + _low32(seed[1]))
     i = tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(offset, tf.int64)
-    x = _fmix32(tf.bitwise.bitwise_xor(tf.bitwise.bitwise_and(i, _M32), key))
-    x = _fmix32(tf.bitwise.bitwise_and(x + tf.bitwise.right_shift(i, 32) + key, _M32))
-    return tf.cast(tf.bitwise.right_shift(x, 8), dtype) * (1.0 / 16777216.0)
+    x = _fmix32(tf.bitwise.bitwise_xor(_low32(i), key))
+    x = _fmix32(x + tf.cast(tf.bitwise.right_shift(i, 32), tf.uint32) + key)
+    return tf.cast(tf.bitwise.right_shift(x, _u32(8)), dtype) * (1.0 / 16777216.0)
