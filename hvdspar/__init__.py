@@ -7,7 +7,9 @@
 
 Modules, one idea each:
   probabilities  p_i = min(lambda |g_i|, 1): Algorithm 2, exact water-filling, Algorithm 3
+  scan           the first pass over x: finite?, ||x||^2, ||x||_1 (one read, XLA chunks when large)
   sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
+  rng            the counter-based uniforms u_i = hash(i, seed) of the sampling
   wire           the one message header of every method, and the fold over a gathered buffer
   coding         GSpar's message body (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
   codec          a method's message: encode / decode_sum / expected_nbytes, pure TensorFlow

@@ -4,14 +4,16 @@ A codec turns one rank's flat vector x (a tensor of ``shape``, or a bucket of
 tensors: [d]) into a byte message, and a concatenation of the ranks' messages
 into their sum::
 
-    encode(x, seed, dtype, shape, contract=False)  -> Encoded(message, q, kept, q_sq_norm)
+    encode(x, seed, dtype, shape, contract=False)  -> Encoded(message, q, kept, q_sq_norm, x_sq_norm)
     decode_sum(data, num_ranks, d, dtype, shape)   -> (sum_r Q(x_r) [d], all senders finite)
     expected_nbytes(d, dtype, shape)               -> the planned message size (the fallback's rule)
 
-``encode`` is the same for every method: a method gives its random message
-and that message's second moment (``draw``), how to scale it (``scaled``) and
-how to put it in bytes (``pack``). A non-finite x sends the header-only
-non-finite message (``hvdspar.wire.nonfinite``), which ``decode_sum`` flags.
+``encode`` is the same for every method: one first pass over x
+(``hvdspar.scan``: finite?, ||x||^2, ||x||_1), then a method gives its random
+message and that message's second moment (``draw``, which may use the scan),
+how to scale it (``scaled``) and how to put it in bytes (``pack``). A
+non-finite x sends the header-only non-finite message
+(``hvdspar.wire.nonfinite``), which ``decode_sum`` flags.
 With ``contract=True`` (error feedback, ``hvdspar.error_feedback``) it sends
 gamma Q(x) with the one contraction rule gamma = ||x||^2 / E||Q(x)||^2 and
 returns Q as sent, for the memory.
@@ -31,12 +33,15 @@ import tensorflow as tf
 
 from hvdspar import error_feedback, wire
 from hvdspar.probabilities import compute_dtype
+from hvdspar.scan import scan
 
 
-class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm"])):
+class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_norm", "x_sq_norm"],
+                                     defaults=[None])):
     """What ``Codec.encode`` returns: the uint8 message; Q(x) as the receivers decode it, in the
     compute dtype, if asked for (``contract=True``; else a [0] tensor); the count of kept elements
-    (int64); and ||Q(x)||^2 (float64, for the variance figures)."""
+    (int64); ||Q(x)||^2 and ||x||^2 (float64, for the variance figures; 0 for a non-finite x).
+    A method's ``pack`` gives the first four; ``encode`` adds ||x||^2 from its scan."""
 
 
 class Reduced(collections.namedtuple("Reduced", ["total", "finite", "q", "nbytes", "kept", "q_sq_norm", "state",
@@ -62,10 +67,11 @@ class Codec:
 
     # --- what a method gives --------------------------------------------------------------
 
-    def draw(self, x, seed, dtype, shape):
+    def draw(self, x, seed, dtype, shape, scan=None):
         """(message, second): the method's random message of flat x (finite), and a function giving
         E||Q(x)||^2 given x (float64 scalar), or None when Q is already a contraction (a biased
-        method such as top-k, which error feedback sends as it is)."""
+        method such as top-k, which error feedback sends as it is). ``scan``: x's
+        ``hvdspar.scan.Scan``, for a method that starts from ||x||_1 or ||x||^2 (GSpar)."""
         raise NotImplementedError
 
     def scaled(self, msg, gamma):
@@ -98,16 +104,18 @@ class Codec:
         x = tf.reshape(x, [-1])
         d = x.shape[0]
         cdt = compute_dtype(dtype)
+        first = scan(x)  # one read of x: finite?, ||x||^2, ||x||_1
 
         def finite():
-            msg, second = self.draw(x, seed, dtype, shape)
+            msg, second = self.draw(x, seed, dtype, shape, scan=first)
             if contract and second is not None:
-                msg = self.scaled(msg, error_feedback.contraction(x, second()))
-            return self.pack(msg, d, dtype, shape, with_q=contract)
+                msg = self.scaled(msg, error_feedback.contraction(first.sq_norm, second()))
+            return self.pack(msg, d, dtype, shape, with_q=contract)._replace(x_sq_norm=first.sq_norm)
 
         def nonfinite():
             zero = tf.constant(0, tf.int64)
             q = tf.zeros([d if contract else 0], cdt)
-            return Encoded(wire.nonfinite(d, dtype), q, zero, tf.constant(0.0, tf.float64))
+            none = tf.constant(0.0, tf.float64)
+            return Encoded(wire.nonfinite(d, dtype), q, zero, none, none)
 
-        return tf.cond(tf.reduce_all(tf.math.is_finite(x)), finite, nonfinite)
+        return tf.cond(first.finite, finite, nonfinite)

@@ -72,6 +72,7 @@ from hvdspar import exchange
 from hvdspar.error_feedback import ErrorFeedback
 from hvdspar.fallback import RUN_TIME, Fallback
 from hvdspar.probabilities import compute_dtype
+from hvdspar.scan import scan
 from hvdspar import state as _state
 from hvdspar.state import SlotState, trace_key
 
@@ -275,7 +276,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                 size = self.exchange.size_op(bucket.site.process_set)
                 bucket.total, bucket.finite = self._decoder(dtype, bucket.shape)(bucket.gathered, size)
                 used = bucket.finite
-                norms = _norms(bucket.x, bucket.enc)
+                norms = _norms(bucket.enc)
                 new_memory = (lambda: self.coder.residual(bucket.x, bucket.enc)) if self.memory else None
             else:
                 bucket.total, bucket.finite, memory_value, sparse, norms = bucket.cond
@@ -330,7 +331,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                                     self.exchange.size_op(ps), self.stream_seed(0, slot.index))
         slot.record(red.nbytes + exchange.placeholder_nbytes(dtype), d * dtype.size, d, red.kept, dense=red.dense)
         new_memory = self.coder.residual(x, red) if self.memory else tf.zeros([0], x.dtype)
-        norms = tf.stack([tf.cast(_sq_norm(x), tf.float64), red.q_sq_norm])
+        norms = tf.stack([scan(x).sq_norm, tf.cast(red.q_sq_norm, tf.float64)])
         bucket.cond = (red.total, red.finite, new_memory, tf.logical_not(red.dense), norms)
         bucket.codec_state = red.state
         bucket.sent = [self.exchange.placeholder(dtype, ps)]
@@ -367,7 +368,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             gathered = self.exchange.allgather(enc.message, ps, exchange.collective_name("HorovodAllgather", x, "gather"))
             total, finite = self._decoder(dtype, shape)(gathered, num_ranks)
             nbytes = _message_nbytes(enc, n, dtype)
-            norms = _norms(x, enc)
+            norms = _norms(enc)
             new_memory = self.coder.residual(x, enc) if self.memory else zero
             return tf.cast(total, cdt), finite, new_memory, nbytes, tf.cast(enc.kept, tf.int64), norms
 
@@ -564,17 +565,10 @@ def _reduced_is_finite(reduced):
     return tf.math.is_finite(tf.reduce_sum(wide))
 
 
-def _norms(x, enc):
-    """[||x||^2, ||Q(x)||^2] (float64) of a message sent compressed, for the variance figures."""
-    return tf.stack([tf.cast(_sq_norm(x), tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
-
-
-def _sq_norm(x):
-    """||x||^2 in one pass (a dot product; float64 stays float64)."""
-    x = tf.reshape(x, [-1])
-    if x.dtype not in (tf.float32, tf.float64):
-        x = tf.cast(x, tf.float32)
-    return tf.tensordot(x, x, 1)
+def _norms(enc):
+    """[||x||^2, ||Q(x)||^2] (float64) of a message sent compressed, for the variance figures
+    (both from ``encode``: ||x||^2 from its first pass over x, ``hvdspar.scan``)."""
+    return tf.stack([tf.cast(enc.x_sq_norm, tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
 
 
 def _fmt(value):

@@ -29,10 +29,9 @@ def second_moment(weights, p):
     return tf.reduce_sum(tf.where(p > 0, tf.math.divide_no_nan(w2, p), tf.zeros_like(w2)))
 
 
-def contraction(x, second_moment):
-    """gamma = ||x||^2 / E||Q(x)||^2 (float64 scalar; 0 for x = 0)."""
-    x = tf.cast(tf.reshape(x, [-1]), tf.float64)
-    return tf.math.divide_no_nan(tf.tensordot(x, x, 1), tf.cast(second_moment, tf.float64))
+def contraction(sq_norm, second_moment):
+    """gamma = ||x||^2 / E||Q(x)||^2 (float64 scalar; 0 for x = 0), from ||x||^2 (``hvdspar.scan``)."""
+    return tf.math.divide_no_nan(tf.cast(sq_norm, tf.float64), tf.cast(second_moment, tf.float64))
 
 
 class ErrorFeedback:

@@ -9,7 +9,8 @@ the greedy method on tensors of at least ``XLA_MIN_ELEMENTS``, three kinds
 of small XLA-compiled functions applied chunk by chunk: each fuses its
 element-wise work into one pass over its chunk, and the chunks of a pass run
 concurrently (4 passes over g in all: sum |g|, two greedy rescalings, the
-sampling). Only the variable-length gather of the kept coordinates runs
+sampling; the first is ``hvdspar.scan``'s, which a codec's encode has already
+run to check that g is finite, and hands in as ``l1``). Only the variable-length gather of the kept coordinates runs
 outside XLA. Smaller tensors skip XLA: compiling per shape would cost more
 than it saves.
 """
@@ -19,6 +20,7 @@ import tensorflow as tf
 from hvdspar.probabilities import check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
+from hvdspar.scan import CHUNK_ELEMENTS, chunk_sizes, chunks, scan
 from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
@@ -31,9 +33,6 @@ def bernoulli(p, seed):
     """Z_i ~ Bernoulli(p_i), independent, from a stateless seed (shape [2] int)."""
     u = tf.reshape(rng.uniform(tf.size(p), seed, p.dtype), tf.shape(p))
     return u < p
-
-
-CHUNK_ELEMENTS = 1 << 18
 
 
 def _keep(a, seed, rho, epsilon, method, iterations):
@@ -53,12 +52,6 @@ def _keep(a, seed, rho, epsilon, method, iterations):
 
 def _abs(g):
     return tf.abs(tf.cast(g, compute_dtype(g.dtype)))
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _chunk_l1(g):
-    """sum_i |g_i| over one chunk."""
-    return tf.reduce_sum(_abs(g))
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -85,13 +78,14 @@ def _chunk_min_nonzero(g):
     return tf.reduce_min(tf.where(a > 0, a, tf.fill(tf.shape(a), tf.constant(a.dtype.max, a.dtype))))
 
 
-def _greedy_lambda_chunked(parts, d, rho, iterations, cdt):
-    """Algorithm 3 (``probabilities.lambda_rho_greedy``) with every pass done chunk by chunk."""
+def _greedy_lambda_chunked(parts, d, rho, iterations, cdt, l1):
+    """Algorithm 3 (``probabilities.lambda_rho_greedy``) with every pass done chunk by chunk,
+    from l1 = sum_i |g_i| (``hvdspar.scan``)."""
     if full_budget(rho):  # as lambda_rho_greedy: p = 1 for every non-zero coordinate
         m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in parts]))
         return full_lambda(tf.reshape(m, [1]))
     budget = tf.constant(rho * d, cdt)
-    lam = tf.math.divide_no_nan(budget, tf.add_n([_chunk_l1(p) for p in parts]))
+    lam = tf.math.divide_no_nan(budget, tf.cast(l1, cdt))
     for _ in range(iterations):
         stats = [_chunk_tail(p, lam) for p in parts]
         n_saturated = tf.cast(tf.add_n([n for n, _ in stats]), cdt)
@@ -101,38 +95,28 @@ def _greedy_lambda_chunked(parts, d, rho, iterations, cdt):
     return lam
 
 
-def padded_chunk(n):
-    """The length a chunk of ``n`` elements is padded to: the next power of two, at least
-    XLA_MIN_ELEMENTS (at most CHUNK_ELEMENTS, since no chunk is longer)."""
-    size = XLA_MIN_ELEMENTS
-    while size < n:
-        size *= 2
-    return size
+def _greedy_keep_chunked(g, seed, rho, iterations, l1=None):
+    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g; l1 = sum |g_i| if known.
 
-
-def _greedy_keep_chunked(g, seed, rho, iterations):
-    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g.
-
-    The last chunk is padded with zeros to ``padded_chunk`` of its length, so the chunk
-    functions see at most three shapes per dtype (2^16, 2^17, 2^18), and XLA compiles each
-    of them at most three times in a process, not once per distinct tensor size (a
-    ResNet-50 has dozens). A zero adds nothing to any pass and is never kept (p_i = 0).
+    The last chunk is padded with zeros (``hvdspar.scan.chunks``), so the chunk functions
+    see at most three shapes per dtype (2^16, 2^17, 2^18), and XLA compiles each of them
+    at most three times in a process, not once per distinct tensor size (a ResNet-50 has
+    dozens). A zero adds nothing to any pass and is never kept (p_i = 0).
     """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
-    sizes = [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
-    parts = tf.split(g, sizes) if len(sizes) > 1 else [g]
-    pad = padded_chunk(sizes[-1]) - sizes[-1]
-    if pad:
-        parts[-1] = tf.pad(parts[-1], [[0, pad]])
-    lam = _greedy_lambda_chunked(parts, d, rho, iterations, cdt)
+    sizes = chunk_sizes(d)
+    parts = chunks(g)
+    if l1 is None and not full_budget(rho):
+        l1 = scan(g).l1
+    lam = _greedy_lambda_chunked(parts, d, rho, iterations, cdt, l1)
     offsets = [i * CHUNK_ELEMENTS for i in range(len(sizes))]
     kept = [tf.where(_chunk_keep(p, lam, seed, tf.constant(o, tf.int64)))[:, 0] + o for p, o in zip(parts, offsets)]
     return lam, tf.concat(kept, axis=0) if len(kept) > 1 else kept[0]
 
 
 @_no_autograph
-def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
+def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2, l1=None):
     """GSpar: sample Q(g) with p_i = min(lambda |g_i|, 1) and return it as a SparseMessage.
 
     Coordinates with p_i = 1 (the top set S_k) go to Q_A with their exact
@@ -142,6 +126,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     Args:
       g: gradient tensor (any shape; flattened in C order).
       seed: stateless seed, int32/int64 tensor of shape [2].
+      l1: sum_i |g_i| if already computed (``hvdspar.scan``), for the greedy method on large g.
     Returns:
       (SparseMessage, lambda).
     """
@@ -168,7 +153,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2):
     big = g.shape.num_elements() is not None and g.shape.num_elements() >= XLA_MIN_ELEMENTS
     if method == "greedy" and big:
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
-        lam, idx = _greedy_keep_chunked(g, seed, rho, iterations)
+        lam, idx = _greedy_keep_chunked(g, seed, rho, iterations, l1)
         # p_i = 1 exactly where the sampler's own test lambda |g_i| >= 1 holds (same float ops)
         top = lam * _abs(tf.gather(g, idx)) >= 1
     else:

@@ -1,6 +1,6 @@
 """Every compressor of the comparison set under a real 2-rank horovodrun, in ONE launch.
 
-GSpar with memory sends gamma Q(e), a contraction (hvdspar.gspar.contraction_scale);
+GSpar with memory sends gamma Q(e), a contraction (hvdspar.error_feedback.contraction);
 plain error feedback with an unbiased Q of relative variance above 1 (GSpar at
 rho = 0.1: omega ~ 5.4 on a dense Gaussian-like gradient) made the memory and
 the loss grow geometrically.

@@ -184,9 +184,9 @@ def test_chunk_functions_compile_for_at_most_three_shapes():
     """The last chunk is zero-padded to 2^16, 2^17 or 2^18 elements: XLA compiles each chunk function
     at most three times per dtype, whatever the tensor sizes (a ResNet-50 has dozens), and the
     padding changes nothing (the kept set is the plain path's)."""
-    from hvdspar import rng, sparsify
+    from hvdspar import rng, scan, sparsify
 
-    assert [sparsify.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
+    assert [scan.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
         65_536, 65_536, 131_072, 262_144, 262_144]
     before = sparsify._chunk_keep.experimental_get_tracing_count()
     seed = tf.constant([5, 6], tf.int64)

@@ -77,7 +77,7 @@ class SimExchange:
                 msgs.append(enc.message)
                 nbytes.append(tf.cast(tf.size(enc.message), tf.float64))
                 kept.append(tf.cast(enc.kept, tf.float64))
-                sq_g.append(tf.reduce_sum(tf.square(tf.cast(x, tf.float64))))
+                sq_g.append(enc.x_sq_norm)
                 sq_q.append(tf.cast(enc.q_sq_norm, tf.float64))
                 if self.memory:
                     new_mem.append(comp.coder.residual(x, enc))  # m <- e - C(e)
