@@ -5,7 +5,8 @@
 In one process (Horovod initialised with one rank, so the collectives are local copies), on a
 float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of tf.functions:
 
-  compress    g -> its coded message (``gspar_message`` + ``coding.encode``)
+  compress    g -> its coded message (``GSparCodec.encode``: the first pass over g, ``hvdspar.scan``,
+              then ``gspar_message`` + ``coding.encode``)
   exchange    ``hvd.allgather`` of the message (M = 1 here: the copy it costs)
   decode      the gathered messages -> the dense sum (``coding.sum_messages``)
   average     the sum x Horovod's factor (what ``decompress`` returns)
@@ -30,14 +31,14 @@ import tensorflow as tf
 
 from benchmarks.common import best_time, log_to_mlflow, markdown, stamp
 from hvdspar import coding
-from hvdspar.sparsify import gspar_message
 
 
 def pieces(d, rho, repeat, hvd, hvdspar):
     g = tf.constant(np.random.default_rng(0).standard_t(2, size=d).astype(np.float32))
     seed = tf.constant([1, 2], tf.int64)
     one_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
-    compress = tf.function(lambda: coding.encode(gspar_message(g, seed, rho=rho)[0], d, tf.float32))
+    codec = hvdspar.GSpar(rho=rho).codec
+    compress = tf.function(lambda: codec.encode(g, seed, tf.float32, g.shape).message)
     message = compress()
     exchange = tf.function(lambda: hvd.allgather(message, name=f"rt_gather_{d}"))
     gathered = exchange()

@@ -152,3 +152,23 @@ def test_figures_are_drawn_from_the_rows_of_the_time_to_accuracy_benchmark(tmp_p
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     main(["--tta", str(tmp_path / "rows.json"), "--out", str(tmp_path / "again")])
     assert len(list((tmp_path / "again").glob("*.png"))) == 3
+
+
+def test_ab_trip_loads_another_checkout_beside_this_one(tmp_path):
+    """benchmarks.ab_trip imports a second checkout's hvdspar as hvdspar_before and times both
+    interleaved; here the 'other' checkout is this one, in one process with Horovod at one rank."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.ab_trip", "--before", str(root), "--sizes", "70000",
+                          "--repeat", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for call in ("encode before", "encode after", "trip before", "trip after", "pass"):
+        assert f"| {call} |" in run.stdout, run.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.ab_trip", "--before", str(tmp_path)], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=600)
+    assert bad.returncode != 0 and "has no hvdspar/ package" in bad.stderr
