@@ -13,8 +13,10 @@ and GSpar's Algorithm 3 starts from
 ``scan(x)`` computes the three in one read of x. For x of at least
 ``XLA_MIN_ELEMENTS`` elements it is one small XLA computation per chunk of
 ``CHUNK_ELEMENTS`` (the chunks of one pass run concurrently, so a pass uses
-every core), each fusing the three reductions; chunk results are combined in a
-fixed order, so the same x gives the same figures on any machine. Three
+every core), each one loop over its chunk (for x narrower than float64 the
+finite test is read off the float64 sum of squares, see ``_chunk_scan``); chunk
+results are combined in a fixed order, so the same x gives the same figures on
+any machine. Three
 separate TF ops (``is_finite`` and ``tensordot`` over the whole of x) read a 10M
 gradient three times and materialise a boolean copy of it. Smaller x take the
 plain TF ops, where compiling per shape would cost more than it saves; there
