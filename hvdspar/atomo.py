@@ -238,7 +238,7 @@ class AtomoCodec(Codec):
         return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
 
     @_no_autograph
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         layout = self.layout(x.shape[0], shape)
         if layout is None:
             msg, p = entry_message(x, self.budget, seed)

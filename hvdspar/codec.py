@@ -67,11 +67,11 @@ class Codec:
 
     # --- what a method gives --------------------------------------------------------------
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         """(message, second): the method's random message of flat x (finite), and a function giving
         E||Q(x)||^2 given x (float64 scalar), or None when Q is already a contraction (a biased
         method such as top-k, which error feedback sends as it is). ``scan``: x's
-        ``hvdspar.scan.Scan``, for a method that starts from ||x||_1 or ||x||^2 (GSpar)."""
+        ``hvdspar.scan.Scan``, for a method that starts from ||x||_1 or ||x||^2 (GSpar, UniSp)."""
         raise NotImplementedError
 
     def scaled(self, msg, gamma):
@@ -107,7 +107,7 @@ class Codec:
         first = scan(x)  # one read of x: finite?, ||x||^2, ||x||_1
 
         def finite():
-            msg, second = self.draw(x, seed, dtype, shape, scan=first)
+            msg, second = self.draw(x, seed, dtype, shape, first)
             if contract and second is not None:
                 msg = self.scaled(msg, error_feedback.contraction(first.sq_norm, second()))
             return self.pack(msg, d, dtype, shape, with_q=contract)._replace(x_sq_norm=first.sq_norm)

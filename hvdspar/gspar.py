@@ -82,9 +82,9 @@ class GSparCodec(SparseCodec):
         budget = {"rho": self.rho} if self.rho is not None else {"epsilon": self.epsilon}
         return {**budget, "method": self.method, "iterations": self.iterations}
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         msg, lam = gspar_message(x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method,
-                                 iterations=self.iterations, l1=None if scan is None else scan.l1)
+                                 iterations=self.iterations, l1=scan.l1)
         return msg, lambda: second_moment(x, lam)
 
     def expected_counts(self, d):
@@ -102,14 +102,8 @@ class UniSpCodec(SparseCodec):
     def config(self):
         return {"rho": self.rho}
 
-    def draw(self, x, seed, dtype, shape, scan=None):
-        def second():
-            if scan is not None:
-                return scan.sq_norm / self.rho
-            x64 = tf.cast(x, tf.float64)
-            return tf.tensordot(x64, x64, 1) / self.rho
-
-        return uniform_message(x, seed, self.rho), second
+    def draw(self, x, seed, dtype, shape, scan):
+        return uniform_message(x, seed, self.rho), lambda: scan.sq_norm / self.rho
 
     def expected_counts(self, d):
         return self.rho * d, 0

@@ -240,7 +240,7 @@ class QuantCodec(Codec):
         # The level distribution is data-dependent: plan for the largest (dense) message.
         return max_nbytes(d, self.levels, dtype)
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         msg = self.quantize(x, seed)
         return msg, lambda: expected_sq_norm(x, msg.scale, self.levels)
 

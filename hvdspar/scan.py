@@ -52,14 +52,10 @@ def padded_chunk(n):
     return size
 
 
-def chunk_sizes(d):
-    """The lengths of the chunks of a flat tensor of d elements (before padding)."""
-    return [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
-
-
 def chunks(x):
-    """Flat x (static size) -> its chunks, the last zero-padded to ``padded_chunk`` of its length."""
-    sizes = chunk_sizes(x.shape.num_elements())
+    """Flat x (static size) -> its chunks of CHUNK_ELEMENTS, the last zero-padded to ``padded_chunk`` of its length."""
+    d = x.shape.num_elements()
+    sizes = [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
     parts = tf.split(x, sizes) if len(sizes) > 1 else [x]
     pad = padded_chunk(sizes[-1]) - sizes[-1]
     if pad:

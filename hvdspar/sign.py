@@ -67,7 +67,7 @@ def to_dense(msg, dtype):
 class EFSignCodec(Codec):
     """The scaled sign, one bit per element plus the header's scale (a biased contraction)."""
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         return sign_message(x, dtype), None
 
     @_no_autograph

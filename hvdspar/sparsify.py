@@ -10,9 +10,9 @@ of small XLA-compiled functions applied chunk by chunk: each fuses its
 element-wise work into one pass over its chunk, and the chunks of a pass run
 concurrently (4 passes over g in all: sum |g|, two greedy rescalings, the
 sampling; the first is ``hvdspar.scan``'s, which a codec's encode has already
-run to check that g is finite, and hands in as ``l1``). Only the variable-length gather of the kept coordinates runs
-outside XLA. Smaller tensors skip XLA: compiling per shape would cost more
-than it saves.
+run to check that g is finite, and hands in as ``l1``). Only the
+variable-length gather of the kept coordinates runs outside XLA. Smaller
+tensors skip XLA: compiling per shape would cost more than it saves.
 """
 
 import tensorflow as tf
@@ -20,7 +20,7 @@ import tensorflow as tf
 from hvdspar.probabilities import check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level
 from hvdspar import rng
 from hvdspar.coding import SparseMessage
-from hvdspar.scan import CHUNK_ELEMENTS, chunk_sizes, chunks, scan
+from hvdspar.scan import CHUNK_ELEMENTS, chunks, scan
 from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
@@ -107,12 +107,11 @@ def _greedy_keep_chunked(g, seed, rho, iterations, l1=None):
     """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
-    sizes = chunk_sizes(d)
     parts = chunks(g)
     if l1 is None and not full_budget(rho):
         l1 = scan(g).l1
     lam = _greedy_lambda_chunked(parts, d, rho, iterations, cdt, l1)
-    offsets = [i * CHUNK_ELEMENTS for i in range(len(sizes))]
+    offsets = [i * CHUNK_ELEMENTS for i in range(len(parts))]
     kept = [tf.where(_chunk_keep(p, lam, seed, tf.constant(o, tf.int64)))[:, 0] + o for p, o in zip(parts, offsets)]
     return lam, tf.concat(kept, axis=0) if len(kept) > 1 else kept[0]
 

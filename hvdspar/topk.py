@@ -96,7 +96,7 @@ class TopKCodec(SparseCodec):
     def config(self):
         return {"ratio": self.ratio}
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         return topk_message(x, num_kept(x.shape[0], self.ratio)), None
 
     def expected_counts(self, d):
@@ -116,7 +116,7 @@ class RandomKCodec(SparseCodec):
     def config(self):
         return {"ratio": self.ratio, "rescale": self.rescale}
 
-    def draw(self, x, seed, dtype, shape, scan=None):
+    def draw(self, x, seed, dtype, shape, scan):
         d = x.shape[0]
         k = num_kept(d, self.ratio)
         msg = randomk_message(x, k, seed, rescale=self.rescale)
