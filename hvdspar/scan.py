@@ -11,9 +11,10 @@ and GSpar's Algorithm 3 starts from
     lambda_0 = rho d / ||x||_1,   ||x||_1 = sum_i |x_i|   (the compute dtype).
 
 ``scan(x)`` computes the three in one read of x. For x of at least
-``XLA_MIN_ELEMENTS`` elements it is one small XLA computation per chunk of
-``CHUNK_ELEMENTS`` (the chunks of one pass run concurrently, so a pass uses
-every core), each one loop over its chunk (for x narrower than float64 the
+``XLA_MIN_ELEMENTS`` elements it is one small XLA computation per chunk
+(``chunk_elements``: about ``CHUNKS_PER_PASS`` chunks, at most
+``MAX_CHUNK_ELEMENTS`` each; the chunks of one pass run concurrently, so a pass
+uses every core), each one loop over its chunk (for x narrower than float64 the
 finite test is read off the float64 sum of squares, see ``_chunk_scan``); chunk
 results are combined in a fixed order, so the same x gives the same figures on
 any machine. Three
@@ -22,10 +23,15 @@ gradient three times and materialise a boolean copy of it. Smaller x take the
 plain TF ops, where compiling per shape would cost more than it saves; there
 ``l1`` is None (GSpar's plain path computes its own).
 
-The chunks (``chunks``) are GSpar's too (``hvdspar.sparsify``): the last one is
-padded with zeros to a power of two of at least ``XLA_MIN_ELEMENTS``, so XLA
-compiles each chunk function for at most three shapes per dtype. A zero adds
-nothing to any of the sums and is finite.
+The chunks (``chunks``) are GSpar's too (``hvdspar.sparsify``). Their length is
+a power of two from ``XLA_MIN_ELEMENTS`` (2^16) to ``MAX_CHUNK_ELEMENTS`` (2^20),
+and the last one is padded with zeros to a power of two, so XLA compiles each
+chunk function for at most five shapes per dtype, whatever the tensor sizes. A
+zero adds nothing to any of the sums and is finite. Why about 8 chunks of at
+most 2^20: every chunk is a few TF ops (a slice, an XLA launch, a combination),
+and with 2^18-element chunks a 10M gradient took 40 chunks a pass, whose op
+overhead cost more than the parallelism gained on a 2-core machine (the encode
+of 10M: 48 -> 39 ms with 2^20); far fewer chunks than cores leave cores idle.
 """
 
 import collections
@@ -35,7 +41,8 @@ import tensorflow as tf
 from hvdspar.probabilities import compute_dtype
 from hvdspar.wire import XLA_MIN_ELEMENTS
 
-CHUNK_ELEMENTS = 1 << 18
+MAX_CHUNK_ELEMENTS = 1 << 20
+CHUNKS_PER_PASS = 8
 
 
 class Scan(collections.namedtuple("Scan", ["finite", "sq_norm", "l1"])):
@@ -44,23 +51,30 @@ class Scan(collections.namedtuple("Scan", ["finite", "sq_norm", "l1"])):
 
 
 def padded_chunk(n):
-    """The length a chunk of ``n`` elements is padded to: the next power of two, at least
-    XLA_MIN_ELEMENTS (at most CHUNK_ELEMENTS, since no chunk is longer)."""
+    """The length a chunk of ``n`` elements is padded to: the next power of two, at least XLA_MIN_ELEMENTS."""
     size = XLA_MIN_ELEMENTS
     while size < n:
         size *= 2
     return size
 
 
+def chunk_elements(d):
+    """Elements per chunk of a flat x of d elements: d / CHUNKS_PER_PASS rounded up to a power of
+    two, within [XLA_MIN_ELEMENTS, MAX_CHUNK_ELEMENTS]."""
+    return min(padded_chunk(-(-d // CHUNKS_PER_PASS)), MAX_CHUNK_ELEMENTS)
+
+
 def chunks(x):
-    """Flat x (static size) -> its chunks of CHUNK_ELEMENTS, the last zero-padded to ``padded_chunk`` of its length."""
+    """Flat x (static size) -> (its chunks of ``chunk_elements``, the last zero-padded to ``padded_chunk``
+    of its length; the chunks' offsets in x)."""
     d = x.shape.num_elements()
-    sizes = [CHUNK_ELEMENTS] * (d // CHUNK_ELEMENTS) + ([d % CHUNK_ELEMENTS] if d % CHUNK_ELEMENTS else [])
+    size = chunk_elements(d)
+    sizes = [size] * (d // size) + ([d % size] if d % size else [])
     parts = tf.split(x, sizes) if len(sizes) > 1 else [x]
     pad = padded_chunk(sizes[-1]) - sizes[-1]
     if pad:
         parts[-1] = tf.pad(parts[-1], [[0, pad]])
-    return parts
+    return parts, [i * size for i in range(len(parts))]
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -68,7 +82,7 @@ def _chunk_scan(x):
     """(all finite, sum x_i^2 in float64, sum |x_i| in the compute dtype) of one chunk, one read.
 
     For x narrower than float64 the float64 sum of squares is itself the finite test: it cannot
-    overflow (a chunk of 2^18 squares of at most float32's max, 3.4e38, sums to under 1e83), and a
+    overflow (a chunk of 2^20 squares of at most float32's max, 3.4e38, sums to under 2e83), and a
     NaN or an Inf makes it NaN or Inf. Two reductions instead of three: XLA emits a multi-output
     reduction on the CPU as one loop, and every output makes it slower. float64 x tests explicitly.
     """
@@ -88,7 +102,7 @@ def scan(x):
     if d is None or d < XLA_MIN_ELEMENTS:
         x64 = tf.cast(x, tf.float64)
         return Scan(tf.reduce_all(tf.math.is_finite(x)), tf.tensordot(x64, x64, 1), None)
-    parts = [_chunk_scan(p) for p in chunks(x)]
+    parts = [_chunk_scan(p) for p in chunks(x)[0]]
     if len(parts) == 1:
         return Scan(*parts[0])
     return Scan(tf.reduce_all(tf.stack([f for f, _, _ in parts])), tf.add_n([s for _, s, _ in parts]),

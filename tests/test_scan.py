@@ -12,7 +12,8 @@ from hvdspar.wire import XLA_MIN_ELEMENTS
 pytestmark = pytest.mark.quick  # no Horovod, one process
 
 
-SIZES = [1000, 1 << 16, 3 * scan.CHUNK_ELEMENTS + 4321]  # plain TF; one XLA chunk; four chunks, padded
+CHUNK = 1 << 18  # a size of several chunks: 3 * CHUNK + 4321 is seven chunks of 2^17, the last padded
+SIZES = [1000, 1 << 16, 3 * CHUNK + 4321]  # plain TF; one XLA chunk; several chunks, padded
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.float32, tf.float64])
@@ -42,7 +43,7 @@ def test_scan_sees_a_non_finite_element_in_any_chunk(d, bad, where):
 
 def test_scan_is_the_same_bits_on_every_call():
     """Chunk results are combined in a fixed order, whatever order the chunks ran in."""
-    x = tf.constant(np.random.default_rng(3).standard_t(2, size=5 * scan.CHUNK_ELEMENTS + 77), tf.float32)
+    x = tf.constant(np.random.default_rng(3).standard_t(2, size=5 * CHUNK + 77), tf.float32)
     first = [t.numpy() for t in scan.scan(x)]
     for _ in range(3):
         again = [t.numpy() for t in scan.scan(x)]
@@ -52,7 +53,7 @@ def test_scan_is_the_same_bits_on_every_call():
 def test_gspar_from_the_scan_sends_the_message_it_computes_alone():
     """Encode hands the scan's ||x||_1 to GSpar (Algorithm 3's lambda_0 = rho d / ||x||_1) instead of
     summing |x| again: the message is bit for bit the one gspar_message computes on its own."""
-    d = 2 * scan.CHUNK_ELEMENTS + 999
+    d = 2 * CHUNK + 999
     g = tf.constant(np.random.default_rng(4).standard_t(2, size=d), tf.float32)
     seed = tf.constant([7, 8], tf.int64)
     alone, lam_alone = gspar_message(g, seed, rho=0.01)

@@ -107,6 +107,9 @@ def test_lemma3_expected_density_for_approximately_sparse_gradients():
     assert p.sum() <= (1 + rho) * s
 
 
+CHUNK = 1 << 18  # sizes of several chunks (``hvdspar.scan.chunk_elements``)
+
+
 def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     """Large tensors are sampled chunk by chunk (XLA, concurrently); the result must be
     Algorithm 3's lambda and exactly the set {i : u_i < lambda |g_i|} of the plain path."""
@@ -115,7 +118,7 @@ def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     from hvdspar import rng, sparsify
 
     probabilities = importlib.import_module("hvdspar.probabilities")
-    d = 2 * sparsify.CHUNK_ELEMENTS + 12_345  # two full chunks and a remainder
+    d = 2 * CHUNK + 12_345  # four full chunks of 2^17 and a remainder
     g = tf.constant(np.random.default_rng(7).standard_t(2, size=d), tf.float32)
     seed = tf.constant([3, 4], tf.int64)
     lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
@@ -171,7 +174,7 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     from hvdspar import sparsify
 
     probabilities = importlib.import_module("hvdspar.probabilities")
-    d = sparsify.CHUNK_ELEMENTS + 4321
+    d = CHUNK + 4321
     g = np.random.default_rng(8).standard_t(2, size=d).astype(np.float32)
     g[::50] = 0.0
     gt = tf.constant(g)
@@ -180,19 +183,52 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     np.testing.assert_array_equal(idx.numpy(), np.flatnonzero(g))
 
 
-def test_chunk_functions_compile_for_at_most_three_shapes():
-    """The last chunk is zero-padded to 2^16, 2^17 or 2^18 elements: XLA compiles each chunk function
-    at most three times per dtype, whatever the tensor sizes (a ResNet-50 has dozens), and the
-    padding changes nothing (the kept set is the plain path's)."""
+def test_chunk_functions_compile_for_at_most_five_shapes():
+    """Chunks are powers of two from 2^16 to 2^20 elements (about 8 a pass), the last zero-padded to a
+    power of two: XLA compiles each chunk function at most five times per dtype, whatever the tensor
+    sizes (a ResNet-50 has dozens), and the padding changes nothing (the kept set is the plain path's)."""
     from hvdspar import rng, scan, sparsify
 
     assert [scan.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
         65_536, 65_536, 131_072, 262_144, 262_144]
-    before = sparsify._chunk_keep.experimental_get_tracing_count()
+    assert [scan.chunk_elements(d) for d in (65_536, 600_000, 1_000_000, 10_000_000, 100_000_000)] == [
+        1 << 16, 1 << 17, 1 << 17, 1 << 20, 1 << 20]
+    for d in (65_536, 600_013, 10_000_000):
+        parts, offsets = scan.chunks(tf.zeros([d]))
+        assert offsets == [i * scan.chunk_elements(d) for i in range(len(parts))]
+        assert {p.shape[0] for p in parts} <= {1 << k for k in range(16, 21)}
+        assert sum(parts[0].shape[0] for _ in parts[:-1]) + d - offsets[-1] == d
+    fns = (sparsify._chunk_keep, sparsify._chunk_tail)
+    before = [f.experimental_get_tracing_count() for f in fns]
     seed = tf.constant([5, 6], tf.int64)
     for d in (70_001, 90_017, 150_001, 200_003, 300_007, 450_011, 600_013):
         g = tf.constant(np.random.default_rng(d).normal(size=d), tf.float32)
         lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.05, 2)
         plain = tf.where(rng.uniform(d, seed) < lam * tf.abs(g))[:, 0]
         np.testing.assert_array_equal(idx.numpy(), plain.numpy())
-    assert sparsify._chunk_keep.experimental_get_tracing_count() - before <= 3
+    assert all(f.experimental_get_tracing_count() - b <= 5 for f, b in zip(fns, before))
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2, 3])
+@pytest.mark.parametrize("kind", ["normal", "student_t", "outliers"])
+def test_chunked_sampler_is_the_one_pass_definition_for_any_iterations_and_tails(kind, iterations):
+    """Algorithm 3's lambda after 0-3 rescalings, chunk by chunk, and exactly {i : u_i < lambda |g_i|},
+    for light and heavy tails and for ten coordinates a million times the rest (the first rescaling
+    then raises lambda about 40-fold)."""
+    import importlib
+
+    from hvdspar import rng, sparsify
+
+    probabilities = importlib.import_module("hvdspar.probabilities")
+    d = CHUNK + 40_000
+    gen = np.random.default_rng(11)
+    g = gen.standard_t(2, size=d) if kind == "student_t" else gen.normal(size=d)
+    if kind == "outliers":
+        g[gen.choice(d, 10, replace=False)] = 1e6
+    g = tf.constant(g, tf.float32)
+    a = tf.abs(g)
+    seed = tf.constant([5, iterations], tf.int64)
+    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, iterations)
+    assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, 0.01, iterations)), rel=1e-5)
+    plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
+    np.testing.assert_array_equal(idx.numpy(), plain.numpy())
