@@ -186,18 +186,19 @@ def body_size(d, value_dtype, layout):
 
 
 @_no_autograph
-def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=None):
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=None, factor=None):
     """Sum of the Q of ``num_messages`` concatenated ATOMO messages, in rank order; (sum [d], all_finite).
 
-    ``layout``: (rows, cols) when the tensor gets spectral atoms, None when entry-wise."""
+    ``layout``: (rows, cols) when the tensor gets spectral atoms, None when entry-wise; ``factor``:
+    ``wire.fold``'s."""
     value_dtype = tf.as_dtype(value_dtype)
     if layout is None:
-        return coding.sum_messages(data, num_messages, d, value_dtype, accumulate_dtype)
+        return coding.sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, factor)
 
     def add(acc, head, body):
         return acc + spectral_dense(decode_spectral_body(head, body, *layout, value_dtype), d, accumulate_dtype)
 
-    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add)
+    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype, layout), add, factor)
 
 
 class AtomoCodec(Codec):
@@ -262,8 +263,8 @@ class AtomoCodec(Codec):
         return Encoded(encode_spectral(msg, rows, cols, dtype), q, n * (rows + cols + 1), spectral_sq_norm(msg))
 
     @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), self.layout(d, shape))
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
+        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), self.layout(d, shape), factor)
 
 
 class Atomo(Compressor):

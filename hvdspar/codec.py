@@ -5,7 +5,9 @@ tensors: [d]) into a byte message, and a concatenation of the ranks' messages
 into their sum::
 
     encode(x, seed, dtype, shape, contract=False)  -> Encoded(message, q, kept, q_sq_norm, x_sq_norm)
-    decode_sum(data, num_ranks, d, dtype, shape)   -> (sum_r Q(x_r) [d], all senders finite)
+    decode_sum(data, num_ranks, d, dtype, shape, factor=None)
+                                                   -> (sum_r Q(x_r) [d], all senders finite); with factor:
+                                                      factor x the sum, NaN if a sender was not finite
     expected_nbytes(d, dtype, shape)               -> the planned message size (the fallback's rule)
 
 ``encode`` is the same for every method: one first pass over x
@@ -82,9 +84,14 @@ class Codec:
         """A finite message -> ``Encoded`` (Q(x) in it only ``with_q``)."""
         raise NotImplementedError
 
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
         """The sum of ``num_ranks`` (an int32 tensor) concatenated messages of d elements (a tensor of
-        ``shape``, or a bucket: [d]), and whether all were finite (``hvdspar.wire.fold``)."""
+        ``shape``, or a bucket: [d]), and whether all were finite (``hvdspar.wire.fold``).
+
+        With ``factor`` (a scalar: Horovod's op and scale factors, ``hvdspar.exchange``) the sum
+        comes back multiplied by it, and NaN everywhere when a sender was not finite: what
+        ``decompress`` returns, the factor applied where it is cheapest (``wire.fold_entries``:
+        to the entries, before the dense output is written)."""
         raise NotImplementedError
 
     def expected_nbytes(self, d, dtype, shape=None):

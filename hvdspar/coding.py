@@ -283,11 +283,12 @@ def entries(msg, value_dtype, accumulate_dtype):
 
 
 @_no_autograph
-def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype):
+def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, factor=None):
     """Sum of the dense vectors of ``num_messages`` hybrid messages concatenated in ``data``,
-    and whether all senders were finite (``wire.fold_entries``: the output written once)."""
+    and whether all senders were finite (``wire.fold_entries``: the output written once; with
+    ``factor``, factor x the sum, NaN where a sender was not finite)."""
     value_dtype = tf.as_dtype(value_dtype)
     return wire.fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, value_dtype),
                              lambda head, body: entries(decode_body(head, body, d, value_dtype), value_dtype,
                                                         accumulate_dtype),
-                             lambda head: head.n_a + head.n_b)
+                             lambda head: head.n_a + head.n_b, factor)

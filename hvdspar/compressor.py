@@ -23,10 +23,11 @@ This class runs the pieces, once for all methods. A gradient's whole trip, in th
     Horovod:        allreduce of what compress returned, with the user's op and scale factors
     decompress(t):  (``_receive``)
                     dense:      t is Horovod's result; m <- x - sent
-                    compressed: total = codec.decode_sum(gathered) (once per bucket); m <- x - C(x);
-                                (reduced: the codec's state, e.g. PowerSGD's Q, too, when every rank was finite)
-                                the random stream advances; result = t[0] * member's part of total
-                                (t[0]: Horovod's factor)
+                    compressed: total = codec.decode_sum(gathered, factor=t[0]) (once per bucket:
+                                t[0] is Horovod's factor, applied to the entries before the dense sum is
+                                written); m <- x - C(x); the random stream advances; result = member's part
+                    reduced:    as compressed, with total = t[0] * the codec's sum, and the codec's
+                                state (PowerSGD's Q) updated too, when every rank was finite
 
 So ``op=hvd.Sum``/``hvd.Average``, ``prescale_factor``/``postscale_factor`` and
 ``gradient_predivide_factor`` give what Horovod gives without compression, in
@@ -74,6 +75,7 @@ from hvdspar.fallback import RUN_TIME, Fallback
 from hvdspar.probabilities import compute_dtype
 from hvdspar.scan import scan
 from hvdspar import state as _state
+from hvdspar import wire
 from hvdspar.state import SlotState, trace_key
 
 try:  # Horovod's interface; hvdspar's pure-TF parts work without Horovod.
@@ -214,9 +216,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         return self._traced(("encode", dtype.name, tuple(shape.as_list())),
                             lambda x, seed: self.coder.encode(x, seed, dtype, shape))
 
-    def _decoder(self, dtype, shape):
-        """``decode_sum`` for one dtype and shape, traced once (see ``_encoder``)."""
+    def _decoder(self, dtype, shape, scaled=False):
+        """``decode_sum`` for one dtype and shape, traced once (see ``_encoder``); ``scaled``: with
+        Horovod's factor as a third argument (the sum times it, NaN if a rank was not finite)."""
         d = shape.num_elements()
+        if scaled:
+            return self._traced(("decode_scaled", dtype.name, tuple(shape.as_list())),
+                                lambda data, num_ranks, factor: self.codec.decode_sum(data, num_ranks, d, dtype, shape,
+                                                                                      factor))
         return self._traced(("decode", dtype.name, tuple(shape.as_list())),
                             lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
 
@@ -274,7 +281,11 @@ class Compressor(_HorovodCompressor, tf.Module):
         if bucket.total is None:  # the bucket's first decompress: decode once, then the state
             if bucket.kind == "sparse":  # (RUN_TIME and "reduced" computed theirs in _send)
                 size = self.exchange.size_op(bucket.site.process_set)
-                bucket.total, bucket.finite = self._decoder(dtype, bucket.shape)(bucket.gathered, size)
+                # Horovod's factor goes into the decoding (the dense result written once); every
+                # member's placeholder carries the same one (one op and one pair of scale factors
+                # per grouped allreduce)
+                bucket.total, bucket.finite = self._decoder(dtype, bucket.shape, scaled=True)(
+                    bucket.gathered, size, _factor(reduced, compute_dtype(dtype)))
                 used = bucket.finite
                 norms = _norms(bucket.enc)
                 new_memory = (lambda: self.coder.residual(bucket.x, bucket.enc)) if self.memory else None
@@ -294,12 +305,12 @@ class Compressor(_HorovodCompressor, tf.Module):
         if self.nonfinite == "raise":
             checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], dtype)]))
         with tf.control_dependencies(checks):
-            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not finite.
-            # (one scalar, so the dense part is touched once: NaN x anything is NaN)
-            factor = tf.cast(tf.reshape(reduced, [-1])[0], total.dtype)
-            factor += tf.where(finite, tf.constant(0, total.dtype), tf.constant(np.nan, total.dtype))
+            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not
+            # finite (sparse: already in the decoded sum)
+            if bucket.kind != "sparse":
+                total = wire.scaled(total, _factor(reduced, total.dtype), finite)
             part = total if len(bucket.tensors) == 1 else bucket.member(j, total)
-            return tf.reshape(tf.cast(part * factor, dtype), bucket.shapes[j])
+            return tf.reshape(tf.cast(part, dtype), bucket.shapes[j])
 
     def _receive_dense(self, bucket, j, reduced):
         """A bucket sent dense: Horovod's results as they are; the memory keeps the cast's residual
@@ -556,6 +567,11 @@ def _nonfinite_message(slot, shape, dtype):
 def _message_nbytes(enc, n_members, dtype):
     """Bytes a compressed message puts on the wire: the message and one placeholder per member."""
     return tf.size(enc.message, out_type=tf.int64) + n_members * exchange.placeholder_nbytes(dtype)
+
+
+def _factor(reduced, dtype):
+    """Horovod's factor: its reduction of the placeholder (``hvdspar.exchange``), a scalar of ``dtype``."""
+    return tf.cast(tf.reshape(reduced, [-1])[0], dtype)
 
 
 def _reduced_is_finite(reduced):

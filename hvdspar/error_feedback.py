@@ -66,8 +66,8 @@ class ErrorFeedback:
         """m <- e - C(e)."""
         return e - tf.cast(encoded.q, e.dtype)
 
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        return self.codec.decode_sum(data, num_ranks, d, dtype, shape)
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
+        return self.codec.decode_sum(data, num_ranks, d, dtype, shape, factor)
 
     def expected_nbytes(self, d, dtype, shape=None):
         return self.codec.expected_nbytes(d, dtype, shape)

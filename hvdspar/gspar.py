@@ -60,8 +60,8 @@ class SparseCodec(Codec):
     def pack(self, msg, d, dtype, shape, with_q):
         return encode_sparse(msg, d, dtype, with_q)
 
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype))
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
+        return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), factor)
 
 
 class GSparCodec(SparseCodec):

@@ -213,15 +213,16 @@ def to_dense(msg, levels, dtype):
 
 
 @_no_autograph
-def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype):
-    """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)."""
+def sum_messages(data, num_messages, d, levels, value_dtype, accumulate_dtype, factor=None):
+    """Sum of the Q of ``num_messages`` concatenated messages, in rank order; (sum [d], all_finite)
+    (with ``factor``: ``wire.fold``'s)."""
 
     def add(acc, head, body):
         idx, level, neg = decode_body(head, body, d, levels)
         values = dequantize(head.scale, level, neg, levels, accumulate_dtype)
         return tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), values)
 
-    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, levels), add)
+    return wire.fold(data, num_messages, d, value_dtype, accumulate_dtype, body_size(d, levels), add, factor)
 
 
 class QuantCodec(Codec):
@@ -256,8 +257,8 @@ class QuantCodec(Codec):
         return Encoded(encode(msg, d, self.levels, dtype), q if with_q else tf.zeros([0], cdt), kept, sq)
 
     @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
-        return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype))
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
+        return sum_messages(data, num_ranks, d, self.levels, dtype, compute_dtype(dtype), factor)
 
 
 class QSGDCodec(QuantCodec):

@@ -82,14 +82,14 @@ class EFSignCodec(Codec):
         return message_nbytes(d, dtype)
 
     @_no_autograph
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None):
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
         cdt = compute_dtype(dtype)
 
         def add(acc, head, body):
             neg = tf.cast(bits.unpack_bits(body, d), tf.bool)
             return acc + to_dense(SignMessage(neg, head.scale), cdt)
 
-        return wire.fold(data, num_ranks, d, dtype, cdt, lambda head: body_nbytes(d), add)
+        return wire.fold(data, num_ranks, d, dtype, cdt, lambda head: body_nbytes(d), add, factor)
 
 
 class EFSignSGD(Compressor):

@@ -103,8 +103,12 @@ def _body_size(head, body_nbytes):
 
 
 @_no_autograph
-def fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add):
+def fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add, factor=None):
     """The sum [d] of the ``num_messages`` messages concatenated in ``data``, and whether all were finite.
+
+    With ``factor`` (a scalar of ``accumulate_dtype``: Horovod's, ``hvdspar.exchange``) the first
+    result is what ``decompress`` returns instead: factor x the sum, NaN everywhere when a message
+    was not finite (``scaled``).
 
     ``body_nbytes(header)`` sizes a body; ``add(acc, header, body) -> acc`` adds one message's
     Q to the running sum (never called for a non-finite message, which adds nothing and clears
@@ -124,7 +128,17 @@ def fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add)
         (tf.constant(0), tf.constant(0, tf.int64), tf.zeros([d], accumulate_dtype), tf.constant(True)),
         parallel_iterations=1,
     )
-    return acc, all_finite
+    return scaled(acc, factor, all_finite), all_finite
+
+
+def scaled(total, factor, all_finite):
+    """factor x total where every sender was finite, else NaN everywhere (as Horovod's own sum of a
+    NaN: a ``LossScaleOptimizer`` then skips the step on every rank); total itself when factor is None.
+    One multiply of the dense sum: NaN x anything is NaN."""
+    if factor is None:
+        return total
+    nan = tf.constant(float("nan"), total.dtype)
+    return total * (tf.cast(factor, total.dtype) + tf.where(all_finite, tf.zeros_like(nan), nan))
 
 
 # Sums of entry-wise messages (index, value) of large tensors. TF's CPU scatter costs about
@@ -159,7 +173,7 @@ def _next_power_of_two(n):
 
 
 @_no_autograph
-def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, entries, count):
+def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, entries, count, factor=None):
     """``fold`` for a method whose message is a list of entries (index, value of Q), unique within a
     message: ``entries(header, body) -> (idx int64 [n], val [n] accumulate_dtype)``, with
     ``count(header) -> n`` read from the header alone.
@@ -169,14 +183,19 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     so that a few compilations serve every step; rows padded with (0, 0.0)); one XLA computation
     sums the table row by row and writes the output once. Same result, bit for bit, as ``fold``
     with one scatter-add per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
-    compilation per size would cost more than it saves)."""
+    compilation per size would cost more than it saves).
+
+    With ``factor`` (as ``fold``'s) the table's values are multiplied by it before the sum, so the
+    dense output is still written once: sum_r factor v_r, which is factor x sum_r v_r up to
+    rounding (bit for bit when factor is a power of two, as 1/M for 2 or 4 ranks); NaN everywhere
+    when a message was not finite."""
     accumulate_dtype = tf.as_dtype(accumulate_dtype)
     if d < XLA_MIN_ELEMENTS:
         def add(acc, head, body):
             idx, val = entries(head, body)
             return tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), val)
 
-        return fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add)
+        return fold(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, add, factor)
 
     def longest(i, offset, n_max):
         head = read_header(data, offset, d, value_dtype)
@@ -207,4 +226,10 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
         (tf.constant(0), tf.constant(0, tf.int64), rows(tf.int64), rows(accumulate_dtype), tf.constant(True)),
         parallel_iterations=1,
     )
-    return _scatter_rows_fn(d)(idx_rows.stack(), val_rows.stack()), all_finite
+    if factor is None:
+        return _scatter_rows_fn(d)(idx_rows.stack(), val_rows.stack()), all_finite
+
+    def finite_sum():
+        return _scatter_rows_fn(d)(idx_rows.stack(), val_rows.stack() * tf.cast(factor, accumulate_dtype))
+
+    return tf.cond(all_finite, finite_sum, lambda: tf.fill([d], tf.constant(float("nan"), accumulate_dtype))), all_finite

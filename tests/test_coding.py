@@ -99,6 +99,44 @@ def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one
     assert not bool(finite) and not np.any(nothing.numpy())
 
 
+@pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
+@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
+def test_the_sum_with_horovods_factor_is_the_factor_applied_to_each_entry_or_nan_everywhere(d, dtype, accumulate):
+    """decode_sum with Horovod's factor (what decompress returns): large tensors multiply the table's
+    entries by the factor before the one write of the output, so the result is sum_r factor Q_r in
+    rank order, bit for bit (small tensors: factor x the sum); it equals factor x sum_r Q_r to
+    rounding, exactly for 1/2. A non-finite message makes it NaN everywhere, as Horovod's sum."""
+    msgs, dense = [], []
+    for r, rho in enumerate([0.3, 0.01, 0.05]):
+        g = tf.constant(np.random.default_rng(r).standard_t(2, size=d), dtype)
+        msg, _ = gspar_message(g, tf.constant([r, 7], tf.int64), rho=rho)
+        msgs.append(coding.encode(msg, d, dtype))
+        dense.append(coding.to_dense(msg, d, dtype, accumulate).numpy())
+    np_acc = accumulate.as_numpy_dtype
+    decode = tf.function(lambda m, n, f: coding.sum_messages(m, n, d, dtype, accumulate, f))
+    for factor in (1 / 3, 0.5, 1.7):
+        f = np_acc(factor)
+        total, finite = decode(tf.concat(msgs, 0), 3, tf.constant(f))
+        assert bool(finite) and total.dtype == accumulate
+        plain = np.zeros(d, np_acc)
+        for q in dense:
+            plain = plain + q
+        if d >= wire.XLA_MIN_ELEMENTS:
+            expected = np.zeros(d, np_acc)
+            for q in dense:
+                expected = expected + q * f
+        else:
+            expected = plain * f
+        np.testing.assert_array_equal(total.numpy(), expected)
+        if factor == 0.5:
+            np.testing.assert_array_equal(total.numpy(), plain * f)
+        np.testing.assert_allclose(total.numpy(), plain * f, rtol=1e-6 if np_acc == np.float32 else 1e-14,
+                                   atol=1e-30)
+    bad = tf.concat([msgs[0], wire.nonfinite(d, dtype), msgs[2]], 0)
+    total, finite = decode(bad, 3, tf.constant(np_acc(0.5)))
+    assert not bool(finite) and np.all(np.isnan(total.numpy()))
+
+
 @pytest.mark.parametrize("rho", [0.1, 0.01, 0.001])
 def test_bytes_track_the_entropy_bound(rho):
     d = 1_000_000
