@@ -12,7 +12,7 @@ from hvdspar.wire import XLA_MIN_ELEMENTS
 pytestmark = pytest.mark.quick  # no Horovod, one process
 
 
-CHUNK = 1 << 18  # a size of several chunks: 3 * CHUNK + 4321 is seven chunks of 2^17, the last padded
+CHUNK = 1 << 18  # a size of several chunks: 3 * CHUNK + 4321 is four chunks of 2^18, the last padded
 SIZES = [1000, 1 << 16, 3 * CHUNK + 4321]  # plain TF; one XLA chunk; several chunks, padded
 
 

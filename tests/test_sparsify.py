@@ -118,7 +118,7 @@ def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     from hvdspar import rng, sparsify
 
     probabilities = importlib.import_module("hvdspar.probabilities")
-    d = 2 * CHUNK + 12_345  # four full chunks of 2^17 and a remainder
+    d = 2 * CHUNK + 12_345  # two full chunks of 2^18 and a remainder
     g = tf.constant(np.random.default_rng(7).standard_t(2, size=d), tf.float32)
     seed = tf.constant([3, 4], tf.int64)
     lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
@@ -184,7 +184,7 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
 
 
 def test_chunk_functions_compile_for_at_most_five_shapes():
-    """Chunks are powers of two from 2^16 to 2^20 elements (about 8 a pass), the last zero-padded to a
+    """Chunks are powers of two from 2^16 to 2^20 elements (about 4 a pass), the last zero-padded to a
     power of two: XLA compiles each chunk function at most five times per dtype, whatever the tensor
     sizes (a ResNet-50 has dozens), and the padding changes nothing (the kept set is the plain path's)."""
     from hvdspar import rng, scan, sparsify
@@ -192,7 +192,7 @@ def test_chunk_functions_compile_for_at_most_five_shapes():
     assert [scan.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
         65_536, 65_536, 131_072, 262_144, 262_144]
     assert [scan.chunk_elements(d) for d in (65_536, 600_000, 1_000_000, 10_000_000, 100_000_000)] == [
-        1 << 16, 1 << 17, 1 << 17, 1 << 20, 1 << 20]
+        1 << 16, 1 << 18, 1 << 18, 1 << 20, 1 << 20]
     for d in (65_536, 600_013, 10_000_000):
         parts, offsets = scan.chunks(tf.zeros([d]))
         assert offsets == [i * scan.chunk_elements(d) for i in range(len(parts))]
