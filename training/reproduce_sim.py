@@ -7,8 +7,10 @@ its minibatch gradient g_r, encodes it with the compressor's codec
 ``[compressor.stream_seed(r, tensor_index), step]`` that rank r would use, the
 M byte messages are concatenated in rank order (what the allgather returns)
 and ``codec.decode_sum`` with Horovod's factor 1/M turns them into the average
-(1/M) sum_r Q(g_r), as ``decompress`` does; the update uses it (Algorithm 1). Error feedback (``memory=true``) is the compressor's own
-(``hvdspar.error_feedback``): e = g + m, send C(e), m <- e - C(e).
+(1/M) sum_r Q(g_r), as ``decompress`` does (for M = 4, a power of two, bit for bit
+the sum divided by M); the update uses it (Algorithm 1). Error feedback
+(``memory=true``) is the compressor's own (``hvdspar.error_feedback``):
+e = g + m, send C(e), m <- e - C(e).
 
 So a simulated run takes the same steps as ``horovodrun -np M`` with the same
 compressor seed and fallback off; tests/workers/reproduce_hvd.py checks that
@@ -82,7 +84,8 @@ class SimExchange:
                 if self.memory:
                     new_mem.append(comp.coder.residual(x, enc))  # m <- e - C(e)
             # the average as decompress computes it: Horovod's factor 1/M applied inside the decoding
-            average, _ = comp.codec.decode_sum(tf.concat(msgs, 0), m, d, tf.float32, factor=tf.constant(1 / m, tf.float32))
+            average, _ = comp.codec.decode_sum(tf.concat(msgs, 0), m, d, tf.float32,
+                                               factor=tf.constant(1 / m, tf.float32))
             averages.append(tf.reshape(average, shape))
             if self.memory:
                 self.mem[i].assign(tf.stack(new_mem))
