@@ -73,21 +73,34 @@ def test_several_messages_sum_in_order():
     assert not bool(finite)
 
 
-@pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
-@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
-def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one(d, dtype, accumulate):
-    """Small tensors fold one scatter-add per message; large ones build one [M, P] table summed by
-    one XLA computation: both equal sum_r Q_r added in rank order, bit for bit, with a non-finite
-    message adding nothing and clearing the flag, and with messages of different lengths."""
+def _three_messages(d, dtype, accumulate):
+    """Three ranks' GSpar messages of d elements (rho 0.3, 0.01, 0.05: different lengths) and their
+    Q as numpy arrays of the accumulate dtype."""
     msgs, dense = [], []
     for r, rho in enumerate([0.3, 0.01, 0.05]):
         g = tf.constant(np.random.default_rng(r).standard_t(2, size=d), dtype)
         msg, _ = gspar_message(g, tf.constant([r, 7], tf.int64), rho=rho)
         msgs.append(coding.encode(msg, d, dtype))
         dense.append(coding.to_dense(msg, d, dtype, accumulate).numpy())
-    expected = np.zeros(d, accumulate.as_numpy_dtype)
-    for q in dense:
-        expected = expected + q
+    return msgs, dense
+
+
+def _rank_order_sum(arrays):
+    """0 + a_0 + a_1 + ..., added in that order (what every rank's decoding must give bit for bit)."""
+    total = np.zeros_like(arrays[0])
+    for a in arrays:
+        total = total + a
+    return total
+
+
+@pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
+@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
+def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one(d, dtype, accumulate):
+    """Small tensors fold one scatter-add per message; large ones build one [M, P] table summed by
+    one XLA computation: both equal sum_r Q_r added in rank order, bit for bit, with a non-finite
+    message adding nothing and clearing the flag, and with messages of different lengths."""
+    msgs, dense = _three_messages(d, dtype, accumulate)
+    expected = _rank_order_sum(dense)
     total, finite = tf.function(lambda m: coding.sum_messages(m, 3, d, dtype, accumulate))(tf.concat(msgs, 0))
     assert bool(finite) and total.dtype == accumulate
     np.testing.assert_array_equal(total.numpy(), expected)
@@ -106,27 +119,15 @@ def test_the_sum_with_horovods_factor_is_the_factor_applied_to_each_entry_or_nan
     entries by the factor before the one write of the output, so the result is sum_r factor Q_r in
     rank order, bit for bit (small tensors: factor x the sum); it equals factor x sum_r Q_r to
     rounding, exactly for 1/2. A non-finite message makes it NaN everywhere, as Horovod's sum."""
-    msgs, dense = [], []
-    for r, rho in enumerate([0.3, 0.01, 0.05]):
-        g = tf.constant(np.random.default_rng(r).standard_t(2, size=d), dtype)
-        msg, _ = gspar_message(g, tf.constant([r, 7], tf.int64), rho=rho)
-        msgs.append(coding.encode(msg, d, dtype))
-        dense.append(coding.to_dense(msg, d, dtype, accumulate).numpy())
+    msgs, dense = _three_messages(d, dtype, accumulate)
     np_acc = accumulate.as_numpy_dtype
     decode = tf.function(lambda m, n, f: coding.sum_messages(m, n, d, dtype, accumulate, f))
     for factor in (1 / 3, 0.5, 1.7):
         f = np_acc(factor)
         total, finite = decode(tf.concat(msgs, 0), 3, tf.constant(f))
         assert bool(finite) and total.dtype == accumulate
-        plain = np.zeros(d, np_acc)
-        for q in dense:
-            plain = plain + q
-        if d >= wire.XLA_MIN_ELEMENTS:
-            expected = np.zeros(d, np_acc)
-            for q in dense:
-                expected = expected + q * f
-        else:
-            expected = plain * f
+        plain = _rank_order_sum(dense)
+        expected = _rank_order_sum([q * f for q in dense]) if d >= wire.XLA_MIN_ELEMENTS else plain * f
         np.testing.assert_array_equal(total.numpy(), expected)
         if factor == 0.5:
             np.testing.assert_array_equal(total.numpy(), plain * f)
