@@ -54,20 +54,16 @@ def _abs(g):
     return tf.abs(tf.cast(g, compute_dtype(g.dtype)))
 
 
-def _tail(scaled):
-    """(#{i : s_i >= 1}, sum of s_i over the rest) of s = lambda |g| (zeros add 0).
+@tf.function(jit_compile=True, autograph=False)
+def _chunk_tail(g, lam):
+    """(#{i : lambda |g_i| >= 1}, sum of lambda |g_i| over the rest) for one chunk (zeros add 0).
 
     The count is summed in the compute dtype, exact (a chunk has at most 2^20 < 2^24 elements),
     so that both reductions have one element type: XLA vectorises that loop better."""
+    scaled = lam * _abs(g)
     saturated = scaled >= 1
     n_saturated = tf.reduce_sum(tf.cast(saturated, scaled.dtype))
     return n_saturated, tf.reduce_sum(tf.where(saturated, tf.zeros_like(scaled), scaled))
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _chunk_tail(g, lam):
-    """``_tail`` of lambda |g_i| over one chunk."""
-    return _tail(lam * _abs(g))
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -85,7 +81,7 @@ def _chunk_min_nonzero(g):
 
 
 def _rescale(lam, budget, stats):
-    """One rescaling of Algorithm 3 from the chunks' ``_tail`` figures: lambda <- c lambda if c > 1,
+    """One rescaling of Algorithm 3 from the chunks' ``_chunk_tail`` figures: lambda <- c lambda if c > 1,
     c = (rho d - |S|) / sum_{i not in S} lambda |g_i|. Chunks combine in a fixed order."""
     n_saturated = tf.cast(tf.add_n([tf.cast(s[0], tf.int64) for s in stats]), lam.dtype)
     active_sum = tf.add_n([s[1] for s in stats])
