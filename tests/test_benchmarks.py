@@ -172,3 +172,25 @@ def test_ab_trip_loads_another_checkout_beside_this_one(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.ab_trip", "--before", str(tmp_path)], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=600)
     assert bad.returncode != 0 and "has no hvdspar/ package" in bad.stderr
+
+
+def test_round_trip_reports_none_beside_the_trip_and_the_decode_at_m_ranks(tmp_path):
+    """benchmarks.round_trip times Horovod's own uncompressed allreduce of the same g beside GSpar's
+    trip, and the decode of M ranks' messages (one row per M); one process, Horovod at one rank."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3", HVDSPAR_NO_MLFLOW="1")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.round_trip", "--sizes", "70000", "--repeat", "2",
+                          "--ranks", "1", "3", "--tensors", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads((tmp_path / "round_trip.json").read_text())
+    (row,) = out["rows"]
+    assert row["none_ms"] > 0 and row["trip_over_none"] == pytest.approx(row["round_trip_ms"] / row["none_ms"])
+    assert [r["ranks"] for r in out["decode_at_ranks"]] == [1, 3]
+    assert all(r["elements"] == 70000 and r["decode_ms"] > 0 for r in out["decode_at_ranks"])
+    assert "| trip_over_none |" in run.stdout and "decode at M ranks" in run.stdout
