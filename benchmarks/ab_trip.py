@@ -7,12 +7,15 @@ Runs on one CPU process with Horovod initialised for one rank (as ``benchmarks.r
 ``hvdspar`` package of ``--before`` is copied to a temporary directory as ``hvdspar_before`` (its
 imports rewritten), so both versions load side by side. Each repetition calls, in turn: the
 codec's ``encode`` of each version (g -> its message), ``hvd.allreduce(g, compression=GSpar(rho))``
-of each version, and one ``tf.reduce_sum(tf.abs(g))`` pass; medians and quartiles are printed in
+of each version, with ``--ranks M`` each version's decode of M messages into the average (what
+every rank does at M ranks; the messages of M seeds, coded by this version: the wire format must
+be the same at both commits), and one ``tf.reduce_sum(tf.abs(g))`` pass; medians and quartiles are printed in
 milliseconds and the trips also in passes. Interleaving puts both versions under the same machine
 load, which changes by more than the differences measured here from one minute to the next.
 """
 
 import argparse
+import importlib
 import re
 import shutil
 import sys
@@ -40,12 +43,25 @@ def load_before(checkout):
     return hvdspar_before
 
 
+def decode_fn(coding, g, ranks, rho, hvdspar):
+    """A tf.function: ``coding.sum_messages`` of ``ranks`` messages of g (seeds 0..M-1) with the factor 1/M."""
+    import tensorflow as tf
+
+    d = g.shape.num_elements()
+    codec = hvdspar.GSpar(rho=rho).codec
+    data = tf.concat([codec.encode(g, tf.constant([r, 7], tf.int64), tf.float32, g.shape).message
+                      for r in range(ranks)], 0)
+    factor = tf.constant(1.0 / ranks, tf.float32)
+    return tf.function(lambda: coding.sum_messages(data, ranks, d, tf.float32, tf.float32, factor)[0])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="a checkout of the commit to compare with")
     p.add_argument("--sizes", type=float, nargs="+", default=[1e7])
     p.add_argument("--rho", type=float, default=0.01)
     p.add_argument("--repeat", type=int, default=21)
+    p.add_argument("--ranks", type=int, default=0, help="also time the decode of this many messages (0: not)")
     args = p.parse_args(argv)
     if not (Path(args.before) / "hvdspar" / "__init__.py").is_file():
         raise SystemExit(f"ab_trip: {args.before} has no hvdspar/ package (give a checkout of another commit)")
@@ -66,6 +82,9 @@ def main(argv=None):
             comp = pkg.GSpar(rho=args.rho, seed=0)
             fns[f"encode {tag}"] = tf.function(lambda c=comp.codec: c.encode(g, seed, tf.float32, g.shape).message)
             fns[f"trip {tag}"] = tf.function(lambda c=comp, t=tag: hvd.allreduce(g, compression=c, name=f"ab_{t}_{d}"))
+            if args.ranks:
+                fns[f"decode {args.ranks} {tag}"] = decode_fn(importlib.import_module(f"{pkg.__name__}.coding"), g,
+                                                              args.ranks, args.rho, hvdspar)
         fns["pass"] = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
         for fn in fns.values():  # trace, compile, warm up
             fn().numpy()

@@ -87,13 +87,15 @@ def ef_encode(idx, d):
 
 @_no_autograph
 def ef_decode(data, n, d):
-    """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n]."""
+    """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n].
+
+    The unary high bits of a tensor of at least ``wire.XLA_MIN_ELEMENTS`` elements are unpacked
+    in XLA (``bits.set_bit_positions``)."""
     n = tf.cast(n, tf.int64)
     l = ef_low_width(n, d)
     low_bytes, high_bits, _ = ef_sizes(n, d)
     low = bits.unpack_uints(data[:low_bytes], n, l)
-    unary = bits.unpack_bits(data[low_bytes:], high_bits)
-    positions = tf.reshape(tf.where(unary > 0), [-1])[:n]
+    positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=d >= wire.XLA_MIN_ELEMENTS)[:n]
     high = positions - tf.range(n, dtype=tf.int64)
     return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, l), low)
 

@@ -167,11 +167,6 @@ def _scatter_rows_fn(d):
     return _scatter_rows_fns[d]
 
 
-def _next_power_of_two(n):
-    """The smallest power of two >= max(n, 1) (int64)."""
-    return tf.bitwise.left_shift(tf.constant(1, tf.int64), bits.floor_log2(tf.maximum(2 * n - 1, 1)))
-
-
 @_no_autograph
 def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, entries, count, factor=None):
     """``fold`` for a method whose message is a list of entries (index, value of Q), unique within a
@@ -204,7 +199,7 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
 
     _, _, n_max = tf.while_loop(lambda i, *_: i < num_messages, longest,
                                 (tf.constant(0), tf.constant(0, tf.int64), tf.constant(0, tf.int64)))
-    width = _next_power_of_two(n_max)
+    width = bits.next_power_of_two(n_max)
 
     def padded(idx, val):
         pad = width - tf.size(idx, out_type=tf.int64)

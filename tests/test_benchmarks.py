@@ -165,9 +165,11 @@ def test_ab_trip_loads_another_checkout_beside_this_one(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="3")
     run = subprocess.run([sys.executable, "-m", "benchmarks.ab_trip", "--before", str(root), "--sizes", "70000",
-                          "--repeat", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+                          "--repeat", "2", "--ranks", "2"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    for call in ("encode before", "encode after", "trip before", "trip after", "pass"):
+    for call in ("encode before", "encode after", "trip before", "trip after", "decode 2 before", "decode 2 after",
+                 "pass"):
         assert f"| {call} |" in run.stdout, run.stdout
     bad = subprocess.run([sys.executable, "-m", "benchmarks.ab_trip", "--before", str(tmp_path)], capture_output=True,
                          text=True, env=env, cwd=tmp_path, timeout=600)

@@ -204,6 +204,48 @@ def test_bit_packing_roundtrip():
     np.testing.assert_array_equal(bits.floor_log2(tf.constant([1, 2, 3, 4, 1023, 1024], tf.int64)).numpy(), [0, 1, 1, 2, 9, 10])
 
 
+def test_unpack_uints_reads_every_width_from_64_bit_words():
+    """bits.unpack_uints reads each value from the two 64-bit words that hold it: every width 0..63,
+    values across word boundaries, the top bit of width 63, counts not a multiple of anything."""
+    rng = np.random.default_rng(11)
+    for width in range(64):
+        for count in (0, 1, 3, 8, 17, 100):
+            top = min(width, 62)
+            v = rng.integers(0, 2**top, size=count, dtype=np.int64) if width else np.zeros(count, np.int64)
+            if width == 63:
+                v = v * 2 + 1  # 63 bits set to the top
+            packed = bits.pack_uints(tf.constant(v), width)
+            assert int(tf.size(packed)) == -(-count * width // 8)
+            np.testing.assert_array_equal(bits.unpack_uints(packed, count, width).numpy(), v, err_msg=f"width {width}")
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_set_bit_positions_ignore_bits_past_nbits(xla):
+    """bits.set_bit_positions, plain and in XLA (padded to a power of two): the set bits among the
+    first nbits, against numpy's little-endian unpacking; bits set past nbits are not reported."""
+    rng = np.random.default_rng(12)
+    for nbytes in (0, 1, 5, 1024, 1025, 3000):
+        data = rng.integers(0, 256, size=nbytes, dtype=np.uint8)
+        for nbits in sorted({0, max(8 * nbytes - 5, 0), 8 * nbytes}):
+            want = np.flatnonzero(np.unpackbits(data, bitorder="little")[:nbits])
+            got = bits.set_bit_positions(tf.constant(data), nbits, xla=xla).numpy()
+            np.testing.assert_array_equal(got, want, err_msg=f"{nbytes} bytes, {nbits} bits")
+
+
+def test_elias_fano_roundtrip_on_both_paths():
+    """ef_decode unpacks the unary high bits in XLA from d = wire.XLA_MIN_ELEMENTS on: the same
+    indices as below it, for empty, single, full and random index sets."""
+    rng = np.random.default_rng(13)
+    for d in (wire.XLA_MIN_ELEMENTS - 1, wire.XLA_MIN_ELEMENTS, 1_000_003):
+        for idx in ([], [0], [d - 1], list(range(0, d, max(1, d // 1000))), np.sort(rng.choice(d, 5000, replace=False))):
+            idx = np.asarray(idx, np.int64)
+            enc = coding.ef_encode(tf.constant(idx, tf.int64), d)
+            np.testing.assert_array_equal(coding.ef_decode(enc, len(idx), d).numpy(), idx)
+    d = wire.XLA_MIN_ELEMENTS
+    every = np.arange(d, dtype=np.int64)  # n = d: low width 0, every unary bit set
+    np.testing.assert_array_equal(coding.ef_decode(coding.ef_encode(tf.constant(every), d), d, d).numpy(), every)
+
+
 def test_unisp_messages_roundtrip():
     g = tf.constant(np.random.default_rng(3).normal(size=500), tf.float32)
     msg = uniform_message(g, tf.constant([1, 1], tf.int64), 0.1)
