@@ -43,18 +43,6 @@ def load_before(checkout):
     return hvdspar_before
 
 
-def decode_fn(coding, g, ranks, rho, hvdspar):
-    """A tf.function: ``coding.sum_messages`` of ``ranks`` messages of g (seeds 0..M-1) with the factor 1/M."""
-    import tensorflow as tf
-
-    d = g.shape.num_elements()
-    codec = hvdspar.GSpar(rho=rho).codec
-    data = tf.concat([codec.encode(g, tf.constant([r, 7], tf.int64), tf.float32, g.shape).message
-                      for r in range(ranks)], 0)
-    factor = tf.constant(1.0 / ranks, tf.float32)
-    return tf.function(lambda: coding.sum_messages(data, ranks, d, tf.float32, tf.float32, factor)[0])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="a checkout of the commit to compare with")
@@ -69,6 +57,7 @@ def main(argv=None):
     import tensorflow as tf
 
     import hvdspar
+    from benchmarks.round_trip import decode_of_ranks
 
     hvd.init()
     if hvd.size() != 1:
@@ -83,8 +72,8 @@ def main(argv=None):
             fns[f"encode {tag}"] = tf.function(lambda c=comp.codec: c.encode(g, seed, tf.float32, g.shape).message)
             fns[f"trip {tag}"] = tf.function(lambda c=comp, t=tag: hvd.allreduce(g, compression=c, name=f"ab_{t}_{d}"))
             if args.ranks:
-                fns[f"decode {args.ranks} {tag}"] = decode_fn(importlib.import_module(f"{pkg.__name__}.coding"), g,
-                                                              args.ranks, args.rho, hvdspar)
+                fns[f"decode {args.ranks} {tag}"] = decode_of_ranks(importlib.import_module(f"{pkg.__name__}.coding"), g,
+                                                                    args.ranks, args.rho, hvdspar)
         fns["pass"] = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
         for fn in fns.values():  # trace, compile, warm up
             fn().numpy()

@@ -68,20 +68,25 @@ def pieces(d, rho, repeat, hvd, hvdspar):
     return row
 
 
+def decode_of_ranks(coding_module, g, ranks, rho, hvdspar):
+    """A tf.function: ``coding_module.sum_messages`` of ``ranks`` GSpar messages of g (seeds 0..M-1,
+    coded by ``hvdspar``) with the factor 1/M, what every rank runs at M ranks."""
+    d = g.shape.num_elements()
+    codec = hvdspar.GSpar(rho=rho).codec
+    data = tf.concat([codec.encode(g, tf.constant([r, 7], tf.int64), tf.float32, g.shape).message
+                      for r in range(ranks)], 0)
+    factor = tf.constant(1.0 / ranks, tf.float32)
+    return tf.function(lambda: coding_module.sum_messages(data, ranks, d, tf.float32, tf.float32, factor)[0])
+
+
 def decode_at_ranks(d, rho, ranks, repeat, hvdspar):
-    """Rows (elements, ranks, ms, passes): the decode of ``ranks`` messages of g (seeds 0..M-1) into
-    the average, as every rank runs it at M ranks (``coding.sum_messages`` with the factor 1/M)."""
+    """Rows (elements, ranks, ms, passes): ``decode_of_ranks`` timed for each M in ``ranks``."""
     g = tf.constant(np.random.default_rng(0).standard_t(2, size=d).astype(np.float32))
     one_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
-    codec = hvdspar.GSpar(rho=rho).codec
     t_pass = best_time(lambda: one_pass().numpy(), repeat)
     rows = []
     for m in ranks:
-        data = tf.concat([codec.encode(g, tf.constant([r, 7], tf.int64), tf.float32, g.shape).message
-                          for r in range(m)], 0)
-        factor = tf.constant(1.0 / m, tf.float32)
-        decode = tf.function(lambda data=data, m=m, factor=factor: coding.sum_messages(
-            data, m, d, tf.float32, tf.float32, factor)[0])
+        decode = decode_of_ranks(coding, g, m, rho, hvdspar)
         t = best_time(lambda: decode().numpy(), repeat)
         rows.append({"elements": d, "ranks": m, "decode_ms": 1e3 * t, "decode_passes": t / t_pass,
                      "reduce_abs_ms": 1e3 * t_pass})
