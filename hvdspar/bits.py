@@ -33,12 +33,65 @@ def unpack_bits(data, nbits):
     return tf.reshape(bits, [-1])[:nbits]
 
 
+def pack_positions(positions, nbits):
+    """Sorted distinct int64 positions in [0, nbits) -> the uint8 stream of ``nbits`` bits set exactly there.
+
+    Byte p // 8 gets 2^(p % 8) for every p, summed per byte by ``SegmentSum`` over the sorted byte
+    numbers: a byte's bits are disjoint, so their sum is their bitwise or, exact in float64 whatever
+    the order of addition. float64 because ``SegmentSum`` has a GPU kernel for it and none for
+    integers; a zero appended at the last byte makes its output max(nbytes, 1) long. No tensor of
+    one element per bit (the earlier ``ScatterNd`` of ones into int64 bits, then ``pack_bits``)."""
+    positions = tf.cast(positions, tf.int64)
+    nbytes = ceil_div(tf.cast(nbits, tf.int64), 8)
+    ones = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.bitwise.bitwise_and(positions, 7))
+    fields = tf.concat([tf.cast(ones, tf.float64), tf.zeros([1], tf.float64)], 0)
+    rows = tf.concat([tf.bitwise.right_shift(positions, 3), tf.reshape(tf.maximum(nbytes, 1) - 1, [1])], 0)
+    return tf.cast(tf.math.segment_sum(fields, rows)[:nbytes], tf.uint8)
+
+
+_LOW32 = tf.constant(0xFFFFFFFF, tf.uint64)
+
+
 def pack_uints(values, width):
-    """Non-negative int64 values, ``width`` bits each (width may be a tensor) -> bytes."""
+    """Non-negative int64 values, ``width`` bits each (0 <= width <= 63; a Python int or a tensor) -> bytes.
+
+    Value j is bits [j w, j w + w) of the stream. In groups of 32 values, whose w * 32 bits are
+    exactly w 32-bit little-endian words (bit k of word m is bit 32 m + k of the group's stream),
+    value j starts at bit r = j w mod 32 of word q = j w // 32 and, being at most 63 bits long,
+    ends in word q + 2 at the latest. Its three pieces v << r, v >> (32 - r), v >> (64 - r), each
+    cut to 32 bits, are routed to words q, q + 1, q + 2 by a [32, w] 0/1 matrix: one float64
+    matmul per piece sums them, exactly (a word's pieces are disjoint bit fields, so their sum is
+    their bitwise or, below 2^32; every partial sum is an integer below 2^53, in any order).
+    A width known when the graph is built drops the pieces that are always zero (the third when
+    w <= 32, the second too when w divides 32). A few word operations per value instead of one
+    int64 element per bit: 100k values of 6 bits (the low bits of the Elias-Fano code of 1% of
+    10M indices) 1.4-1.7 ms against 4.5 ms before; 10M values of 3 bits (QSGD's dense levels)
+    130 ms against 214 ms; on a 2-core CPU."""
+    static = tf.get_static_value(width)
+    v = tf.cast(tf.reshape(values, [-1]), tf.int64)
     width = tf.cast(width, tf.int64)
-    shifts = tf.range(width, dtype=tf.int64)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(values, [-1, 1]), shifts), 1)
-    return pack_bits(tf.reshape(bits, [-1]))
+    n = tf.size(v, out_type=tf.int64)
+    groups = ceil_div(n, 32)
+    # padded in int64, then as uint64 for logical shifts (a uint64 zeros has no GPU kernel)
+    v = tf.bitcast(tf.reshape(tf.concat([v, tf.zeros(tf.reshape(groups * 32 - n, [1]), tf.int64)], 0), [-1, 32]),
+                   tf.uint64)
+    start = tf.range(32, dtype=tf.int64) * width
+    q = tf.bitwise.right_shift(start, 5)
+    r = tf.cast(tf.bitwise.bitwise_and(start, 31), tf.uint64)
+    pieces = [tf.bitwise.left_shift(v, r), tf.bitwise.right_shift(v, 32 - r),
+              # v >> (64 - r) as two shifts, so that r = 0 gives 0 (TF leaves a shift by 64 undefined)
+              tf.bitwise.right_shift(tf.bitwise.right_shift(v, 63 - r), tf.constant(1, tf.uint64))]
+    used = [True, True, True]
+    if static is not None:
+        static = int(static)
+        used = [True, static > 32 or (static > 0 and 32 % static != 0), static > 32]
+    words = tf.add_n([
+        tf.matmul(tf.cast(tf.bitwise.bitwise_and(p, _LOW32), tf.float64),
+                  tf.one_hot(q + k, tf.cast(width, tf.int32), dtype=tf.float64))  # [32, w]: value j -> word q_j + k
+        for k, (p, u) in enumerate(zip(pieces, used)) if u
+    ])  # [groups, w]
+    stream = tf.reshape(tf.bitcast(tf.cast(tf.cast(words, tf.int64), tf.uint32), tf.uint8), [-1])
+    return stream[:ceil_div(n * width, 8)]
 
 
 def unpack_uints(data, count, width):

@@ -80,9 +80,9 @@ def ef_encode(idx, d):
     low = tf.bitwise.bitwise_and(idx, tf.bitwise.left_shift(tf.constant(1, tf.int64), l) - 1)
     high = tf.bitwise.right_shift(idx, l)
     _, high_bits, _ = ef_sizes(n, d)
+    # the unary high bits: bit high_j + j set for the j-th index (strictly increasing positions)
     positions = high + tf.range(n, dtype=tf.int64)
-    unary = tf.scatter_nd(tf.expand_dims(positions, 1), tf.ones([n], bits.WORD), tf.reshape(high_bits, [1]))
-    return tf.concat([bits.pack_uints(low, l), bits.pack_bits(unary)], axis=0)
+    return tf.concat([bits.pack_uints(low, l), bits.pack_positions(positions, high_bits)], axis=0)
 
 
 @_no_autograph

@@ -219,6 +219,48 @@ def test_unpack_uints_reads_every_width_from_64_bit_words():
             np.testing.assert_array_equal(bits.unpack_uints(packed, count, width).numpy(), v, err_msg=f"width {width}")
 
 
+def _stream_of(values, width):
+    """The documented stream in numpy: value j's bit k is bit j w + k, bytes least significant bit first."""
+    bits_ = np.zeros(len(values) * width, np.uint8)
+    for j, v in enumerate(values):
+        for k in range(width):
+            bits_[j * width + k] = (int(v) >> k) & 1
+    return np.packbits(bits_, bitorder="little")
+
+
+def test_pack_uints_writes_the_documented_stream_for_every_width():
+    """bits.pack_uints routes each value's three pieces into 32-bit words: the bytes equal the bit-by-bit
+    definition for every width 0..63 (a value across two or three words, the top bit of width 63),
+    counts that end mid-byte, mid-word and mid-group, with the width known when the graph is built
+    (the always-zero pieces dropped) and as a traced tensor (every piece, as in the Elias-Fano code)."""
+    traced = tf.function(bits.pack_uints, input_signature=[tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.int64)])
+    rng = np.random.default_rng(14)
+    for width in range(64):
+        for count in (0, 1, 3, 17, 70):
+            v = rng.integers(0, 2**min(width, 62), size=count, dtype=np.int64) if width else np.zeros(count, np.int64)
+            if width == 63:
+                v = v * 2 + 1
+            want = _stream_of(v, width)
+            np.testing.assert_array_equal(bits.pack_uints(tf.constant(v), width).numpy(), want,
+                                          err_msg=f"static width {width}, {count} values")
+            np.testing.assert_array_equal(traced(tf.constant(v), tf.constant(width, tf.int64)).numpy(), want,
+                                          err_msg=f"traced width {width}, {count} values")
+
+
+def test_pack_positions_sets_exactly_the_given_bits():
+    """bits.pack_positions (the Elias-Fano unary bits): the stream of nbits bits set at the sorted positions,
+    against numpy; empty, first and last bit, every bit, random sets."""
+    rng = np.random.default_rng(15)
+    for nbits in (0, 1, 8, 13, 64, 1000):
+        sets = [[], [0], [nbits - 1], list(range(nbits)), np.sort(rng.choice(nbits, nbits // 3, replace=False))]
+        for positions in sets if nbits else [[]]:
+            positions = np.asarray(positions, np.int64)
+            want = np.zeros(nbits, np.uint8)
+            want[positions] = 1
+            got = bits.pack_positions(tf.constant(positions, tf.int64), nbits).numpy()
+            np.testing.assert_array_equal(got, np.packbits(want, bitorder="little"), err_msg=f"{nbits} bits")
+
+
 @pytest.mark.parametrize("xla", [False, True])
 def test_set_bit_positions_ignore_bits_past_nbits(xla):
     """bits.set_bit_positions, plain and in XLA (padded to a power of two): the set bits among the
