@@ -84,7 +84,7 @@ class GSparCodec(SparseCodec):
 
     def draw(self, x, seed, dtype, shape, scan):
         msg, lam = gspar_message(x, seed, rho=self.rho, epsilon=self.epsilon, method=self.method,
-                                 iterations=self.iterations, l1=scan.l1)
+                                 iterations=self.iterations, moments=scan)
         return msg, lambda: second_moment(x, lam)
 
     def expected_counts(self, d):

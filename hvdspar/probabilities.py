@@ -188,6 +188,37 @@ def lambda_rho_greedy(a, rho, iterations=2):
     return lam
 
 
+def water_level_bound(l1, sq_norm, budget):
+    """An upper bound Lambda on the water level, from ||a||_1 and ||a||_2^2 alone (float64).
+
+    The water level lambda* solves f(lambda) = sum_i min(lambda a_i, 1) = B (B = rho d). Since
+    min(x, 1) >= x - x^2/4 for every x >= 0 (equality at x = 0 and x = 2),
+
+        f(lambda) >= lambda ||a||_1 - lambda^2 ||a||_2^2 / 4,
+
+    and the right side reaches B at
+
+        Lambda = 2B / (||a||_1 + sqrt(||a||_1^2 - B ||a||_2^2)),   when r = B ||a||_2^2 / ||a||_1^2 <= 1;
+
+    f does not decrease, so lambda* <= Lambda. Algorithm 3 never passes lambda*: each rescaling
+    sets lambda to the root of f's linearisation at the current active set, which lies above f
+    from there on. So every lambda it visits is <= Lambda, every coordinate it saturates has
+    a_i >= 1 / Lambda, and every coordinate it keeps has u_i < Lambda a_i. Lambda / lambda_0
+    = 2 / (1 + sqrt(1 - r)) with lambda_0 = B / ||a||_1: 1 + r/4 + ... for spread-out a (a
+    Gaussian has r = rho pi / 2), growing to 2 at r = 1.
+
+    Returns (Lambda, r); Lambda is +inf where r > 1 (no bound from these two moments) or ||a||_1 = 0.
+    """
+    # (a Python number straight to float64: tf.cast would round it to float32 first)
+    l1, sq_norm, budget = (tf.cast(v, tf.float64) if tf.is_tensor(v) else tf.constant(v, tf.float64)
+                           for v in (l1, sq_norm, budget))
+    r = tf.math.divide_no_nan(budget * sq_norm, l1 * l1)
+    root = tf.sqrt(tf.maximum(l1 * l1 - budget * sq_norm, 0))
+    inf = tf.constant(float("inf"), tf.float64)
+    bound = tf.where(tf.logical_and(r <= 1, l1 > 0), 2 * budget / (l1 + root), inf)
+    return bound, tf.where(l1 > 0, r, inf)
+
+
 @_no_autograph
 def water_level(g, rho=None, epsilon=None, method="exact", iterations=2):
     """The scalar lambda of p_i = min(lambda |g_i|, 1) for g (any shape).

@@ -33,21 +33,36 @@ def _low32(v):
     return tf.cast(tf.bitwise.bitwise_and(v, _M32), tf.uint32)
 
 
+def _key(seed):
+    """The stream's 32-bit key: fmix(fmix(seed_0) * 0x9E3779B9 + seed_1)."""
+    seed = tf.cast(seed, tf.int64)
+    return _fmix32(_fmix32(_low32(seed[0])) * _u32(0x9E3779B9) + _low32(seed[1]))
+
+
+@tf.autograph.experimental.do_not_convert
+def uniform_at(i, seed, dtype=tf.float32):
+    """u_i for the given int64 indices i (any shape, any order): the values ``uniform`` draws there.
+
+    With i = 2^32 hi + lo and key = fmix(fmix(seed_0) * 0x9E3779B9 + seed_1),
+
+        u_i = fmix(fmix(lo ^ key) + hi + key) / 2^32   (all modulo 2^32; the top 24 bits kept).
+
+    The lanes are uint32: half the width of int64 lanes, so a vector instruction hashes twice
+    as many coordinates.
+    """
+    key = _key(seed)
+    i = tf.cast(i, tf.int64)
+    x = _fmix32(tf.bitwise.bitwise_xor(_low32(i), key))
+    x = _fmix32(x + tf.cast(tf.bitwise.right_shift(i, 32), tf.uint32) + key)
+    return tf.cast(tf.bitwise.right_shift(x, _u32(8)), dtype) * (1.0 / 16777216.0)
+
+
 @tf.autograph.experimental.do_not_convert
 def uniform(n, seed, dtype=tf.float32, offset=0):
     """Uniforms u_offset, ..., u_{offset+n-1} in [0, 1) (multiples of 2^-24) from a seed of shape [2] (int64).
 
-    u_i depends only on (i, seed), so a tensor can be sampled in chunks
-    (``offset`` = the chunk's first index) with the same result as in one go. With i = 2^32 hi + lo:
-
-        key = fmix(fmix(seed_0) * 0x9E3779B9 + seed_1),  u_i = fmix(fmix(lo ^ key) + hi + key) / 2^32
-
-    (all modulo 2^32; the top 24 bits kept). The lanes are uint32: half the width of int64
-    lanes, so a vector instruction hashes twice as many coordinates.
+    u_i depends only on (i, seed) (``uniform_at``), so a tensor can be sampled in chunks
+    (``offset`` = the chunk's first index) with the same result as in one go, and a few
+    coordinates can be drawn again by index.
     """
-    seed = tf.cast(seed, tf.int64)
-    key = _fmix32(_fmix32(_low32(seed[0])) * _u32(0x9E3779B9) + _low32(seed[1]))
-    i = tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(offset, tf.int64)
-    x = _fmix32(tf.bitwise.bitwise_xor(_low32(i), key))
-    x = _fmix32(x + tf.cast(tf.bitwise.right_shift(i, 32), tf.uint32) + key)
-    return tf.cast(tf.bitwise.right_shift(x, _u32(8)), dtype) * (1.0 / 16777216.0)
+    return uniform_at(tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(offset, tf.int64), seed, dtype)

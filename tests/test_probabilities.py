@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import optimize
 
 import hvdspar
@@ -214,3 +216,41 @@ def test_greedy_density_just_below_rho_one_stays_below_one():
     values = list(densities.values())
     assert all(a < b for a, b in zip(values, values[1:])), densities  # increasing in rho
     assert all(densities[r] <= r * (1 + 1e-6) for r in densities), densities  # never above the budget
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    a=st.lists(st.one_of(st.just(0.0), st.floats(1e-30, 1e3)), min_size=1, max_size=300),
+    rho=st.floats(0.01, 0.99),
+    iterations=st.integers(1, 4),
+)
+def test_water_level_bound_is_above_the_water_level_and_every_greedy_lambda(a, rho, iterations):
+    """Lambda of ``water_level_bound`` (from ||a||_1 and ||a||^2 alone) is >= the exact water level
+    lambda* and >= Algorithm 3's lambda after any number of rescalings, wherever it is finite (r <= 1);
+    it is +inf exactly where r > 1 or a = 0, and sum_i min(Lambda a_i, 1) >= rho d (its definition)."""
+    from hvdspar.probabilities import lambda_rho_exact, lambda_rho_greedy, water_level_bound
+
+    a = np.asarray(a, np.float64)
+    d, l1, l2 = a.size, a.sum(), (a * a).sum()
+    bound, r = (float(t) for t in water_level_bound(l1, l2, rho * d))
+    if l1 == 0 or rho * d * l2 > l1 * l1 * (1 + 1e-12):
+        assert bound == np.inf
+        return
+    assert r == pytest.approx(rho * d * l2 / (l1 * l1), rel=1e-9)
+    assert np.minimum(bound * a, 1).sum() >= rho * d * (1 - 1e-9)
+    at = tf.constant(a)
+    assert float(lambda_rho_exact(at, rho)) <= bound * (1 + 1e-9)
+    assert float(lambda_rho_greedy(at, rho, iterations)) <= bound * (1 + 1e-9)
+
+
+def test_water_level_bound_is_tight_for_spread_out_gradients():
+    """For a Gaussian g, r = rho pi / 2 and Lambda / lambda_0 = 2 / (1 + sqrt(1 - r)): 1.004 at rho = 0.01,
+    which is why the candidates of GSpar's one-pass sampler are barely more than the message."""
+    from hvdspar.probabilities import water_level_bound
+
+    a = np.abs(np.random.default_rng(0).normal(size=1_000_000))
+    rho, d = 0.01, a.size
+    bound, r = (float(t) for t in water_level_bound(a.sum(), (a * a).sum(), rho * d))
+    assert r == pytest.approx(rho * np.pi / 2, rel=0.01)
+    assert bound / (rho * d / a.sum()) == pytest.approx(2 / (1 + np.sqrt(1 - r)), rel=1e-9)
+    assert bound / (rho * d / a.sum()) < 1.005

@@ -57,7 +57,7 @@ def test_gspar_from_the_scan_sends_the_message_it_computes_alone():
     g = tf.constant(np.random.default_rng(4).standard_t(2, size=d), tf.float32)
     seed = tf.constant([7, 8], tf.int64)
     alone, lam_alone = gspar_message(g, seed, rho=0.01)
-    given, lam_given = gspar_message(g, seed, rho=0.01, l1=scan.scan(g).l1)
+    given, lam_given = gspar_message(g, seed, rho=0.01, moments=scan.scan(g))
     assert float(lam_alone) == float(lam_given)
     for a, b in zip(alone, given):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

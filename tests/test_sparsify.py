@@ -232,3 +232,77 @@ def test_chunked_sampler_is_the_one_pass_definition_for_any_iterations_and_tails
     assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, 0.01, iterations)), rel=1e-5)
     plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+
+
+def _ratio(g, rho):
+    from hvdspar.probabilities import water_level_bound
+
+    a = np.abs(g.numpy().astype(np.float64))
+    return float(water_level_bound(a.sum(), (a * a).sum(), rho * a.size)[1])
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["normal", "student_t", "sparse_laplace"])
+@pytest.mark.parametrize("path", ["candidates", "passes", "guard"])
+def test_the_one_pass_sampler_by_candidates_equals_the_sampler_by_passes(kind, iterations, path, monkeypatch):
+    """GSpar's chunked sampler draws candidates u_i < Lambda |g_i| under the water-level bound in one
+    pass and runs Algorithm 3 on them; with the candidate path off (MAX_BOUND_RATIO < 0), or with a
+    Lambda deliberately too low (BOUND_MARGIN = 1/2: the lambda <= Lambda check must send it to the
+    passes), it takes a pass per rescaling instead. All three give Algorithm 3's lambda and exactly
+    {i : u_i < lambda |g_i|}."""
+    import importlib
+
+    from hvdspar import rng, sparsify
+
+    probabilities = importlib.import_module("hvdspar.probabilities")
+    d = CHUNK + 40_000
+    gen = np.random.default_rng(13)
+    if kind == "normal":
+        g = gen.normal(size=d)
+    elif kind == "student_t":
+        g = gen.standard_t(2, size=d)
+    else:  # two thirds zeros (ReLU-like), Laplace elsewhere
+        g = gen.laplace(size=d) * (gen.random(d) < 1 / 3)
+    g = tf.constant(g, tf.float32)
+    rho = 0.01
+    assert _ratio(g, rho) <= sparsify.MAX_BOUND_RATIO  # spread out: the candidate path applies
+    if path == "passes":
+        monkeypatch.setattr(sparsify, "MAX_BOUND_RATIO", -1.0)
+    elif path == "guard":
+        monkeypatch.setattr(sparsify, "BOUND_MARGIN", 0.5)
+    seed = tf.constant([9, iterations], tf.int64)
+    a = tf.abs(g)
+    lam, idx = sparsify._greedy_keep_chunked(g, seed, rho, iterations)
+    assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, rho, iterations)), rel=1e-5)
+    plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
+    np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+
+
+def test_concentrated_gradients_take_the_passes():
+    """A gradient whose mass sits in a few coordinates has r > MAX_BOUND_RATIO (the bound would let
+    the candidates grow toward all of g): the sampler takes a pass per rescaling, with the same result."""
+    from hvdspar import rng, sparsify
+
+    d = CHUNK + 40_000
+    gen = np.random.default_rng(17)
+    g = gen.normal(size=d)
+    g[gen.choice(d, 50, replace=False)] = 1e4
+    g = tf.constant(g, tf.float32)
+    assert _ratio(g, 0.01) > sparsify.MAX_BOUND_RATIO
+    seed = tf.constant([3, 1], tf.int64)
+    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
+    plain = tf.where(rng.uniform(d, seed) < lam * tf.abs(g))[:, 0]
+    np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+    assert idx.shape[0] == pytest.approx(0.01 * d, rel=0.1)
+
+
+def test_uniform_at_redraws_the_stream_by_index():
+    """rng.uniform_at(i) is u_i of rng.uniform, for any indices in any order (past 2^32 too)."""
+    from hvdspar import rng
+
+    seed = tf.constant([21, 5], tf.int64)
+    u = rng.uniform(100_000, seed).numpy()
+    i = np.random.default_rng(0).choice(100_000, 5000, replace=False)
+    np.testing.assert_array_equal(rng.uniform_at(tf.constant(i, tf.int64), seed).numpy(), u[i])
+    for far in (2**32 + 7, 2**33 + 1):
+        assert rng.uniform_at(tf.constant([far], tf.int64), seed).numpy()[0] == rng.uniform(1, seed, offset=far).numpy()[0]
