@@ -24,7 +24,9 @@ def test_scan_gives_the_norms_of_x(d, dtype):
     assert bool(s.finite)
     x64 = x.astype(np.float64)
     assert s.sq_norm.dtype == tf.float64
-    assert float(s.sq_norm) == pytest.approx(float(np.dot(x64, x64)), rel=1e-12)
+    # float64 throughout for float64 x and small x; float32 rows of 1024 squares for large narrow x
+    precise = dtype == tf.float64 or d < XLA_MIN_ELEMENTS
+    assert float(s.sq_norm) == pytest.approx(float(np.dot(x64, x64)), rel=1e-12 if precise else 1e-6)
     if d < XLA_MIN_ELEMENTS:
         assert s.l1 is None  # GSpar's plain path computes its own
     else:
@@ -76,7 +78,27 @@ def test_encode_reports_the_norm_of_x_and_nothing_for_a_non_finite_x(make, d):
     x = np.random.default_rng(5).normal(size=d).astype(np.float32)
     seed = tf.constant([1, 1], tf.int64)
     enc = codec.encode(tf.constant(x), seed, tf.float32, tf.TensorShape([d]))
-    assert float(enc.x_sq_norm) == pytest.approx(float(np.dot(x.astype(np.float64), x)), rel=1e-12)
+    # float64 for small x; float32 rows of 1024 squares, summed in float64, for large float32 x
+    rel = 1e-12 if d < XLA_MIN_ELEMENTS else 1e-6
+    assert float(enc.x_sq_norm) == pytest.approx(float(np.dot(x.astype(np.float64), x)), rel=rel)
     x[d // 2] = np.nan
     enc = codec.encode(tf.constant(x), seed, tf.float32, tf.TensorShape([d]))
     assert float(enc.x_sq_norm) == 0.0 and float(enc.q_sq_norm) == 0.0 and int(enc.kept) == 0
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.float32])
+@pytest.mark.parametrize("kind", ["huge", "tiny", "zero"])
+def test_scan_takes_float64_where_float32_squares_cannot_hold_x(kind, dtype):
+    """Large narrow x sum their squares in float32 rows: where a square overflows (|x_i| >= 1.8e19, a finite
+    float32), where they flush to zero (all |x_i| ~ 1e-25), the pass runs again in float64, so x is
+    still finite and ||x||^2 exact; all zeros stay 0."""
+    if dtype == tf.float16 and kind != "zero":
+        pytest.skip("float16 holds neither 1e20 nor 1e-25")
+    d = 3 * CHUNK + 4321
+    x = np.random.default_rng(5).normal(size=d)
+    x = {"huge": x * 1e20, "tiny": x * 1e-25, "zero": x * 0}[kind].astype(dtype.as_numpy_dtype)
+    s = scan.scan(tf.constant(x))
+    assert bool(s.finite)
+    x64 = x.astype(np.float64)
+    assert float(s.sq_norm) == pytest.approx(float(np.dot(x64, x64)), rel=1e-12)
+    assert (float(s.sq_norm) > 0) == (kind != "zero")
