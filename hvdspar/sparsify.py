@@ -25,6 +25,7 @@ import tensorflow as tf
 from hvdspar.probabilities import (check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level,
                                    water_level_bound)
 from hvdspar import rng
+from hvdspar.bits import next_power_of_two
 from hvdspar.coding import SparseMessage
 from hvdspar.scan import chunks, scan
 from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
@@ -123,7 +124,7 @@ def _rescale_on(lam, budget, l1, a):
 
 
 def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
-    """(lambda, sorted kept indices) of GSpar-greedy for a large flat g, chunk by chunk.
+    """(lambda, sorted kept indices, p_i = 1 at them) of GSpar-greedy for a large flat g, chunk by chunk.
 
     ``moments``: g's ``hvdspar.scan.Scan`` (||g||_1 and ||g||^2) if already computed. Algorithm 3
     (``probabilities.lambda_rho_greedy``) starts from lambda_0 = rho d / ||g||_1, then rescales
@@ -159,7 +160,8 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
     if full_budget(rho):  # as lambda_rho_greedy: p = 1 for every non-zero coordinate
         m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in parts]))
         lam = full_lambda(tf.reshape(m, [1]))
-        return lam, sample(lam)
+        idx = sample(lam)
+        return lam, idx, _top(g, lam, idx)
     if moments is None:
         moments = scan(g)
     budget = tf.constant(rho * d, cdt)
@@ -169,24 +171,45 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
     def by_candidates():
         upper = tf.cast(bound * BOUND_MARGIN, cdt)
         candidates = sample(upper)
-        a = _abs(tf.gather(g, candidates))
-        lam = lam_0
-        for _ in range(iterations):
-            lam = _rescale_on(lam, budget, moments.l1, a)
-        kept = tf.boolean_mask(candidates, rng.uniform_at(candidates, seed, cdt) < lam * a)
-        return lam, kept, lam <= upper
+        # padded to a power of two (at least 2^10) with index 0, masked out: a few compiled shapes
+        n = tf.size(candidates, out_type=tf.int64)
+        padded = tf.concat([candidates, tf.zeros(tf.reshape(tf.maximum(next_power_of_two(n), 1 << 10) - n, [1]),
+                                                 tf.int64)], 0)
+        lam, keep, top = _candidates_keep(g, padded, n, lam_0, budget, moments.l1, seed, iterations)
+        return lam, tf.boolean_mask(padded, keep), tf.boolean_mask(top, keep), lam <= upper
 
     def by_passes():
         lam = lam_0
         for _ in range(iterations):
             lam = _rescale(lam, budget, [_chunk_tail(p, lam) for p in parts])
-        return lam, sample(lam)
+        idx = sample(lam)
+        return lam, idx, _top(g, lam, idx)
 
     def not_tried():
-        return lam_0, tf.zeros([0], tf.int64), tf.constant(False)
+        return lam_0, tf.zeros([0], tf.int64), tf.zeros([0], tf.bool), tf.constant(False)
 
-    lam, kept, done = tf.cond(ratio <= MAX_BOUND_RATIO, by_candidates, not_tried)
-    return tf.cond(done, lambda: (lam, kept), by_passes)
+    lam, kept, top, done = tf.cond(ratio <= MAX_BOUND_RATIO, by_candidates, not_tried)
+    return tf.cond(done, lambda: (lam, kept, top), by_passes)
+
+
+def _top(g, lam, idx):
+    """p_i = 1 at the kept indices idx: the sampler's own test lambda |g_i| >= 1 (same float ops)."""
+    return lam * _abs(tf.gather(g, idx)) >= 1
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _candidates_keep(g, candidates, count, lam_0, budget, l1, seed, iterations):
+    """Algorithm 3 on the candidates (the first ``count`` of ``candidates``, the rest padding), in one XLA
+    computation: (lambda, Z_i = [u_i < lambda |g_i|], p_i = 1 i.e. lambda |g_i| >= 1) over ``candidates``.
+    The padding gets |g_i| = 0: never saturated, never kept. Compiled per padded length and ``iterations``."""
+    valid = tf.range(tf.size(candidates, out_type=tf.int64)) < count
+    a = _abs(tf.gather(g, candidates))
+    a = tf.where(valid, a, tf.zeros_like(a))
+    lam = lam_0
+    for _ in range(iterations):
+        lam = _rescale_on(lam, budget, l1, a)
+    scaled = lam * a
+    return lam, rng.uniform_at(candidates, seed, a.dtype) < scaled, scaled >= 1
 
 
 @_no_autograph
@@ -227,9 +250,7 @@ def gspar_message(g, seed, rho=None, epsilon=None, method=None, iterations=2, mo
     big = g.shape.num_elements() is not None and g.shape.num_elements() >= XLA_MIN_ELEMENTS
     if method == "greedy" and big:
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
-        lam, idx = _greedy_keep_chunked(g, seed, rho, iterations, moments)
-        # p_i = 1 exactly where the sampler's own test lambda |g_i| >= 1 holds (same float ops)
-        top = lam * _abs(tf.gather(g, idx)) >= 1
+        lam, idx, top = _greedy_keep_chunked(g, seed, rho, iterations, moments)
     else:
         a = _abs(g)
         lam, keep, saturated = _keep(a, seed, rho, epsilon, method, iterations)

@@ -121,7 +121,7 @@ def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     d = 2 * CHUNK + 12_345  # two full chunks of 2^18 and a remainder
     g = tf.constant(np.random.default_rng(7).standard_t(2, size=d), tf.float32)
     seed = tf.constant([3, 4], tf.int64)
-    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
+    lam, idx, top = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
     a = tf.abs(g)
     assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, 0.01, 2)), rel=1e-5)
     plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
@@ -178,7 +178,7 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     g = np.random.default_rng(8).standard_t(2, size=d).astype(np.float32)
     g[::50] = 0.0
     gt = tf.constant(g)
-    lam, idx = sparsify._greedy_keep_chunked(gt, tf.constant([1, 2], tf.int64), 1.0, 2)
+    lam, idx, top = sparsify._greedy_keep_chunked(gt, tf.constant([1, 2], tf.int64), 1.0, 2)
     assert float(lam) == float(probabilities.lambda_rho_greedy(tf.abs(gt), 1.0, 2))
     np.testing.assert_array_equal(idx.numpy(), np.flatnonzero(g))
 
@@ -203,7 +203,7 @@ def test_chunk_functions_compile_for_at_most_five_shapes():
     seed = tf.constant([5, 6], tf.int64)
     for d in (70_001, 90_017, 150_001, 200_003, 300_007, 450_011, 600_013):
         g = tf.constant(np.random.default_rng(d).normal(size=d), tf.float32)
-        lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.05, 2)
+        lam, idx, top = sparsify._greedy_keep_chunked(g, seed, 0.05, 2)
         plain = tf.where(rng.uniform(d, seed) < lam * tf.abs(g))[:, 0]
         np.testing.assert_array_equal(idx.numpy(), plain.numpy())
     assert all(f.experimental_get_tracing_count() - b <= 5 for f, b in zip(fns, before))
@@ -228,7 +228,7 @@ def test_chunked_sampler_is_the_one_pass_definition_for_any_iterations_and_tails
     g = tf.constant(g, tf.float32)
     a = tf.abs(g)
     seed = tf.constant([5, iterations], tf.int64)
-    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, iterations)
+    lam, idx, top = sparsify._greedy_keep_chunked(g, seed, 0.01, iterations)
     assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, 0.01, iterations)), rel=1e-5)
     plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
@@ -272,10 +272,13 @@ def test_the_one_pass_sampler_by_candidates_equals_the_sampler_by_passes(kind, i
         monkeypatch.setattr(sparsify, "BOUND_MARGIN", 0.5)
     seed = tf.constant([9, iterations], tf.int64)
     a = tf.abs(g)
-    lam, idx = sparsify._greedy_keep_chunked(g, seed, rho, iterations)
+    lam, idx, top = sparsify._greedy_keep_chunked(g, seed, rho, iterations)
     assert float(lam) == pytest.approx(float(probabilities.lambda_rho_greedy(a, rho, iterations)), rel=1e-5)
     plain = tf.where(rng.uniform(d, seed) < lam * a)[:, 0]
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+    np.testing.assert_array_equal(top.numpy(), (lam * tf.gather(a, plain) >= 1).numpy())  # p_i = 1 there
+    if kind == "student_t":  # heavy tails: a top set and sampled coordinates both
+        assert 0 < int(tf.reduce_sum(tf.cast(top, tf.int32))) < idx.shape[0]
 
 
 def test_concentrated_gradients_take_the_passes():
@@ -290,7 +293,7 @@ def test_concentrated_gradients_take_the_passes():
     g = tf.constant(g, tf.float32)
     assert _ratio(g, 0.01) > sparsify.MAX_BOUND_RATIO
     seed = tf.constant([3, 1], tf.int64)
-    lam, idx = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
+    lam, idx, top = sparsify._greedy_keep_chunked(g, seed, 0.01, 2)
     plain = tf.where(rng.uniform(d, seed) < lam * tf.abs(g))[:, 0]
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
     assert idx.shape[0] == pytest.approx(0.01 * d, rel=0.1)
