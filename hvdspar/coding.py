@@ -89,12 +89,12 @@ def ef_encode(idx, d):
 def ef_decode(data, n, d):
     """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n].
 
-    The unary high bits of a tensor of at least ``wire.XLA_MIN_ELEMENTS`` elements are unpacked
-    in XLA (``bits.set_bit_positions``)."""
+    The low bits and the unary high bits of a tensor of at least ``wire.XLA_MIN_ELEMENTS`` elements
+    are unpacked in XLA (``bits.unpack_uints``, ``bits.set_bit_positions``)."""
     n = tf.cast(n, tf.int64)
     l = ef_low_width(n, d)
     low_bytes, high_bits, _ = ef_sizes(n, d)
-    low = bits.unpack_uints(data[:low_bytes], n, l)
+    low = bits.unpack_uints(data[:low_bytes], n, l, xla=d >= wire.XLA_MIN_ELEMENTS)
     positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=d >= wire.XLA_MIN_ELEMENTS)[:n]
     high = positions - tf.range(n, dtype=tf.int64)
     return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, l), low)

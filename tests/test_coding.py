@@ -204,19 +204,22 @@ def test_bit_packing_roundtrip():
     np.testing.assert_array_equal(bits.floor_log2(tf.constant([1, 2, 3, 4, 1023, 1024], tf.int64)).numpy(), [0, 1, 1, 2, 9, 10])
 
 
-def test_unpack_uints_reads_every_width_from_64_bit_words():
+@pytest.mark.parametrize("xla", [False, True])
+def test_unpack_uints_reads_every_width_from_64_bit_words(xla):
     """bits.unpack_uints reads each value from the two 64-bit words that hold it: every width 0..63,
-    values across word boundaries, the top bit of width 63, counts not a multiple of anything."""
+    values across word boundaries, the top bit of width 63, counts not a multiple of anything; in
+    plain TF ops and in XLA (the count padded to a power of two: 1500 pads to 2048)."""
     rng = np.random.default_rng(11)
     for width in range(64):
-        for count in (0, 1, 3, 8, 17, 100):
+        for count in (0, 1, 3, 8, 17, 100) + ((1500,) if xla else ()):
             top = min(width, 62)
             v = rng.integers(0, 2**top, size=count, dtype=np.int64) if width else np.zeros(count, np.int64)
             if width == 63:
                 v = v * 2 + 1  # 63 bits set to the top
             packed = bits.pack_uints(tf.constant(v), width)
             assert int(tf.size(packed)) == -(-count * width // 8)
-            np.testing.assert_array_equal(bits.unpack_uints(packed, count, width).numpy(), v, err_msg=f"width {width}")
+            np.testing.assert_array_equal(bits.unpack_uints(packed, count, width, xla=xla).numpy(), v,
+                                          err_msg=f"width {width}")
 
 
 def _stream_of(values, width):
