@@ -17,12 +17,17 @@ def ceil_div(a, b):
     return (a + b - 1) // b
 
 
+def zero_padded(x, length):
+    """1-D x followed by zeros of its dtype up to ``length`` elements (a concat: ``Pad`` has no int64 GPU kernel)."""
+    n = tf.size(x, out_type=tf.int64)
+    return tf.concat([x, tf.zeros(tf.reshape(tf.cast(length, tf.int64) - n, [1]), x.dtype)], 0)
+
+
 def pack_bits(bits):
     """1-D tensor of 0/1 (any integer or bool dtype) -> uint8 bytes, ceil(len/8) long."""
     bits = tf.cast(tf.reshape(bits, [-1]), WORD)
     n = tf.size(bits, out_type=tf.int64)
-    bits = tf.concat([bits, tf.zeros(tf.reshape(ceil_div(n, 8) * 8 - n, [1]), WORD)], 0)  # (Pad: no int64 GPU kernel)
-    words = tf.reshape(bits, [-1, 8])
+    words = tf.reshape(zero_padded(bits, ceil_div(n, 8) * 8), [-1, 8])
     return tf.cast(tf.reduce_sum(tf.bitwise.left_shift(words, _BYTE_SHIFTS), axis=1), tf.uint8)
 
 
@@ -73,8 +78,7 @@ def pack_uints(values, width):
     n = tf.size(v, out_type=tf.int64)
     groups = ceil_div(n, 32)
     # padded in int64, then as uint64 for logical shifts (a uint64 zeros has no GPU kernel)
-    v = tf.bitcast(tf.reshape(tf.concat([v, tf.zeros(tf.reshape(groups * 32 - n, [1]), tf.int64)], 0), [-1, 32]),
-                   tf.uint64)
+    v = tf.bitcast(tf.reshape(zero_padded(v, groups * 32), [-1, 32]), tf.uint64)
     start = tf.range(32, dtype=tf.int64) * width
     q = tf.bitwise.right_shift(start, 5)
     r = tf.cast(tf.bitwise.bitwise_and(start, 31), tf.uint64)
@@ -137,11 +141,10 @@ def unpack_uints(data, count, width, xla=False):
     data = tf.reshape(data, [-1])
     nbytes = tf.size(data, out_type=tf.int64)
     if xla:
-        words = tf.maximum(next_power_of_two(count), _MIN_PADDED_VALUES) + 2
-        pad = 8 * words - nbytes
+        nwords = next_power_of_two(count, _MIN_PADDED_VALUES) + 2
     else:
-        pad = (8 - nbytes % 8) % 8 + 16  # whole words, then two zero words: word q + 1 always exists
-    words = tf.bitcast(tf.reshape(tf.concat([data, tf.zeros(tf.reshape(pad, [1]), tf.uint8)], 0), [-1, 8]), tf.int64)
+        nwords = ceil_div(nbytes, 8) + 2  # whole words, then two zero words: word q + 1 always exists
+    words = tf.bitcast(tf.reshape(zero_padded(data, 8 * nwords), [-1, 8]), tf.int64)
     if xla:
         return _values_of_words_xla(words, width)[:count]
     return _values_of_words(words, width, count)
@@ -172,8 +175,7 @@ def set_bit_positions(data, nbits, xla=False):
     if not xla:
         return tf.reshape(tf.where(unpack_bits(data, nbits) > 0), [-1])
     nbytes = ceil_div(nbits, 8)
-    size = tf.maximum(next_power_of_two(nbytes), _MIN_PADDED_BYTES)
-    padded = tf.concat([tf.reshape(data, [-1])[:nbytes], tf.zeros(tf.reshape(size - nbytes, [1]), tf.uint8)], 0)
+    padded = zero_padded(tf.reshape(data, [-1])[:nbytes], next_power_of_two(nbytes, _MIN_PADDED_BYTES))
     return tf.reshape(tf.where(_set_bits(padded, nbits)), [-1])
 
 
@@ -184,9 +186,11 @@ def floor_log2(x):
     return tf.reduce_sum(tf.cast(tf.expand_dims(x, -1) >= powers, tf.int64), axis=-1)
 
 
-def next_power_of_two(n):
-    """The smallest power of two >= max(n, 1) (int64)."""
-    return tf.bitwise.left_shift(tf.constant(1, tf.int64), floor_log2(tf.maximum(2 * tf.cast(n, tf.int64) - 1, 1)))
+def next_power_of_two(n, minimum=1):
+    """The smallest power of two >= max(n, minimum) (int64; ``minimum`` a power of two)."""
+    return tf.maximum(
+        tf.bitwise.left_shift(tf.constant(1, tf.int64), floor_log2(tf.maximum(2 * tf.cast(n, tf.int64) - 1, 1))),
+        tf.constant(minimum, tf.int64))
 
 
 def uint_to_bytes(x, nbytes):

@@ -25,7 +25,7 @@ import tensorflow as tf
 from hvdspar.probabilities import (check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level,
                                    water_level_bound)
 from hvdspar import rng
-from hvdspar.bits import next_power_of_two
+from hvdspar.bits import next_power_of_two, zero_padded
 from hvdspar.coding import SparseMessage
 from hvdspar.scan import chunks, scan
 from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
@@ -173,8 +173,7 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
         candidates = sample(upper)
         # padded to a power of two (at least 2^10) with index 0, masked out: a few compiled shapes
         n = tf.size(candidates, out_type=tf.int64)
-        padded = tf.concat([candidates, tf.zeros(tf.reshape(tf.maximum(next_power_of_two(n), 1 << 10) - n, [1]),
-                                                 tf.int64)], 0)
+        padded = zero_padded(candidates, next_power_of_two(n, 1 << 10))
         lam, keep, top = _candidates_keep(g, padded, n, lam_0, budget, moments.l1, seed, iterations)
         return lam, tf.boolean_mask(padded, keep), tf.boolean_mask(top, keep), lam <= upper
 

@@ -202,8 +202,7 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     width = bits.next_power_of_two(n_max)
 
     def padded(idx, val):
-        pad = width - tf.size(idx, out_type=tf.int64)
-        return tf.concat([idx, tf.zeros([pad], tf.int64)], 0), tf.concat([val, tf.zeros([pad], accumulate_dtype)], 0)
+        return bits.zero_padded(idx, width), bits.zero_padded(val, width)
 
     def body(i, offset, idx_rows, val_rows, all_finite):
         head, payload, total = read_at(data, offset, d, value_dtype, body_nbytes)
