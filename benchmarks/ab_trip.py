@@ -57,6 +57,7 @@ def main(argv=None):
     import tensorflow as tf
 
     import hvdspar
+    from benchmarks.common import ready
     from benchmarks.round_trip import decode_of_ranks
 
     hvd.init()
@@ -76,13 +77,13 @@ def main(argv=None):
                                                                     args.ranks, args.rho, hvdspar)
         fns["pass"] = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
         for fn in fns.values():  # trace, compile, warm up
-            fn().numpy()
-            fn().numpy()
+            ready(fn())
+            ready(fn())
         times = {k: [] for k in fns}
         for _ in range(args.repeat):
             for k, fn in fns.items():
                 start = time.perf_counter()
-                fn().numpy()
+                ready(fn())
                 times[k].append(time.perf_counter() - start)
         one_pass = np.median(times["pass"])
         print(f"\n{d:,} float32 elements, GSpar(rho={args.rho}), medians of {args.repeat} interleaved calls\n")

@@ -3,7 +3,8 @@
     python -m benchmarks.round_trip [--sizes 1e6 1e7 1e8] [--rho 0.01] [--ranks 1 2 4 8] [--tensors 32]
 
 In one process (Horovod initialised with one rank, so the collectives are local copies), on a
-float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of tf.functions:
+float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of tf.functions
+(each call waits for its result, which is not copied into NumPy: ``benchmarks.common.ready``):
 
   compress    g -> its coded message (``GSparCodec.encode``: the first pass over g, ``hvdspar.scan``,
               then ``gspar_message`` + ``coding.encode``)
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import best_time, log_to_mlflow, markdown, stamp
+from benchmarks.common import best_time, log_to_mlflow, markdown, ready, stamp
 from hvdspar import coding
 
 PIECES = ("compress", "exchange", "decode", "round_trip", "none")
@@ -55,10 +56,10 @@ def pieces(d, rho, repeat, hvd, hvdspar):
     compressor = hvdspar.GSpar(rho=rho, seed=0)
     trip = tf.function(lambda: hvd.allreduce(g, compression=compressor, name=f"rt_trip_{d}"))
     none = tf.function(lambda: hvd.allreduce(g, name=f"rt_none_{d}"))
-    t = {"pass": best_time(lambda: one_pass().numpy(), repeat)}
+    t = {"pass": best_time(lambda: ready(one_pass()), repeat)}
     for name, fn in (("compress", compress), ("exchange", exchange), ("decode", decode), ("round_trip", trip),
                      ("none", none)):
-        t[name] = best_time(lambda fn=fn: fn().numpy(), repeat)
+        t[name] = best_time(lambda fn=fn: ready(fn()), repeat)
     row = {"elements": d, "message_bytes": int(message.shape[0]), "reduce_abs_ms": 1e3 * t["pass"]}
     for name in PIECES:
         row[f"{name}_ms"] = 1e3 * t[name]
@@ -83,11 +84,11 @@ def decode_at_ranks(d, rho, ranks, repeat, hvdspar):
     """Rows (elements, ranks, ms, passes): ``decode_of_ranks`` timed for each M in ``ranks``."""
     g = tf.constant(np.random.default_rng(0).standard_t(2, size=d).astype(np.float32))
     one_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
-    t_pass = best_time(lambda: one_pass().numpy(), repeat)
+    t_pass = best_time(lambda: ready(one_pass()), repeat)
     rows = []
     for m in ranks:
         decode = decode_of_ranks(coding, g, m, rho, hvdspar)
-        t = best_time(lambda: decode().numpy(), repeat)
+        t = best_time(lambda: ready(decode()), repeat)
         rows.append({"elements": d, "ranks": m, "decode_ms": 1e3 * t, "decode_passes": t / t_pass,
                      "reduce_abs_ms": 1e3 * t_pass})
     return rows
@@ -104,9 +105,9 @@ def graph_building(tensors, rho, hvd, hvdspar):
         else:
             step = tf.function(lambda: hvd.grouped_allreduce(grads, compression=compressor, name="gb_group"))
         start = time.perf_counter()
-        [x.numpy() for x in step()]
+        ready(step())
         first = time.perf_counter() - start
-        later = best_time(lambda: [x.numpy() for x in step()], 3)
+        later = best_time(lambda: ready(step()), 3)
         out[mode] = first - later
     return {"tensors": tensors, "per_tensor_s": out["per_tensor"], "per_compressed_tensor_s": out["per_tensor"] / tensors,
             "bucket_s": out["bucket"], "bucket_per_tensor_s": out["bucket"] / tensors}
