@@ -9,8 +9,9 @@ from hvdspar.link import median_seconds
 
 
 def best_time(fn, repeat=5, warmup=2):
-    """Median wall time of fn() over ``repeat`` calls after ``warmup`` calls (seconds)."""
-    return median_seconds(fn, repeat, warmup)
+    """Median wall time of fn() over ``repeat`` calls after ``warmup`` calls (seconds), each call
+    waiting for its result (``ready``)."""
+    return median_seconds(lambda: ready(fn()), repeat, warmup)
 
 
 def ready(result):

@@ -56,10 +56,10 @@ def pieces(d, rho, repeat, hvd, hvdspar):
     compressor = hvdspar.GSpar(rho=rho, seed=0)
     trip = tf.function(lambda: hvd.allreduce(g, compression=compressor, name=f"rt_trip_{d}"))
     none = tf.function(lambda: hvd.allreduce(g, name=f"rt_none_{d}"))
-    t = {"pass": best_time(lambda: ready(one_pass()), repeat)}
+    t = {"pass": best_time(one_pass, repeat)}
     for name, fn in (("compress", compress), ("exchange", exchange), ("decode", decode), ("round_trip", trip),
                      ("none", none)):
-        t[name] = best_time(lambda fn=fn: ready(fn()), repeat)
+        t[name] = best_time(fn, repeat)
     row = {"elements": d, "message_bytes": int(message.shape[0]), "reduce_abs_ms": 1e3 * t["pass"]}
     for name in PIECES:
         row[f"{name}_ms"] = 1e3 * t[name]
@@ -84,11 +84,11 @@ def decode_at_ranks(d, rho, ranks, repeat, hvdspar):
     """Rows (elements, ranks, ms, passes): ``decode_of_ranks`` timed for each M in ``ranks``."""
     g = tf.constant(np.random.default_rng(0).standard_t(2, size=d).astype(np.float32))
     one_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
-    t_pass = best_time(lambda: ready(one_pass()), repeat)
+    t_pass = best_time(one_pass, repeat)
     rows = []
     for m in ranks:
         decode = decode_of_ranks(coding, g, m, rho, hvdspar)
-        t = best_time(lambda: ready(decode()), repeat)
+        t = best_time(decode, repeat)
         rows.append({"elements": d, "ranks": m, "decode_ms": 1e3 * t, "decode_passes": t / t_pass,
                      "reduce_abs_ms": 1e3 * t_pass})
     return rows
@@ -107,7 +107,7 @@ def graph_building(tensors, rho, hvd, hvdspar):
         start = time.perf_counter()
         ready(step())
         first = time.perf_counter() - start
-        later = best_time(lambda: ready(step()), 3)
+        later = best_time(step, 3)
         out[mode] = first - later
     return {"tensors": tensors, "per_tensor_s": out["per_tensor"], "per_compressed_tensor_s": out["per_tensor"] / tensors,
             "bucket_s": out["bucket"], "bucket_per_tensor_s": out["bucket"] / tensors}
