@@ -19,7 +19,7 @@ setup(
     packages=find_packages(include=["hvdspar", "hvdspar.*"])
     + ["hvdspar." + p for p in find_packages(include=["training", "training.*", "tracking", "tracking.*"])],
     package_dir={"hvdspar.training": "training", "hvdspar.tracking": "tracking"},
-    package_data={"hvdspar.tracking": ["README.md"]},
+    package_data={"hvdspar.tracking": ["README.md"], "hvdspar.native": ["kernels.cc"]},
     python_requires=">=3.9,<3.12",
     # Horovod is not listed: it must be built from source against this
     # TensorFlow without build isolation (scripts/setup.sh does that).

@@ -10,6 +10,7 @@ Modules, one idea each:
   scan           the first pass over x: finite?, ||x||^2, ||x||_1 (one read, XLA chunks when large)
   sparsify       Q(g)_i = Z_i g_i / p_i as a hybrid sparse message
   rng            the counter-based uniforms u_i = hash(i, seed) of the sampling
+  native         the first pass, the sampling pass and the decode's sum as compiled CPU kernels
   wire           the one message header of every method, and the fold over a gathered buffer
   coding         GSpar's message body (Elias-Fano / 2-bit symbols), exact sizes, entropy bound
   codec          a method's message: encode / decode_sum / expected_nbytes, pure TensorFlow

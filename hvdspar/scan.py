@@ -12,8 +12,9 @@ and GSpar's Algorithm 3 starts from
 
 and bounds the water level with ||x||_1 and ||x||^2 (``hvdspar.probabilities.water_level_bound``).
 
-``scan(x)`` computes the three in one read of x. For x of at least
-``XLA_MIN_ELEMENTS`` elements it is one small XLA computation per chunk
+``scan(x)`` computes the three in one read of x. For a float32 x of at least
+``XLA_MIN_ELEMENTS`` elements it is one compiled kernel (``hvdspar.native``: both
+sums in float64) where that is built; otherwise, and for other dtypes, it is one small XLA computation per chunk
 (``chunk_elements``: about ``CHUNKS_PER_PASS`` chunks, at most
 ``MAX_CHUNK_ELEMENTS`` each; the chunks of one pass run concurrently, so a pass
 uses every core), each one loop over its chunk; chunk results are combined in a
@@ -45,6 +46,7 @@ import collections
 
 import tensorflow as tf
 
+from hvdspar import native
 from hvdspar.probabilities import compute_dtype
 from hvdspar.wire import XLA_MIN_ELEMENTS
 
@@ -136,6 +138,8 @@ def scan(x):
     if d is None or d < XLA_MIN_ELEMENTS:
         x64 = tf.cast(x, tf.float64)
         return Scan(tf.reduce_all(tf.math.is_finite(x)), tf.tensordot(x64, x64, 1), None)
+    if native.usable(x):
+        return Scan(*native.scan(x))
     parts = chunks(x)[0]
     if x.dtype == tf.float64:
         return _combined([_chunk_scan(p) for p in parts])

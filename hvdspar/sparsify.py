@@ -16,7 +16,9 @@ u_i < Lambda |g_i| under an upper bound Lambda of the water level
 draw then run on the candidates alone. Where the bound is loose (a gradient
 whose mass sits in a few coordinates) it takes 4: the first, one per
 rescaling, the sampling. Only the variable-length gather of the kept
-coordinates runs outside XLA. Smaller tensors skip XLA: compiling per shape
+coordinates runs outside XLA. For float32 g, where ``hvdspar.native`` is built,
+the first pass and the sampling pass are its compiled kernels instead (the same
+kept indices, vectorised, and compacted in the same loop). Smaller tensors skip XLA: compiling per shape
 would cost more than it saves.
 """
 
@@ -24,7 +26,7 @@ import tensorflow as tf
 
 from hvdspar.probabilities import (check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level,
                                    water_level_bound)
-from hvdspar import rng
+from hvdspar import native, rng
 from hvdspar.bits import next_power_of_two, zero_padded
 from hvdspar.coding import SparseMessage
 from hvdspar.scan import chunks, scan
@@ -151,14 +153,20 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
     """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
-    parts, offsets = chunks(g)
-    offsets = [tf.constant(o, tf.int64) for o in offsets]
+    compiled = native.usable(g)
 
-    def sample(lam):
+    def pieces():  # g's XLA chunks and their offsets, made in the branch that needs them
+        parts, offsets = chunks(g)
+        return parts, [tf.constant(o, tf.int64) for o in offsets]
+
+    def sample(lam, chunked=None):
+        if compiled:  # the same indices, one kernel (hvdspar.native)
+            return native.keep(g, lam, seed)
+        parts, offsets = chunked or pieces()
         return _indices([_chunk_keep(p, lam, seed, o) for p, o in zip(parts, offsets)], offsets)
 
     if full_budget(rho):  # as lambda_rho_greedy: p = 1 for every non-zero coordinate
-        m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in parts]))
+        m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in pieces()[0]]))
         lam = full_lambda(tf.reshape(m, [1]))
         idx = sample(lam)
         return lam, idx, _top(g, lam, idx)
@@ -179,9 +187,10 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
 
     def by_passes():
         lam = lam_0
+        chunked = pieces()
         for _ in range(iterations):
-            lam = _rescale(lam, budget, [_chunk_tail(p, lam) for p in parts])
-        idx = sample(lam)
+            lam = _rescale(lam, budget, [_chunk_tail(p, lam) for p in chunked[0]])
+        idx = sample(lam, chunked)
         return lam, idx, _top(g, lam, idx)
 
     def not_tried():

@@ -20,7 +20,7 @@ allgather returns) and read back one after the other (``fold``).
 
 import tensorflow as tf
 
-from hvdspar import bits
+from hvdspar import bits, native
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
@@ -176,7 +176,7 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     A first loop reads only the headers, for the longest list n_max; a second decodes every
     message into one row of the [M, P] table of entries (P: n_max rounded up to a power of two,
     so that a few compilations serve every step; rows padded with (0, 0.0)); one XLA computation
-    sums the table row by row and writes the output once. Same result, bit for bit, as ``fold``
+    sums the table row by row (``hvdspar.native.scatter_rows`` instead, where built: the same bits) and writes the output once. Same result, bit for bit, as ``fold``
     with one scatter-add per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
     compilation per size would cost more than it saves).
 
@@ -220,10 +220,13 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
         (tf.constant(0), tf.constant(0, tf.int64), rows(tf.int64), rows(accumulate_dtype), tf.constant(True)),
         parallel_iterations=1,
     )
+    # the table's rows summed into [d]: hvdspar.native's kernel where built (the same bits), else XLA
+    scatter = ((lambda idx, val: native.scatter_rows(idx, val, d)) if native.scatter_usable(accumulate_dtype)
+               else _scatter_rows_fn(d))
     if factor is None:
-        return _scatter_rows_fn(d)(idx_rows.stack(), val_rows.stack()), all_finite
+        return scatter(idx_rows.stack(), val_rows.stack()), all_finite
 
     def finite_sum():
-        return _scatter_rows_fn(d)(idx_rows.stack(), val_rows.stack() * tf.cast(factor, accumulate_dtype))
+        return scatter(idx_rows.stack(), val_rows.stack() * tf.cast(factor, accumulate_dtype))
 
     return tf.cond(all_finite, finite_sum, lambda: tf.fill([d], tf.constant(float("nan"), accumulate_dtype))), all_finite

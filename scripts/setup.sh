@@ -112,6 +112,16 @@ elif [[ $installed_at != "$ROOT" ]]; then
   "${PIP[@]}" install --quiet --no-deps --no-build-isolation -e "$ROOT"
 fi
 
+# hvdspar's native kernels (hvdspar/native: GSpar's passes and the decode's sum), compiled against
+# this TensorFlow; without a C++ compiler hvdspar runs on its XLA path, about twice as slow.
+if (( ! DEPS_ONLY )); then
+  if command -v "${CXX:-g++}" >/dev/null; then
+    "$VENV/bin/python" -m hvdspar.native --if-stale | sed 's/^/[setup] /'
+  else
+    log "WARNING: no C++ compiler (${CXX:-g++}); hvdspar's native kernels are not built (the XLA path is used)"
+  fi
+fi
+
 if (( WITH_TEST )); then
   # Headless Chromium for the MLflow UI test; iproute2 for shaped networks;
   # Debian's Fashion-MNIST for the data tests.

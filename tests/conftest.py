@@ -75,3 +75,26 @@ def pytest_configure(config):
         for name in [m for m in sys.modules if m == "horovod" or m.startswith("horovod.")]:
             del sys.modules[name]
         sys.modules["horovod"] = None  # import horovod -> ImportError
+
+
+@pytest.fixture(params=["native", "xla"])
+def kernels(request, monkeypatch):
+    """Run a test on hvdspar.native's compiled kernels and again on the XLA path they stand in for
+    (HVDSPAR_NATIVE=0's path): the kernels are in use wherever they are built, so without this the
+    XLA path would go untested. "native" fails where the kernels should be built but are not."""
+    from hvdspar import native
+
+    if request.param == "native":
+        require_native(native)
+    else:
+        monkeypatch.setitem(native._state, "why_not", "HVDSPAR_NATIVE=0")
+    return request.param
+
+
+def require_native(native):
+    """Fail unless hvdspar.native's kernels are in use; skip only where no C++ compiler exists to build them."""
+    compiler = os.environ.get("CXX", "g++")
+    if native.why_not() is not None and shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler}) to build hvdspar.native")
+    assert native.why_not() is None, f"hvdspar.native's kernels are not in use: {native.why_not()}"
+

@@ -9,7 +9,8 @@ from hvdspar import scan
 from hvdspar.sparsify import gspar_message
 from hvdspar.wire import XLA_MIN_ELEMENTS
 
-pytestmark = pytest.mark.quick  # no Horovod, one process
+# no Horovod, one process; every test on hvdspar.native's kernels and on the XLA path (tests/conftest.py)
+pytestmark = [pytest.mark.quick, pytest.mark.usefixtures("kernels")]
 
 
 CHUNK = 1 << 18  # a size of several chunks: 3 * CHUNK + 4321 is four chunks of 2^18, the last padded

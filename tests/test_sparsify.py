@@ -110,6 +110,7 @@ def test_lemma3_expected_density_for_approximately_sparse_gradients():
 CHUNK = 1 << 18  # sizes of several chunks (``hvdspar.scan.chunk_elements``)
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 def test_chunked_greedy_sampler_equals_the_one_pass_definition():
     """Large tensors are sampled chunk by chunk (XLA, concurrently); the result must be
     Algorithm 3's lambda and exactly the set {i : u_i < lambda |g_i|} of the plain path."""
@@ -166,6 +167,7 @@ def test_rho_one_message_of_zeros_and_tiny_values():
             assert np.isfinite(float(lam)) and np.isfinite(float(msg.scale))
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     """The chunked XLA sampler, called directly at rho = 1, agrees with lambda_rho_greedy and
     keeps every non-zero coordinate (lambda |g_i| >= 1 for all of them)."""
@@ -183,6 +185,7 @@ def test_chunked_greedy_lambda_at_rho_one_keeps_everything():
     np.testing.assert_array_equal(idx.numpy(), np.flatnonzero(g))
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 def test_chunk_functions_compile_for_at_most_five_shapes():
     """Chunks are powers of two from 2^16 to 2^20 elements (about 4 a pass), the last zero-padded to a
     power of two: XLA compiles each chunk function at most five times per dtype, whatever the tensor
@@ -209,6 +212,7 @@ def test_chunk_functions_compile_for_at_most_five_shapes():
     assert all(f.experimental_get_tracing_count() - b <= 5 for f, b in zip(fns, before))
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 @pytest.mark.parametrize("iterations", [0, 1, 2, 3])
 @pytest.mark.parametrize("kind", ["normal", "student_t", "outliers"])
 def test_chunked_sampler_is_the_one_pass_definition_for_any_iterations_and_tails(kind, iterations):
@@ -241,6 +245,7 @@ def _ratio(g, rho):
     return float(water_level_bound(a.sum(), (a * a).sum(), rho * a.size)[1])
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 @pytest.mark.parametrize("iterations", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["normal", "student_t", "sparse_laplace"])
 @pytest.mark.parametrize("path", ["candidates", "passes", "guard"])
@@ -281,6 +286,7 @@ def test_the_one_pass_sampler_by_candidates_equals_the_sampler_by_passes(kind, i
         assert 0 < int(tf.reduce_sum(tf.cast(top, tf.int32))) < idx.shape[0]
 
 
+@pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
 def test_concentrated_gradients_take_the_passes():
     """A gradient whose mass sits in a few coordinates has r > MAX_BOUND_RATIO (the bound would let
     the candidates grow toward all of g): the sampler takes a pass per rescaling, with the same result."""

@@ -1,0 +1,131 @@
+"""GSpar's hot loops as compiled TensorFlow CPU kernels (``kernels.cc``): two passes over g, the decode's sum.
+
+    scan(x)            -> (finite, ||x||^2 (float64), ||x||_1)       ``hvdspar.scan``'s first pass
+    keep(x, lam, seed) -> the sorted i with u_i < lam |x_i|           ``hvdspar.sparsify``'s sampling pass
+    scatter_rows(idx, val, d) -> the M rows of entries summed into [d]  ``hvdspar.wire``'s decode
+
+with u_i = ``hvdspar.rng.uniform_at(i, seed)``. ``keep`` returns exactly the indices of the XLA
+sampling pass (the hash is integer arithmetic, the test one float32 multiply and compare); ``scan``
+sums in float64 in fixed lanes and blocks, so its ||x||_1 can differ from the XLA chunks' float32
+sum in the last bits, never from machine to machine or run to run. ``scatter_rows`` adds in
+the XLA computation's order (row after row), so it gives its bits too, and writes the output
+once, block by block while the block is in cache.
+
+Why: the XLA chunks of ``hvdspar.scan`` and ``hvdspar.sparsify`` are fused loops, but XLA neither
+vectorises a float reduction (it keeps the order) nor compacts a mask, and a computation runs
+on one thread, so on a 2-core CPU the encode of a 10M gradient took 8 ``reduce_sum(abs)``
+passes and the decode 2. Each kernel here is one loop over x
+on TensorFlow's intra-op threads, vectorised for the CPU it runs on.
+
+The library is built once per environment, against the installed TensorFlow::
+
+    python -m hvdspar.native          # scripts/setup.sh runs it; needs g++ (or $CXX)
+
+and used (``scatter_rows`` for float32 and float64 sums) for float32 tensors of at least ``hvdspar.wire.XLA_MIN_ELEMENTS`` elements when it is
+built for this source and TensorFlow, no GPU is visible (the kernels run on the CPU, where the XLA
+path runs next to the gradient), and ``HVDSPAR_NATIVE`` is not ``0``. Otherwise hvdspar takes the
+XLA path and says why once in the log ("hvdspar" logger); results differ only in ||x||_1's last bits.
+"""
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+log = logging.getLogger("hvdspar")
+
+SOURCE = Path(__file__).with_name("kernels.cc")
+LIBRARY = Path(__file__).with_name("_kernels.so")
+STAMP = LIBRARY.with_suffix(".stamp")  # what the library was built from: source hash, TensorFlow version
+
+FLAGS = ["-std=c++17", "-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math"]
+
+
+def fingerprint():
+    """The source's hash and the TensorFlow build (version, CPU or CUDA): a library built from other ones
+    is not loaded (the CUDA build's environment beside the CPU one, ``.venv-gpu-check/``, shares this folder)."""
+    build = "cuda" if tf.test.is_built_with_cuda() else "cpu"
+    return f"{hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]} tensorflow-{tf.__version__}-{build}"
+
+
+def build(compiler=None):
+    """Compile ``kernels.cc`` into ``LIBRARY`` against this TensorFlow (atomically: a concurrent
+    loader sees the old library or the new one). Raises CalledProcessError with the compiler's output."""
+    compiler = compiler or os.environ.get("CXX", "g++")
+    with tempfile.TemporaryDirectory(dir=LIBRARY.parent) as tmp:
+        out = Path(tmp) / LIBRARY.name
+        cmd = [compiler, *FLAGS, str(SOURCE), "-o", str(out), *tf.sysconfig.get_compile_flags(),
+               *tf.sysconfig.get_link_flags()]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(out, LIBRARY)
+    STAMP.write_text(fingerprint() + "\n")
+
+
+def is_current():
+    """Whether ``LIBRARY`` exists and was built from this source for this TensorFlow."""
+    return LIBRARY.exists() and STAMP.exists() and STAMP.read_text().strip() == fingerprint()
+
+
+_state = {}
+
+
+def why_not():
+    """None if the kernels are in use, else the reason (also logged once)."""
+    if "why_not" not in _state:
+        reason = None
+        if os.environ.get("HVDSPAR_NATIVE", "1") == "0":
+            reason = "HVDSPAR_NATIVE=0"
+        elif tf.config.list_physical_devices("GPU"):
+            reason = "a GPU is visible (the kernels are CPU kernels)"
+        elif not is_current():
+            reason = (f"{LIBRARY.name} is not built for this source and TensorFlow "
+                      "(build it with: python -m hvdspar.native)")
+        else:
+            try:
+                _state["ops"] = tf.load_op_library(str(LIBRARY))
+            except (tf.errors.NotFoundError, OSError) as err:
+                reason = f"{LIBRARY.name} does not load: {err}"
+        if reason is not None and reason != "HVDSPAR_NATIVE=0":
+            log.warning("hvdspar: the native kernels are not used (%s); GSpar's passes and the decode "
+                        "take the XLA path, about twice as slow on a large gradient", reason)
+        _state["why_not"] = reason
+    return _state["why_not"]
+
+
+def _ops():
+    """The loaded library; a RuntimeError saying why when it is not in use."""
+    reason = why_not()
+    if reason is not None:
+        raise RuntimeError(f"hvdspar.native: the kernels are not in use: {reason}")
+    return _state["ops"]
+
+
+def usable(x):
+    """Whether the kernels take flat x: float32, and the library is in use."""
+    return x.dtype == tf.float32 and why_not() is None
+
+
+def scatter_usable(dtype):
+    """Whether ``scatter_rows`` takes values of ``dtype`` (float32, float64), the library in use."""
+    return tf.as_dtype(dtype) in (tf.float32, tf.float64) and why_not() is None
+
+
+def scan(x):
+    """(all finite, ||x||^2 in float64, ||x||_1 in float32) of flat float32 x, one read."""
+    return _ops().hvdspar_scan(x)
+
+
+def keep(x, lam, seed):
+    """The sorted int64 indices i of flat float32 x with u_i < lam |x_i| (u_i = ``rng.uniform_at(i, seed)``)."""
+    return _ops().hvdspar_keep(x, tf.cast(lam, tf.float32), tf.cast(seed, tf.int64))
+
+
+def scatter_rows(idx, val, d):
+    """sum_r of the rows of the [M, P] table of entries (idx int64, val) into zeros [d], row after row:
+    the bits of ``hvdspar.wire``'s XLA computation. Indices must be unique within a row and in [0, d)
+    (an index outside is an InvalidArgumentError)."""
+    return _ops().hvdspar_scatter_rows(idx, val, d=d)
