@@ -176,8 +176,9 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     A first loop reads only the headers, for the longest list n_max; a second decodes every
     message into one row of the [M, P] table of entries (P: n_max rounded up to a power of two,
     so that a few compilations serve every step; rows padded with (0, 0.0)); one XLA computation
-    sums the table row by row (``hvdspar.native.scatter_rows`` instead, where built: the same bits) and writes the output once. Same result, bit for bit, as ``fold``
-    with one scatter-add per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
+    (``hvdspar.native.scatter_rows`` instead, where built: the same bits) sums the table row by
+    row and writes the output once. Same result, bit for bit, as ``fold`` with one scatter-add
+    per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
     compilation per size would cost more than it saves).
 
     With ``factor`` (as ``fold``'s) the table's values are multiplied by it before the sum, so the

@@ -11,10 +11,10 @@
 // indices of the XLA sampling pass. Built with -ffp-contract=off and without fast-math: the compiler
 // keeps every float operation as written.
 //
-// Both kernels cut x into blocks of kBlock elements, work on the blocks in parallel on TensorFlow's
-// intra-op threads, and combine the blocks' results in block order: the same x gives the same result
-// whatever the number of threads or the vector width the CPU has (the sums run in kLanes fixed lanes
-// per block, as the loops below say, whichever instructions carry them out).
+// The kernels cut their data into blocks of kBlock elements, work on the blocks in parallel on
+// TensorFlow's intra-op threads, and combine the blocks' results in block order: the same input gives
+// the same result whatever the number of threads or the vector width the CPU has (the sums run in
+// kLanes fixed lanes per block, as the loops below say, whichever instructions carry them out).
 
 #include <cmath>
 #include <cstdint>
