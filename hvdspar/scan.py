@@ -14,8 +14,8 @@ and bounds the water level with ||x||_1 and ||x||^2 (``hvdspar.probabilities.wat
 
 ``scan(x)`` computes the three in one read of x. For a float32 x of at least
 ``XLA_MIN_ELEMENTS`` elements it is one compiled kernel (``hvdspar.native``: both
-sums in float64) where that is built; otherwise, and for other dtypes, it is one small XLA computation per chunk
-(``chunk_elements``: about ``CHUNKS_PER_PASS`` chunks, at most
+sums in float64) where that is built; otherwise, and for other dtypes, it is one
+small XLA computation per chunk (``chunk_elements``: about ``CHUNKS_PER_PASS`` chunks, at most
 ``MAX_CHUNK_ELEMENTS`` each; the chunks of one pass run concurrently, so a pass
 uses every core), each one loop over its chunk; chunk results are combined in a
 fixed order, so the same x gives the same figures on any machine. For x

@@ -18,8 +18,8 @@ whose mass sits in a few coordinates) it takes 4: the first, one per
 rescaling, the sampling. Only the variable-length gather of the kept
 coordinates runs outside XLA. For float32 g, where ``hvdspar.native`` is built,
 the first pass and the sampling pass are its compiled kernels instead (the same
-kept indices, vectorised, and compacted in the same loop). Smaller tensors skip XLA: compiling per shape
-would cost more than it saves.
+kept indices, vectorised, and compacted in the same loop). Smaller tensors skip
+XLA: compiling per shape would cost more than it saves.
 """
 
 import tensorflow as tf

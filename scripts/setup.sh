@@ -116,7 +116,8 @@ fi
 # this TensorFlow; without a C++ compiler hvdspar runs on its XLA path, about twice as slow.
 if (( ! DEPS_ONLY )); then
   if command -v "${CXX:-g++}" >/dev/null; then
-    "$VENV/bin/python" -m hvdspar.native --if-stale | sed 's/^/[setup] /'
+    TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/python" -m hvdspar.native --if-stale 2>&1 | sed 's/^/[setup] /' \
+      || log "WARNING: building hvdspar's native kernels failed (above); the XLA path is used"
   else
     log "WARNING: no C++ compiler (${CXX:-g++}); hvdspar's native kernels are not built (the XLA path is used)"
   fi
