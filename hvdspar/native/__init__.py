@@ -74,7 +74,9 @@ _state = {}
 
 
 def why_not():
-    """None if the kernels are in use, else the reason (also logged once)."""
+    """None if the kernels are in use, else the reason, logged once: a warning where the library is
+    missing, stale or does not load; information where the choice is deliberate (``HVDSPAR_NATIVE=0``,
+    a visible GPU, whose gradients the XLA path handles where they live)."""
     if "why_not" not in _state:
         reason = None
         if os.environ.get("HVDSPAR_NATIVE", "1") == "0":
@@ -89,9 +91,11 @@ def why_not():
                 _state["ops"] = tf.load_op_library(str(LIBRARY))
             except (tf.errors.NotFoundError, OSError) as err:
                 reason = f"{LIBRARY.name} does not load: {err}"
-        if reason is not None and reason != "HVDSPAR_NATIVE=0":
-            log.warning("hvdspar: the native kernels are not used (%s); GSpar's passes and the decode "
-                        "take the XLA path, about twice as slow on a large gradient", reason)
+        if reason is not None:
+            deliberate = reason == "HVDSPAR_NATIVE=0" or reason.startswith("a GPU")
+            log.log(logging.INFO if deliberate else logging.WARNING,
+                    "hvdspar: the native kernels are not used (%s); GSpar's passes and the decode take the "
+                    "XLA path%s", reason, "" if deliberate else ", about twice as slow on a large gradient")
         _state["why_not"] = reason
     return _state["why_not"]
 
