@@ -14,15 +14,16 @@ once, block by block while the block is in cache.
 Why: the XLA chunks of ``hvdspar.scan`` and ``hvdspar.sparsify`` are fused loops, but XLA neither
 vectorises a float reduction (it keeps the order) nor compacts a mask, and a computation runs
 on one thread, so on a 2-core CPU the encode of a 10M gradient took 8 ``reduce_sum(abs)``
-passes and the decode 2. Each kernel here is one loop over x
-on TensorFlow's intra-op threads, vectorised for the CPU it runs on.
+passes and the decode 2. Each kernel here is one loop over x on TensorFlow's intra-op threads,
+vectorised for the CPU it runs on.
 
 The library is built once per environment, against the installed TensorFlow::
 
     python -m hvdspar.native          # scripts/setup.sh runs it; needs g++ (or $CXX)
 
-and used (``scatter_rows`` for float32 and float64 sums) for float32 tensors of at least ``hvdspar.wire.XLA_MIN_ELEMENTS`` elements when it is
-built for this source and TensorFlow, no GPU is visible (the kernels run on the CPU, where the XLA
+and used for float32 tensors of at least ``hvdspar.wire.XLA_MIN_ELEMENTS`` elements
+(``scatter_rows`` for float32 and float64 sums) when it is built for this source and
+TensorFlow, no GPU is visible (the kernels run on the CPU, where the XLA
 path runs next to the gradient), and ``HVDSPAR_NATIVE`` is not ``0``. Otherwise hvdspar takes the
 XLA path and says why once in the log ("hvdspar" logger); results differ only in ||x||_1's last bits.
 """
@@ -40,7 +41,7 @@ log = logging.getLogger("hvdspar")
 
 SOURCE = Path(__file__).with_name("kernels.cc")
 LIBRARY = Path(__file__).with_name("_kernels.so")
-STAMP = LIBRARY.with_suffix(".stamp")  # what the library was built from: source hash, TensorFlow version
+STAMP = LIBRARY.with_suffix(".stamp")  # what the library was built from (``fingerprint``)
 
 FLAGS = ["-std=c++17", "-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math"]
 
