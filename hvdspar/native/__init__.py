@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,10 +89,7 @@ def why_not():
             reason = (f"{LIBRARY.name} is not built for this source and TensorFlow "
                       "(build it with: python -m hvdspar.native)")
         else:
-            try:
-                _state["ops"] = tf.load_op_library(str(LIBRARY))
-            except (tf.errors.NotFoundError, OSError) as err:
-                reason = f"{LIBRARY.name} does not load: {err}"
+            reason = _load()
         if reason is not None:
             deliberate = reason == "HVDSPAR_NATIVE=0" or reason.startswith("a GPU")
             log.log(logging.INFO if deliberate else logging.WARNING,
@@ -99,6 +97,28 @@ def why_not():
                     "XLA path%s", reason, "" if deliberate else ", about twice as slow on a large gradient")
         _state["why_not"] = reason
     return _state["why_not"]
+
+
+# TensorFlow registers an op and its kernel once per process, and a second library with the same ops
+# breaks the first ("multiple OpKernel registrations"). So the loaded library is kept in sys.modules,
+# where every copy of hvdspar in the process finds it (benchmarks.ab_trip imports a second one).
+_LOADED = "hvdspar_native_kernels"
+
+
+def _load():
+    """Load ``LIBRARY`` into ``_state["ops"]`` (or take the one this process loaded); the reason on failure."""
+    loaded = sys.modules.get(_LOADED)
+    if loaded is None:
+        try:
+            loaded = tf.load_op_library(str(LIBRARY))
+        except (tf.errors.NotFoundError, OSError) as err:
+            return f"{LIBRARY.name} does not load: {err}"
+        loaded.hvdspar_fingerprint = fingerprint()
+        sys.modules[_LOADED] = loaded
+    elif loaded.hvdspar_fingerprint != fingerprint():
+        return "another copy of hvdspar in this process loaded kernels built from another source"
+    _state["ops"] = loaded
+    return None
 
 
 def _ops():
