@@ -53,24 +53,30 @@ def track(model, compressor, name=ATTRIBUTE):
 
 
 def build(compressor, variables):
-    """Create the compressor's per-tensor state eagerly for ``variables`` (in gradient order).
+    """Create the compressor's state eagerly for the gradients of ``variables``, as training will.
 
-    ``variables`` are the tensors whose gradients the compressor will see, in
-    the order the optimizer hands them to Horovod: for Keras,
-    ``model.trainable_variables``. Slots that already exist must match;
-    missing ones are appended. Returns the compressor.
+    ``variables`` are those whose gradients the compressor will see, in the order the optimizer
+    hands them to Horovod (for Keras, ``model.trainable_variables``), without ``groups=``: one
+    state per message (``Compressor.messages``: a bucket of them, or each alone with
+    ``bucket_mb=0``), keyed by its variables as ``compress`` keys it. State that already exists
+    must match. Returns the compressor.
     """
     variables = list(variables)
-    with tf.init_scope():
-        for index, var in enumerate(variables):
-            shape, dtype = tf.TensorShape(var.shape), tf.as_dtype(var.dtype)
-            if index < len(compressor.slots):
-                slot = compressor.slots[index]
-                if slot.shape != shape or slot.dtype != dtype:
-                    raise ValueError(
-                        f"hvdspar.build: slot {index} holds {slot.dtype.name}{slot.shape.as_list()}, "
-                        f"but variable {index} is {dtype.name}{shape.as_list()}"
-                    )
-                continue
-            compressor.slots.append(compressor.new_slot(index, shape, dtype))
+    shapes = [tf.TensorShape(v.shape) for v in variables]
+    dtypes = [tf.as_dtype(v.dtype) for v in variables]
+    for part in compressor.messages(shapes, dtypes):
+        members = [variables[i] for i in part]
+        shape = shapes[part[0]] if len(part) == 1 else tf.TensorShape([sum(shapes[i].num_elements() for i in part)])
+        key = tuple(v.ref() for v in members)
+        index = compressor._by_variables.get(key)
+        if index is None:
+            index = len(compressor.slots)
+            compressor._new_slot_here(index, shape, dtypes[part[0]])
+            compressor._by_variables[key] = index
+        slot = compressor.slots[index]
+        if slot.shape != shape or slot.dtype != dtypes[part[0]]:
+            raise ValueError(
+                f"hvdspar.build: the state of {[v.name for v in members]} holds {slot.dtype.name}"
+                f"{slot.shape.as_list()}, but these variables make {dtypes[part[0]].name}{shape.as_list()}"
+            )
     return compressor

@@ -63,7 +63,11 @@ and restore.
 """
 
 import collections
+import contextlib
+import logging
 import random
+import re
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -91,16 +95,16 @@ NONFINITE = ("propagate", "raise")
 
 
 class _Bucket:
-    """One message: the flattened gradients of consecutive tensors of a Horovod group, or of one tensor.
+    """One message: the flattened gradients of consecutive tensors, or of one tensor.
 
-    Built by the first member's ``compress`` (``Compressor._send``), finished by the members'
-    ``decompress`` (``Compressor._receive``). Python only; every tensor in it belongs to the one
-    graph that Horovod's (grouped) allreduce is being traced in.
+    Built by ``Compressor._send`` (in the graph every member's Horovod branch can reach),
+    finished by the members' ``decompress`` (``Compressor._receive``). Python only.
     """
 
-    def __init__(self, tensors, slot, site):
+    def __init__(self, tensors, slot, site, position, variables=None):
         self.tensors = list(tensors)
-        self.slot, self.site = slot, site
+        self.slot, self.site, self.position = slot, site, position
+        self.variables = variables
         self.dtype = slot.dtype
         self.shapes = [t.shape for t in self.tensors]
         self.sizes = [s.num_elements() for s in self.shapes]
@@ -108,28 +112,43 @@ class _Bucket:
         self.d = int(sum(self.sizes))
         # the shape the codec sees: the tensor's own, or [d] for a bucket of several
         self.shape = self.shapes[0] if len(self.shapes) == 1 else tf.TensorShape([self.d])
-        self.kind = None  # "dense", "sparse" or RUN_TIME, set by _send
-        self.sent = None  # what each member hands Horovod
+        self.kind = None  # "dense", "sparse", "reduced" or RUN_TIME, set by _send
+        self.dense_parts = None  # dense: what each member hands Horovod
         self.x = None  # the flat message input: concat(g) (+ memory)
         self.flat_sent = None  # dense: the flat tensor sent
         self.enc = self.gathered = None  # sparse: this rank's message, every rank's messages
-        self.total = self.finite = None  # sparse / run time: sum_r Q(x_r) [d] and whether all ranks were finite
+        self.total = self.finite = None  # sum_r Q(x_r) [d] (times Horovod's factor if ``scaled``), all finite?
+        self.scaled = False
         self.cond = None  # run time / reduced: (total, finite, new memory, compressed?, norms)
         self.codec_state = None  # reduced: the codec's new state values (applied when every rank was finite)
         self.finite_members = [None] * len(self.tensors)  # dense: each member's reduced tensor finite?
 
     def member(self, j, flat):
         """Member j's part of a flat [d] tensor, in its shape."""
+        if len(self.tensors) == 1:
+            return tf.reshape(flat, self.shapes[0])
         return tf.reshape(flat[self.offsets[j]:self.offsets[j] + self.sizes[j]], self.shapes[j])
 
 
-class _Member(collections.namedtuple("_Member", ["bucket", "j"])):
-    """compress -> decompress context: member ``j`` of ``bucket``."""
+class _Member(collections.namedtuple("_Member", ["bucket", "j", "tensor"])):
+    """compress -> decompress context: member ``j`` of ``bucket``, whose input was ``tensor``."""
 
     @property
     def kind(self):
         return self.bucket.kind
 
+
+#: compress -> decompress context of a tensor that travels as Horovod's none sends it
+PASSED_THROUGH = "passed through"
+
+
+class _Layout:
+    """How Horovod's gradient list (``CallSite.grads``) travels: buckets of its positions, and where
+    each position sits. Built at the first compress() of a trace, for all of the list at once."""
+
+    def __init__(self, graph, parts, where):
+        self.graph, self.parts, self.where = graph, parts, where
+        self.buckets = {}  # bucket index -> _Bucket, once sent
 
 class Compressor(_HorovodCompressor, tf.Module):
     """A Horovod compressor running ``codec`` (an ``hvdspar.codec.Codec``); see the module docstring.
@@ -174,6 +193,12 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.__dict__["_eager_index"] = {}  # (name, shapes, dtype) -> slot index, for eager calls
         self.__dict__["_fallback"] = plans  # the dense fallback's policy and latest decisions
         self.__dict__["_group"] = None  # the Horovod group being compressed: (tensor list, {position: (bucket, j)})
+        self.__dict__["_layouts"] = {}  # (trace, gradient list) -> _Layout of the trace's buckets
+        self.__dict__["_by_variables"] = {}  # the variables of a message (their refs) -> slot index
+        self.__dict__["_passed"] = set()  # reasons already logged for tensors sent as Horovod's none
+        if tf.inside_function():
+            _share_in_step_state(self)
+
 
     def __getattr__(self, name):
         """The method's arguments read on the compressor (``GSpar(rho=0.01).rho``) are its codec's."""
@@ -197,16 +222,53 @@ class Compressor(_HorovodCompressor, tf.Module):
     @tf.autograph.experimental.do_not_convert
     def compress(self, tensor):
         """Horovod's first call. The first member of a bucket sends the bucket's message."""
+        _check_tf2()
         site = exchange.call_site()
+        why = self._pass_reason(tensor, site)
+        if why is not None:
+            return self._pass_through(tensor, site, why), PASSED_THROUGH
         bucket, j = self._bucket_for(tensor, site)
-        if j == 0:
+        if bucket.kind is None:
             self._send(bucket)
-        return bucket.sent[j], _Member(bucket, j)
+        if bucket.kind == "dense":
+            return bucket.dense_parts[j], _Member(bucket, j, tensor)
+        # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
+        return self.exchange.placeholder(bucket.dtype, site.process_set), _Member(bucket, j, tensor)
 
     @tf.autograph.experimental.do_not_convert
     def decompress(self, tensor, ctx):
         """Horovod's second call, with its reduction of what ``compress`` returned."""
-        return self._receive(ctx.bucket, ctx.j, tensor)
+        if ctx is PASSED_THROUGH:
+            return tensor
+        result = self._receive(ctx.bucket, ctx.j, tensor)
+        return _with_horovod_gradient(ctx.tensor, result, ctx.bucket.site)
+
+    def _pass_reason(self, tensor, site):
+        """Why ``tensor`` travels as Horovod's none sends it (dense, as it is), or None to compress it:
+        an op that does not sum, a dtype that is not floating point, a shape unknown at trace time
+        (where Horovod's frame names no variable of that gradient to take the shape from)."""
+        if not exchange.sums(site.op):
+            return f"op=hvd.{exchange.op_name(site.op)}"
+        dtype = tf.as_dtype(tensor.dtype)
+        if not dtype.is_floating:
+            return f"{dtype.name}, not floating point"
+        if not tensor.shape.is_fully_defined() and _static_shape(tensor, site) is None:
+            return "shape unknown at trace time"
+        return None
+
+    def _pass_through(self, tensor, site, why):
+        """Hand ``tensor`` to Horovod as it is (after the signature check every message makes), and say
+        so once per reason (Python logger "hvdspar", rank 0)."""
+        if why not in self._passed:
+            self._passed.add(why)
+            if self.exchange.world(site.process_set)[1] == 0:
+                logging.getLogger("hvdspar").info("hvdspar: %s sends a tensor as Horovod's none does (%s)",
+                                                  type(self).__name__, why)
+        if not tensor.shape.is_fully_defined():
+            return tensor
+        checked = self.exchange.check_signature([tensor], site.process_set, _signature_name(tensor))
+        with tf.control_dependencies(checked):
+            return tf.identity(tensor)
 
     def _encoder(self, dtype, shape):
         """``encode`` for one dtype and shape, traced once: every tensor (or bucket) of that
@@ -234,18 +296,30 @@ class Compressor(_HorovodCompressor, tf.Module):
         return cache[key]
 
     def _send(self, bucket):
-        """x = g + m; plan; then dense (hand x to Horovod) or compressed (encode, allgather, placeholders)."""
+        """x = g + m; plan; then dense (hand x to Horovod), compressed (encode, allgather, and where
+        members sit in different Horovod branches, decode here), reduced or planned at run time.
+        Built in the graph of the bucket's tensors, so that every member's branch can reach it."""
+        here = tf.compat.v1.get_default_graph()
+        graph = _graph_of(bucket.tensors[0], here)
+        with (graph.as_default() if graph is not here else contextlib.nullcontext()):
+            self._send_here(bucket, outer=graph is not here)
+
+    def _send_here(self, bucket, outer):
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
         shape = bucket.shape
         num_ranks, rank = self.exchange.world(site.process_set)
         dense, reason, _, _ = self._fallback.decide(self, slot.index, d, dtype, shape, num_ranks, len(bucket.tensors))
         self._fallback.log_at_first_step(self, slot, bucket.position, rank)
 
-        flat = [tf.reshape(t, [-1]) for t in bucket.tensors]
-        x = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
+        # Ranks that disagree on a shape or dtype stop here, all of them (nothing else is sent before).
+        checked = self.exchange.check_signature(bucket.tensors, site.process_set, _signature_name(bucket.tensors[0]))
+        with tf.control_dependencies(checked):
+            flat = [tf.reshape(t, [-1]) for t in bucket.tensors]
+            x = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
         if self.memory:
             x = self.coder.feed(x, slot.memory, dtype)  # e = m + g
         bucket.x = x
+        bucket.outer = outer
         n = len(bucket.tensors)
 
         if reason == RUN_TIME:
@@ -258,59 +332,64 @@ class Compressor(_HorovodCompressor, tf.Module):
             slot.record(dense_nbytes, dense_nbytes, d, d, dense=True)
             # Nothing heavier before Horovod's allreduce: tf.function runs stateful ops in program
             # order, so work here would delay the collective.
-            bucket.sent = [bucket.member(j, bucket.flat_sent) for j in range(n)] if n > 1 else [
-                tf.reshape(bucket.flat_sent, bucket.shapes[0])]
+            bucket.dense_parts = [bucket.member(j, bucket.flat_sent) for j in range(n)]
+            if outer and self.memory:  # the members' results are in separate branches: this rank's cast residual
+                residual = x - tf.cast(bucket.flat_sent, x.dtype)
+                tf.cond(tf.math.is_finite(tf.reduce_sum(residual)), lambda: slot.memory.assign(residual).op,
+                        tf.no_op)
             return
-        elif getattr(self.codec, "collective", "allgather") == "allreduce":
+        elif self.codec.collective == "allreduce":
             bucket.kind = "reduced"
             self._send_reduced(bucket)
         else:
             bucket.kind = "sparse"
             bucket.enc = self._encoder(dtype, shape)(x, self._seed(slot))
             bucket.gathered = self.exchange.allgather(bucket.enc.message, site.process_set)
-            nbytes = _message_nbytes(bucket.enc, n, dtype)
-            slot.record(nbytes, d * dtype.size, d, bucket.enc.kept, dense=False)
-        # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
-        bucket.sent = [self.exchange.placeholder(dtype, site.process_set) for _ in range(n)]
+            slot.record(_message_nbytes(bucket.enc, n, dtype), d * dtype.size, d, bucket.enc.kept, dense=False)
+            if not outer:
+                return  # decoded at the first decompress, with Horovod's factor inside the decoding
+            size = self.exchange.size_op(site.process_set)
+            bucket.total, bucket.finite = self._decoder(dtype, shape)(bucket.gathered, size)
+            self._update_state(bucket, bucket.finite, _norms(bucket.enc),
+                               lambda: self.coder.residual(bucket.x, bucket.enc))
+            return
+        # reduced, run time: the sum and the new state computed above, in bucket.cond
+        bucket.total, bucket.finite, memory_value, compressed, norms = bucket.cond
+        self._update_state(bucket, tf.logical_and(bucket.finite, compressed), norms, lambda: memory_value)
+
+    def _update_state(self, bucket, used, norms, new_memory):
+        """After the sum: the memory, the codec's state, the random stream and the variance figures,
+        none of them from a step where a rank was not finite."""
+        slot, finite = bucket.slot, bucket.finite
+        if self.memory:
+            tf.cond(finite, lambda: slot.memory.assign(new_memory()).op, tf.no_op)
+        if bucket.codec_state:
+            tf.cond(finite, lambda: tf.group([slot.codec_state[k].assign(v) for k, v in bucket.codec_state.items()]),
+                    tf.no_op)
+        slot.calls.assign_add(tf.cast(used, tf.int64))  # a skipped step does not use up a stream
+        slot.sq_norms.assign_add(tf.where(used, norms, tf.zeros([2], tf.float64)))
 
     def _receive(self, bucket, j, reduced):
         """Member j's result: Horovod's own (dense), or its factor times its part of the decoded sum."""
         slot, dtype = bucket.slot, bucket.dtype
         if bucket.kind == "dense":
             return self._receive_dense(bucket, j, reduced)
-        if bucket.total is None:  # the bucket's first decompress: decode once, then the state
-            if bucket.kind == "sparse":  # (RUN_TIME and "reduced" computed theirs in _send)
-                size = self.exchange.size_op(bucket.site.process_set)
-                # Horovod's factor goes into the decoding (the dense result written once); every
-                # member's placeholder carries the same one (one op and one pair of scale factors
-                # per grouped allreduce)
-                bucket.total, bucket.finite = self._decoder(dtype, bucket.shape, scaled=True)(
-                    bucket.gathered, size, _factor(reduced, compute_dtype(dtype)))
-                used = bucket.finite
-                norms = _norms(bucket.enc)
-                new_memory = (lambda: self.coder.residual(bucket.x, bucket.enc)) if self.memory else None
-            else:
-                bucket.total, bucket.finite, memory_value, sparse, norms = bucket.cond
-                used = tf.logical_and(bucket.finite, sparse)
-                new_memory = (lambda: memory_value) if self.memory else None
-            if new_memory is not None:  # nothing of a non-finite step enters the memory
-                tf.cond(bucket.finite, lambda: slot.memory.assign(new_memory()).op, tf.no_op)
-            if bucket.codec_state:  # nor the codec's state
-                tf.cond(bucket.finite, lambda: tf.group([slot.codec_state[k].assign(v) for k, v in
-                                                         bucket.codec_state.items()]), tf.no_op)
-            slot.calls.assign_add(tf.cast(used, tf.int64))  # a skipped step does not use up a stream
-            slot.sq_norms.assign_add(tf.where(used, norms, tf.zeros([2], tf.float64)))
-        total, finite = bucket.total, bucket.finite
+        if bucket.total is None:  # compressed, in this branch: decode once, with Horovod's factor inside
+            size = self.exchange.size_op(bucket.site.process_set)
+            # every member's placeholder carries the same factor (one op, one pair of scale factors)
+            bucket.total, bucket.finite = self._decoder(dtype, bucket.shape, scaled=True)(
+                bucket.gathered, size, _factor(reduced, compute_dtype(dtype)))
+            bucket.scaled = True
+            self._update_state(bucket, bucket.finite, _norms(bucket.enc),
+                               lambda: self.coder.residual(bucket.x, bucket.enc))
         checks = []
         if self.nonfinite == "raise":
-            checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], dtype)]))
+            checks.append(tf.debugging.Assert(bucket.finite, [_nonfinite_message(slot, bucket.shapes[j], dtype)]))
         with tf.control_dependencies(checks):
-            # Horovod's factor (op, scale factors, 1/M) times the sum; NaN everywhere where a rank was not
-            # finite (sparse: already in the decoded sum)
-            if bucket.kind != "sparse":
-                total = wire.scaled(total, _factor(reduced, total.dtype), finite)
-            part = total if len(bucket.tensors) == 1 else bucket.member(j, total)
-            return tf.reshape(tf.cast(part, dtype), bucket.shapes[j])
+            part = bucket.member(j, bucket.total)
+            if not bucket.scaled:  # Horovod's factor (op, scale factors, 1/M); NaN where a rank was not finite
+                part = wire.scaled(part, _factor(reduced, part.dtype), bucket.finite)
+            return tf.cast(part, dtype)
 
     def _receive_dense(self, bucket, j, reduced):
         """A bucket sent dense: Horovod's results as they are; the memory keeps the cast's residual
@@ -323,7 +402,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if self.nonfinite == "raise":
             checks.append(tf.debugging.Assert(finite, [_nonfinite_message(slot, bucket.shapes[j], slot.dtype)]))
         with tf.control_dependencies(checks):
-            if self.memory and j == len(bucket.tensors) - 1:
+            if self.memory and not bucket.outer and j == len(bucket.tensors) - 1:
                 residual = bucket.x - tf.cast(bucket.flat_sent, bucket.x.dtype)
                 all_finite = tf.reduce_all(tf.stack(bucket.finite_members))
                 tf.cond(all_finite, lambda: slot.memory.assign(residual).op, tf.no_op)
@@ -345,7 +424,6 @@ class Compressor(_HorovodCompressor, tf.Module):
         norms = tf.stack([scan(x).sq_norm, tf.cast(red.q_sq_norm, tf.float64)])
         bucket.cond = (red.total, red.finite, new_memory, tf.logical_not(red.dense), norms)
         bucket.codec_state = red.state
-        bucket.sent = [self.exchange.placeholder(dtype, ps)]
 
     def _send_planned_at_run_time(self, bucket, shape):
         """Elastic training: the byte rule decided at every step, from the world size at run time.
@@ -386,7 +464,6 @@ class Compressor(_HorovodCompressor, tf.Module):
         total, finite, new_memory, nbytes, kept, norms = tf.cond(go_dense, dense_branch, sparse_branch)
         slot.record(nbytes, dense_nbytes, d, kept, dense=go_dense)
         bucket.cond = (total, finite, new_memory, tf.logical_not(go_dense), norms)
-        bucket.sent = [self.exchange.placeholder(dtype, ps) for _ in range(n)]
 
     # --- state ------------------------------------------------------------------------------
 
@@ -450,32 +527,89 @@ class Compressor(_HorovodCompressor, tf.Module):
     def _bucket_for(self, tensor, site):
         """(bucket, j): the message ``tensor`` travels in, and its place there.
 
-        A tensor called alone (``hvd.allreduce``, or Horovod's per-tensor optimizer path) is a
-        bucket of one. The tensors of one ``hvd.grouped_allreduce`` (what ``groups=`` /
-        ``num_groups=`` of DistributedOptimizer and DistributedGradientTape call) share
-        messages: Horovod calls compress() for every tensor of the group before any
-        decompress(), so the first member of each bucket sends the whole bucket
-        (``buckets.partition``: consecutive tensors of one dtype, at most ``bucket_mb`` MB).
+        A Horovod group (``groups=``, ``hvd.grouped_allreduce``) is compressed in order before
+        any decompress, so its buckets are built in the group's own graph. Without groups,
+        Horovod's ``allreduce_grads`` hands every gradient alone to compress, each in its own
+        ``tf.cond``; its whole list is known (``CallSite.grads``), so the list is cut into
+        buckets once (``_layout``) and each bucket is built in the graph of the gradients, which
+        every member's branch reaches. Anything else (``hvd.allreduce``, ``bucket_mb=0``, a
+        codec that needs each tensor's shape) is a bucket of one.
         """
-        group = site.group if (self.codec.buckets and self.bucket_mb != 0) else None
-        pos = None
-        if group is not None and len(group) > 1:
-            pos = next((i for i, t in enumerate(group) if t is tensor), None)
-        if pos is None:
-            tensor = tf.convert_to_tensor(tensor)
-            _check_static(self, tensor)
-            key = tuple(tensor.shape.as_list())
-            slot, position = self._slot_for(tensor.shape, tensor.dtype, site, key)
-            bucket = _Bucket([tensor], slot, site)
-            bucket.position = position
-            return bucket, 0
+        bucketing = self.codec.buckets and self.bucket_mb != 0
+        group = site.group if bucketing and site.group is not None and len(site.group) > 1 else None
+        if group is not None and any(t is tensor for t in group):
+            return self._group_bucket(tensor, site, group)
+        if bucketing and site.grads is not None and not tf.executing_eagerly() and not exchange.elastic():
+            layout = self._layout(site)
+            i = site.position(tensor)
+            if layout is not None and i in layout.where:
+                b, j = layout.where[i]
+                if b not in layout.buckets:
+                    positions = layout.parts[b]
+                    members = [_with_static_shape(site.grads[p], site) for p in positions]
+                    variables = [site.vars[p] for p in positions] if site.vars is not None else None
+                    slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site,
+                                                    _shapes_key(members), variables)
+                    layout.buckets[b] = _Bucket(members, slot, site, position, variables)
+                return layout.buckets[b], j
+        tensor = _with_static_shape(tensor, site)
+        variable = site.variable(tensor)
+        slot, position = self._slot_for(tensor.shape, tensor.dtype, site, tuple(tensor.shape.as_list()),
+                                        None if variable is None else [variable])
+        return _Bucket([tensor], slot, site, position), 0
+
+    def _layout(self, site):
+        """The buckets of Horovod's gradient list in this trace (cached): the gradients that compress
+        (dense, floating point, a known shape), cut by ``buckets.partition`` (one dtype, at most
+        ``bucket_mb``); None where fewer than two would share a message (each then goes alone)."""
+        key = (trace_key(), tuple(id(g) for g in site.grads))
+        if key in self._layouts:
+            return self._layouts[key]
+        dense = [isinstance(g, tf.Tensor) and exchange.sums(site.op) for g in site.grads]
+        shapes = [_static_shape(g, site) if ok else None for g, ok in zip(site.grads, dense)]
+        parts = self.messages(shapes, [g.dtype if ok else None for g, ok in zip(site.grads, dense)])
+        graphs = {_graph_of(site.grads[i], None) for part in parts for i in part}
+        layout = None
+        if any(len(part) > 1 for part in parts) and len(graphs) == 1 and None not in graphs:
+            where = {p: (b, j) for b, part in enumerate(parts) for j, p in enumerate(part)}
+            layout = _Layout(graphs.pop(), parts, where)
+        self._layouts.clear()  # one trace's layout at a time: drop the references to older graphs
+        self._layouts[key] = layout
+        return layout
+
+    def messages(self, shapes, dtypes):
+        """The messages of a gradient list without groups=: lists of positions that travel together
+        (``buckets.partition``: consecutive, one dtype, at most ``bucket_mb``), over the gradients
+        that compress (a known shape, floating point); the others are in none. One per gradient where
+        the codec needs each tensor's shape or ``bucket_mb=0``. ``hvdspar.build`` makes their state."""
+        eligible = [i for i, (s, dt) in enumerate(zip(shapes, dtypes))
+                    if s is not None and s.is_fully_defined() and dt is not None and tf.as_dtype(dt).is_floating]
+        if not (self.codec.buckets and self.bucket_mb != 0) or exchange.elastic():
+            return [[i] for i in eligible]
+        cap = None if self.bucket_mb is None else self.bucket_mb * 2**20
+        return [[eligible[k] for k in part] for part in _buckets.partition(
+            [shapes[i].num_elements() * tf.as_dtype(dtypes[i]).size for i in eligible],
+            [tf.as_dtype(dtypes[i]) for i in eligible], cap)]
+
+    def _group_bucket(self, tensor, site, group):
+        """(bucket, j) of ``tensor`` in a Horovod group: consecutive tensors of one dtype, at most
+        ``bucket_mb`` MB (``buckets.partition``), the first member of each bucket sending it."""
+        pos = next(i for i, t in enumerate(group) if t is tensor)
         if self._group is None or self._group[0] is not group:
-            tensors = [tf.convert_to_tensor(t) for t in group]
-            for t in tensors:
-                _check_static(self, t)
+            dtypes = {tf.as_dtype(t.dtype) for t in group}
+            if len(dtypes) > 1:
+                raise ValueError(
+                    f"hvdspar: this Horovod group mixes {', '.join(sorted(d.name for d in dtypes))} tensors, and "
+                    "Horovod's grouped allreduce takes one dtype per group (Compression.none fails on it too): "
+                    "give each dtype its own group (groups=[[float32 variables], [float16 variables]]) or "
+                    "leave groups= out")
+            # the group's tensors that compress (the others pass through: ``_pass_reason``)
+            eligible = [i for i, t in enumerate(group) if self._pass_reason(t, site) is None]
+            tensors = {i: _with_static_shape(tf.convert_to_tensor(group[i]), site) for i in eligible}
             cap = None if self.bucket_mb is None else self.bucket_mb * 2**20
-            parts = _buckets.partition([t.shape.num_elements() * t.dtype.size for t in tensors],
-                                       [t.dtype for t in tensors], cap)
+            parts = [[eligible[k] for k in part] for part in _buckets.partition(
+                [tensors[i].shape.num_elements() * tensors[i].dtype.size for i in eligible],
+                [tensors[i].dtype for i in eligible], cap)]
             where = {p: (b, j) for b, part in enumerate(parts) for j, p in enumerate(part)}
             # (in __dict__: tf.Module would wrap a tuple attribute in a tracked copy)
             self.__dict__["_group"] = (group, tensors, parts, where, {})
@@ -483,32 +617,39 @@ class Compressor(_HorovodCompressor, tf.Module):
         b, j = where[pos]
         if j == 0:
             members = [tensors[p] for p in parts[b]]
-            if len(members) == 1:
-                shape, key = members[0].shape, tuple(members[0].shape.as_list())
-            else:
-                shape = tf.TensorShape([sum(t.shape.num_elements() for t in members)])
-                key = ("bucket",) + tuple(tuple(t.shape.as_list()) for t in members)
-            slot, position = self._slot_for(shape, members[0].dtype, site, key)
-            open_buckets[b] = _Bucket(members, slot, site)
-            open_buckets[b].position = position
+            variables = [site.variable(group[p]) for p in parts[b]]
+            variables = variables if all(v is not None for v in variables) else None
+            slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site, _shapes_key(members),
+                                            variables)
+            open_buckets[b] = _Bucket(members, slot, site, position, variables)
         bucket = open_buckets[b]
-        if pos == len(group) - 1:
+        if pos == parts[-1][-1]:
             self.__dict__["_group"] = None  # the group is sent: drop the references to its graph's tensors
         return bucket, j
 
-    def _slot_for(self, shape, dtype, site, eager_key):
+    def _slot_for(self, shape, dtype, site, eager_key, variables=None):
         """(state, position in the trace) of the message being sent (one tensor or a bucket).
 
-        In a tf.function (how DistributedOptimizer and DistributedGradientTape
-        call it, even in eager mode) Horovod calls compress() once per gradient,
-        in the same order; a new trace restarts the order, so state is keyed by
-        the position. An eager ``hvd.allreduce(t, compression=c)`` has no trace:
-        its state is keyed by the call's ``name=`` if it has one, else by shape
-        and dtype (so repeated calls of one tensor share one state; give two
-        tensors of equal shape distinct names). Either way the slot is checked
-        against shape and dtype.
+        Keyed by the message's variables where Horovod's frame names them (what
+        DistributedOptimizer and DistributedGradientTape pass): two optimizers, or two models of
+        the same shapes, never share memory or streams, and a retrace finds its state again.
+        Otherwise, in a tf.function, by the position in Horovod's call order (a new trace
+        restarts it); in an eager ``hvd.allreduce(t, compression=c)``, by the call's ``name=``
+        if it has one, else by shape and dtype (give two tensors of equal shape distinct
+        names). Either way the slot is checked against shape and dtype.
         """
-        if tf.executing_eagerly():
+        key = trace_key()
+        if key is not self._trace:
+            self._trace, self._next_slot = key, 0
+        position = self._next_slot
+        if not tf.executing_eagerly():
+            self._next_slot += 1
+        if variables is not None:
+            var_key = tuple(_variable_key(v) for v in variables)
+            index = self._by_variables.get(var_key)
+            if index is None:
+                index = self._by_variables[var_key] = len(self.slots)
+        elif tf.executing_eagerly():
             key = (site.name, eager_key, dtype.name)
             if site.name is not None:
                 for (name, shp, dt), _ in self._eager_index.items():
@@ -522,38 +663,122 @@ class Compressor(_HorovodCompressor, tf.Module):
                 index = self._eager_index[key] = len(self.slots)
             position = index
         else:
-            key = trace_key()
-            if key is not self._trace:
-                self._trace, self._next_slot = key, 0
-            index = position = self._next_slot
-            self._next_slot += 1
+            index = position
         if index == len(self.slots):
-            try:
-                with tf.init_scope():
-                    self.slots.append(self.new_slot(index, shape, dtype))
-            except ValueError as e:
-                if "singleton tf.Variables" not in str(e):
-                    raise
-                raise ValueError(
-                    f"hvdspar: {self.name} was created inside a tf.function (e.g. hvd.DistributedGradientTape("
-                    "tape, compression=hvdspar.GSpar(...)) inside the step), which TensorFlow traces again, "
-                    "with a new instance whose state (random stream, memory, traffic) it refuses: the state "
-                    "must outlive the trace. Create the compressor "
-                    "once, outside the step (compression = hvdspar.GSpar(...)), and pass it as compression="
-                ) from e
+            self._new_slot_here(index, shape, dtype)
         slot = self.slots[index]
         if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(
                 f"hvdspar: {self.name} got a {dtype.name}{shape.as_list()} gradient (or bucket) at position "
-                f"{index}, where earlier steps had {slot.dtype.name}{slot.shape.as_list()}. Use one compressor "
+                f"{index}, where earlier steps had {slot.dtype.name}{slot.shape.as_list()}. Where Horovod's "
+                "frame does not name the variables (a bare hvd.allreduce in a tf.function), use one compressor "
                 "instance per optimizer, with a fixed set of trainable variables (and the same groups=)."
             )
         return slot, position
 
+    def _new_slot_here(self, index, shape, dtype):
+        """Append slot ``index`` (under ``tf.init_scope``), with errors that say what to do."""
+        try:
+            with tf.init_scope():
+                self.slots.append(self.new_slot(index, shape, dtype))
+                restored = int(self.slots[index].elements.numpy()) if tf.executing_eagerly() else None
+            if restored is not None and restored != shape.num_elements():
+                raise ValueError(f"restored a message of {restored} elements into one of {shape.num_elements()}")
+        except ValueError as e:
+            if "singleton tf.Variables" in str(e):
+                raise ValueError(
+                    f"hvdspar: {self.name} needs new state (message #{index}, {dtype.name}{shape.as_list()}) while "
+                    "a tf.function is traced again, and TensorFlow creates variables only at the first trace. "
+                    "Create the compressor once, outside the step (compression = hvdspar.GSpar(...)), or keep "
+                    "the set of tensors it reduces the same in every trace"
+                ) from e
+            if "restor" in str(e).lower():
+                del self.slots[index:]
+                raise ValueError(
+                    f"hvdspar: the checkpoint restored into {self.name} holds message #{index} with another "
+                    f"shape than the {dtype.name}{shape.as_list()} it sends now: the checkpoint was written "
+                    "with another bucket layout (hvdspar before 0.2 sent each tensor alone without groups=; "
+                    "now a model's gradients travel in buckets), other groups= or bucket_mb=, or another "
+                    "model. Restore it into a compressor with the layout it was written with (bucket_mb=0: "
+                    "per tensor, as before 0.2), or restore the model and optimizer only (the compressor's "
+                    f"state starts at zero). TensorFlow said: {e}"
+                ) from e
+            raise
 
-def _check_static(comp, tensor):
-    if not tensor.shape.is_fully_defined():
-        raise ValueError(f"hvdspar: {comp.name} needs gradients of static shape, got {tensor.shape}")
+
+def _static_shape(tensor, site):
+    """``tensor``'s static shape, or its variable's where the tensor's is not known at trace time
+    (``sparse_as_dense=True`` turns an embedding's gradient into a [None, k] tensor); None if neither."""
+    if tensor.shape.is_fully_defined():
+        return tensor.shape
+    variable = site.variable(tensor)
+    if variable is not None and variable.shape.is_fully_defined() and tensor.shape.is_compatible_with(
+            variable.shape):
+        return tf.TensorShape(variable.shape)
+    return None
+
+
+def _with_static_shape(tensor, site):
+    """``tensor`` with its static shape (``_static_shape``) set, checked at run time."""
+    shape = _static_shape(tensor, site)
+    if shape is None or tensor.shape.is_fully_defined():
+        return tensor
+    return tf.ensure_shape(tensor, shape)
+
+
+def _graph_of(tensor, default):
+    """The graph ``tensor`` was built in; ``default`` for an eager tensor (a constant a step captures)."""
+    if tf.executing_eagerly() or isinstance(tensor, tf.__internal__.EagerTensor):
+        return default
+    return tensor.graph
+
+
+def _flat_shape(members):
+    return members[0].shape if len(members) == 1 else tf.TensorShape([sum(t.shape.num_elements() for t in members)])
+
+
+def _shapes_key(members):
+    if len(members) == 1:
+        return tuple(members[0].shape.as_list())
+    return ("bucket",) + tuple(tuple(t.shape.as_list()) for t in members)
+
+
+def _variable_key(variable):
+    """A hashable key of a variable that outlives traces (a variable's ``ref()``)."""
+    return variable.ref() if hasattr(variable, "ref") else id(variable)
+
+
+def _signature_name(tensor):
+    """A name for the signature check of the message starting with ``tensor`` (graph mode)."""
+    if tf.executing_eagerly() or isinstance(tensor, tf.__internal__.EagerTensor):
+        return None
+    return "HorovodAllreduce_hvdspar_signature_" + re.sub(r"[^a-zA-Z0-9_]", "_", tensor.name)
+
+
+def _check_tf2():
+    """hvdspar needs TensorFlow 2's eager execution or tf.function (its state is in variables created
+    on first use, which a TF1 graph would need a session to initialise)."""
+    if not tf.executing_eagerly() and not tf.inside_function():
+        raise RuntimeError(
+            "hvdspar: compressors run in TensorFlow 2's eager mode or inside tf.function, not in a TF1 graph "
+            "(tf.compat.v1 sessions): their state (random stream, memory, traffic) is created on first use. "
+            "Use hvd.Compression.none or .fp16 in TF1 graph code")
+
+
+def _with_horovod_gradient(x, y, site):
+    """``y`` (the allreduce of ``x``), with Horovod's gradient with respect to ``x``: the allreduce of
+    the upstream gradient with the call's op and scale factors (``exchange.allreduce_gradient``)."""
+
+    @tf.custom_gradient
+    def allreduced(x_):
+        def grad(dy):
+            return exchange.allreduce_gradient(dy, site)
+
+        return tf.identity(y), grad
+
+    return allreduced(x)
+
+
 
 def _nonfinite_message(slot, shape, dtype):
     return (
@@ -591,3 +816,38 @@ def _fmt(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+#: compressors created while a tf.function is traced, by (class, arguments, place in the code): the
+#: first of each holds the state that the later ones (the same line traced again) share
+_IN_STEP = {}
+
+
+def _share_in_step_state(comp):
+    """A compressor built inside a ``tf.function`` step (``compression=hvdspar.GSpar(...)`` in the step,
+    as Horovod's custom-loop benchmark builds its compressor) is built again at every trace of that
+    step. Each later one shares the state of the first built at the same line with the same
+    arguments (random stream, memory, traffic): variables cannot be created again at a retrace,
+    and the step must not start over. ``in_step_compressors()`` returns the first ones."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("hvdspar"):
+        frame = frame.f_back  # a method class's own __init__: the user's line is above it
+    where = (frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+    config = {k: v for k, v in comp.config().items() if k != "seed"}
+    key = (type(comp), repr(sorted(config.items(), key=lambda kv: kv[0])), where)
+    owner = _IN_STEP.setdefault(key, comp)
+    if owner is comp:
+        return
+    comp.seed = owner.seed
+    comp.slots = owner.slots
+    for name in ("_eager_index", "_fallback", "_layouts", "_by_variables", "_passed", "_traced_fns"):
+        if name in owner.__dict__:
+            comp.__dict__[name] = owner.__dict__[name]
+    comp.__dict__["_owner"] = owner
+
+
+def in_step_compressors():
+    """The compressors built inside ``tf.function`` steps, one per line of code and arguments (the
+    first built; later traces share its state): for ``traffic()`` or tracking of a compressor the
+    script never holds, e.g. ``hvdspar.in_step_compressors()[0].traffic()`` after the first step."""
+    return list(_IN_STEP.values())

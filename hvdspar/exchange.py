@@ -59,31 +59,52 @@ def _initialized():
         return False
 
 
-class CallSite(collections.namedtuple("CallSite", ["process_set", "op", "name", "group"])):
-    """What Horovod's allreduce was called with: process set (None = global), op, name, and for
-    ``grouped_allreduce`` the group's tensors that go through compress (else None)."""
+class CallSite(collections.namedtuple("CallSite", ["process_set", "op", "name", "group", "grads", "vars",
+                                                   "prescale", "postscale"],
+                                       defaults=[None, None, 1.0, 1.0])):
+    """What Horovod's allreduce was called with: process set (None = global), op, name, for
+    ``grouped_allreduce`` the group's tensors that go through compress (else None), the scale
+    factors, and where Horovod's ``allreduce_grads`` (DistributedOptimizer, DistributedGradientTape)
+    is the caller, its whole gradient list and the variables (else None)."""
+
+    def position(self, tensor):
+        """The index of ``tensor`` in ``grads`` (by identity), or None."""
+        if self.grads is None:
+            return None
+        return next((i for i, g in enumerate(self.grads) if g is tensor), None)
+
+    def variable(self, tensor):
+        """The variable whose gradient ``tensor`` is, when Horovod's frame tells (else None)."""
+        i = self.position(tensor)
+        if i is None or self.vars is None or i >= len(self.vars):
+            return None
+        return self.vars[i]
 
 
 #: Horovod functions that call compress(); the first two are supported.
 _SUPPORTED_CALLERS = ("allreduce", "grouped_allreduce")
 _REFUSED_CALLERS = ("reducescatter", "grouped_reducescatter")
+#: Horovod's function that reduces an optimizer's gradients: its locals hold the whole list
+_GRADIENTS_CALLER = "allreduce_grads"
 
 
-def call_site(max_depth=16):
+def call_site(max_depth=80):
     """The arguments of the Horovod collective that is calling ``compress()``.
 
     Walks up the Python stack to the nearest frame of ``horovod.tensorflow``'s
-    ``allreduce`` / ``grouped_allreduce`` and reads its ``process_set``, ``op``
-    and ``name`` (and, for a grouped call, the group's tensors). Inside a
-    ``tf.function`` AutoGraph may have converted Horovod's function: its frame
-    is then ``tf__allreduce`` (its branches run in nested frames below it),
-    with the same local names. Raises ``NotImplementedError`` for collectives a
-    compressed message cannot travel through (reducescatter, Adasum,
-    Min/Max/Product). Called by anything else (a test, a user's own code), it
-    is the global set.
+    ``allreduce`` / ``grouped_allreduce`` and reads its ``process_set``, ``op``,
+    ``name`` and scale factors (and, for a grouped call, the group's tensors);
+    then on up to Horovod's ``allreduce_grads``, if that is the caller, for the
+    gradient list and the variables. Inside a ``tf.function`` AutoGraph may
+    have converted Horovod's functions: their frames are then ``tf__allreduce``
+    (branches run in nested frames below it), with the same local names.
+    Raises ``NotImplementedError`` for collectives a compressed message cannot
+    travel through (reducescatter, Adasum). Called by anything else (a test, a
+    user's own code), it is the global set.
     """
     frame = sys._getframe(1)
     seen = []  # Horovod's frames on the way up: AutoGraph's branch functions hold the live values
+    site = None
     for _ in range(max_depth):
         frame = frame.f_back
         if frame is None:
@@ -94,12 +115,12 @@ def call_site(max_depth=16):
         seen.append(frame)
         name = frame.f_code.co_name
         name = name[len("tf__"):] if name.startswith("tf__") else name
-        if name in _REFUSED_CALLERS:
+        if site is None and name in _REFUSED_CALLERS:
             raise NotImplementedError(
                 f"hvdspar: hvd.{name} cannot carry a compressed message (its output is split across the ranks); "
                 "use compression=hvd.Compression.none for it"
             )
-        if name in _SUPPORTED_CALLERS:
+        if site is None and name in _SUPPORTED_CALLERS:
             args = _live_locals(seen)
             _check_op(args.get("op"))
             process_set = args.get("process_set")
@@ -108,11 +129,25 @@ def call_site(max_depth=16):
             # grouped_allreduce compresses its dense tensors (``tensor_list``: IndexedSlices go apart) in
             # order, before it decompresses any: the group can travel in shared messages.
             group = args.get("tensor_list") if name == "grouped_allreduce" else None
-            return CallSite(process_set, args.get("op"), args.get("name"), group)
-    return CallSite(None, None, None, None)
+            site = CallSite(process_set, args.get("op"), args.get("name"), group,
+                            prescale=_number(args.get("prescale_factor"), 1.0),
+                            postscale=_number(args.get("postscale_factor"), 1.0))
+            seen = []
+        elif site is not None and name == _GRADIENTS_CALLER:
+            args = _live_locals([frame], ("grads", "vars"))
+            grads, variables = args.get("grads"), args.get("vars")
+            if isinstance(grads, (list, tuple)):
+                return site._replace(grads=list(grads),
+                                     vars=list(variables) if isinstance(variables, (list, tuple)) else None)
+            return site
+    return site or CallSite(None, None, None, None)
 
 
-def _live_locals(frames, names=("op", "process_set", "name", "tensor_list")):
+def _number(value, default):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _live_locals(frames, names=("op", "process_set", "name", "tensor_list", "prescale_factor", "postscale_factor")):
     """``names`` as Horovod's function sees them: from the innermost of ``frames`` that holds a
     defined value (in AutoGraph-converted code the outer frame may hold an ``Undefined`` stand-in
     for a variable its branch functions carry)."""
@@ -135,10 +170,26 @@ def _check_op(op):
             "hvdspar: op=hvd.Adasum combines the ranks' dense gradients pairwise and cannot be applied to a "
             "compressed message; use op=hvd.Average or hvd.Sum with hvdspar, or Compression.none with Adasum"
         )
-    if op not in (hvd.Average, hvd.Sum):
-        raise NotImplementedError(
-            f"hvdspar: only op=hvd.Average and op=hvd.Sum can be applied to a compressed message, got op={op!r}"
-        )
+
+
+def sums(op):
+    """Whether Horovod's ``op`` sums (Average, Sum, None = Average): only then can a compressed message
+    stand in for the tensor. Min, Max and Product travel as Horovod's none sends them."""
+    if op is None:
+        return True
+    hvd = _hvd()
+    return op in (hvd.Average, hvd.Sum)
+
+
+def op_name(op):
+    """A Horovod op's name for messages (``hvd.Min`` -> "Min")."""
+    try:
+        hvd = _hvd()
+    except ImportError:  # pragma: no cover
+        return str(op)
+    names = {hvd.Average: "Average", hvd.Sum: "Sum", hvd.Adasum: "Adasum", hvd.Min: "Min", hvd.Max: "Max",
+             hvd.Product: "Product"}
+    return names.get(op, str(op))
 
 
 def world(process_set=None):
@@ -198,6 +249,38 @@ def allgather(message, process_set=None, name=None):
     return _hvd().allgather(message, **kwargs)
 
 
+def check_signature(tensors, process_set=None, name=None):
+    """A collective of no bytes that every rank takes alike before a message: Horovod's allreduce of
+    empty tensors [0, *shape] of each tensor's dtype (grouped where there are several, all of one
+    dtype). Ranks that disagree on a shape or a dtype get Horovod's ``FailedPreconditionError`` on
+    every rank, as with ``Compression.none``, instead of one rank decoding the others' messages
+    wrongly and another waiting forever. Returns what the message's ops must wait for ([] before
+    hvd.init())."""
+    if not _initialized():
+        return []
+    hvd = _hvd()
+    empties = [tf.zeros([0] + t.shape.as_list(), t.dtype) for t in tensors]
+    kwargs = {"op": hvd.Sum}
+    if name and not tf.executing_eagerly():
+        kwargs["name"] = name
+    if process_set is not None:
+        kwargs["process_set"] = process_set
+    if len(empties) == 1:
+        return [hvd.allreduce(empties[0], **kwargs)]
+    return list(hvd.grouped_allreduce(empties, **kwargs))
+
+
+def allreduce_gradient(grad, site):
+    """The gradient of an allreduce with respect to its input, as Horovod registers it for its own
+    op: the allreduce of the upstream gradient with the call's op and scale factors."""
+    hvd = _hvd()
+    kwargs = {"op": site.op if site.op is not None else hvd.Average, "prescale_factor": site.prescale,
+              "postscale_factor": site.postscale}
+    if site.process_set is not None:
+        kwargs["process_set"] = site.process_set
+    return hvd.allreduce(grad, **kwargs)
+
+
 def allreduce_sum(tensor, process_set=None, name=None):
     """Horovod's uncompressed allreduce with op=Sum (before hvd.init(): the tensor)."""
     if not _initialized():
@@ -207,32 +290,6 @@ def allreduce_sum(tensor, process_set=None, name=None):
     if process_set is not None:
         kwargs["process_set"] = process_set
     return hvd.allreduce(tensor, op=hvd.Sum, **kwargs)
-
-
-#: the placeholder of a float32 (or 16-bit) gradient; float64 gradients get a float64 one
-PLACEHOLDER_DTYPE = tf.float32
-PLACEHOLDER_NBYTES = 4
-
-
-def placeholder_dtype(dtype):
-    """float64 for float64 gradients (the factor exact in their precision), else float32."""
-    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
-
-
-def placeholder(dtype, process_set=None):
-    """What Horovod allreduces in place of a compressed message: [1] on the set's root, [0] elsewhere.
-
-    Reduced, it is the factor Horovod applies to the sum (see the module docstring).
-    """
-    if process_set is None:
-        root = tf.equal(rank_op(), 0)
-    else:
-        root = tf.equal(rank_op(), min(process_set.ranks))
-    return tf.reshape(tf.cast(root, placeholder_dtype(dtype)), [1])
-
-
-def placeholder_nbytes(dtype):
-    return placeholder_dtype(dtype).size
 
 
 class Horovod:
@@ -257,6 +314,10 @@ class Horovod:
     def allreduce_sum(self, tensor, process_set=None, name=None):
         """The sum over the ranks of a dense tensor."""
         return allreduce_sum(tensor, process_set, name)
+
+    def check_signature(self, tensors, process_set=None, name=None):
+        """Fail on every rank where the ranks disagree on shapes or dtypes (``check_signature``)."""
+        return check_signature(tensors, process_set, name)
 
     def placeholder(self, dtype, process_set=None):
         """What Horovod allreduces in place of a compressed message: [1] on the set's root, [0] elsewhere.
@@ -301,6 +362,9 @@ class InProcess(Horovod):
 
     def allreduce_sum(self, tensor, process_set=None, name=None):
         return tensor * tf.cast(self.num_ranks, tensor.dtype)
+
+    def check_signature(self, tensors, process_set=None, name=None):
+        return []  # one process: every "rank" holds the same tensors
 
 
 #: the placeholder of a float32 (or 16-bit) gradient; float64 gradients get a float64 one

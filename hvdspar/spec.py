@@ -48,10 +48,15 @@ def parse(spec):
         raise ValueError(f"hvdspar: a compressor spec must be a non-empty string, got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     kwargs = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
+    items = [s.strip() for s in rest.split(",")] if rest.strip() else []
+    for item in items:
         key, eq, value = item.partition("=")
+        if not item:
+            raise ValueError(f"hvdspar: an empty argument in compressor spec {spec!r} (a stray comma?)")
         if not eq or not key.strip():
             raise ValueError(f"hvdspar: bad argument {item!r} in compressor spec {spec!r}; expected key=value")
+        if key.strip() in kwargs:
+            raise ValueError(f"hvdspar: {key.strip()!r} is given twice in compressor spec {spec!r}")
         kwargs[key.strip()] = parse_value(value)
     return name.strip().lower(), kwargs
 

@@ -63,6 +63,8 @@ class SlotState(tf.Module):
         self.shape = tf.TensorShape(shape)
         self.dtype = tf.as_dtype(dtype)
         self.calls = tf.Variable(0, dtype=tf.int64, trainable=False, name="calls")
+        # the message's size, restored with the rest: a checkpoint of another bucket layout shows here
+        self.elements = tf.Variable(self.shape.num_elements(), dtype=tf.int64, trainable=False, name="elements")
         self.totals = tf.Variable(tf.zeros([len(TOTALS)], tf.int64), trainable=False, name="totals")
         self.last = tf.Variable(tf.zeros([len(LAST)], tf.int64), trainable=False, name="last")
         self.sq_norms = tf.Variable(tf.zeros([len(SQ_NORMS)], tf.float64), trainable=False, name="sq_norms")

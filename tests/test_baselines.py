@@ -430,3 +430,15 @@ def test_defaults_memory_on_for_topk_and_randomk_off_for_unbiased():
 def test_bad_arguments_are_clear_errors(make):
     with pytest.raises(ValueError, match="hvdspar"):
         make()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gspar:rho=0.1,rho=0.2", "'rho' is given twice"),  # took the last value silently before
+    ("gspar:rho=0.1,,", "empty argument"),  # was accepted before
+    ("topk:ratio=0.1,", "empty argument"),
+    ("gspar:rho", "expected key=value"),
+])
+def test_malformed_specs_are_refused_naming_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        hvdspar.from_spec(spec)
+    assert hvdspar.from_spec("qsgd:", seed=1).spec() == hvdspar.from_spec("qsgd", seed=1).spec()  # no arguments

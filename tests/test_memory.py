@@ -126,6 +126,7 @@ def test_checkpoint_round_trip_restores_memory_and_random_streams(tmp_path, name
 
     fresh = MAKERS[name]()
     if how == "build":  # slots created eagerly: restoration is immediate, and checkable before any step
+        fresh.bucket_mb = 0  # as the stepper sends them: each tensor alone
         hvdspar.build(fresh, [tf.zeros(s) for s in SHAPES])
     status = tf.train.Checkpoint(compressor=fresh).restore(path)
     if how == "build":
@@ -178,15 +179,34 @@ def test_track_puts_memory_in_model_save_weights_and_model_checkpoint(tmp_path):
         np.testing.assert_array_equal(model2.get_weights()[0], model.get_weights()[0])
 
 
-def test_build_rejects_a_mismatched_variable_list():
+def test_build_makes_one_state_per_message_as_training_keys_it():
+    variables = [tf.Variable(tf.zeros(s)) for s in SHAPES]
     comp = MAKERS["topk"]()
-    hvdspar.build(comp, [tf.zeros(s) for s in SHAPES])
-    hvdspar.build(comp, [tf.zeros(s) for s in SHAPES])  # idempotent
-    assert len(comp.slots) == 2
-    with pytest.raises(ValueError, match="slot 0"):
-        hvdspar.build(comp, [tf.zeros((5,))])
+    hvdspar.build(comp, variables)
+    hvdspar.build(comp, variables)  # idempotent
+    assert [s.shape.as_list() for s in comp.slots] == [[65]]  # one bucket: the kernel and the bias
+    per_tensor = hvdspar.TopK(ratio=0.1, seed=11, bucket_mb=0)
+    hvdspar.build(per_tensor, variables)
+    assert [s.shape.as_list() for s in per_tensor.slots] == [[12, 5], [5]]
     with pytest.raises(TypeError):
         hvdspar.track(keras_model(), object())
+
+
+def test_a_checkpoint_of_another_bucket_layout_fails_naming_the_layout(tmp_path):
+    """A per-tensor checkpoint (bucket_mb=0, or hvdspar before buckets became the default) restored
+    into a bucketed compressor: an hvdspar error that says what differs and what to do, not
+    TensorFlow's raw shape error."""
+    variables = [tf.Variable(tf.zeros(s)) for s in SHAPES]
+    old = hvdspar.GSpar(rho=0.2, memory=True, seed=11, bucket_mb=0)
+    hvdspar.build(old, variables)
+    path = tf.train.Checkpoint(compressor=old).save(str(tmp_path / "ckpt"))
+    new = hvdspar.GSpar(rho=0.2, memory=True, seed=11)
+    tf.train.Checkpoint(compressor=new).restore(path)
+    with pytest.raises(ValueError, match="another bucket layout.*bucket_mb=0"):
+        hvdspar.build(new, variables)
+    again = hvdspar.GSpar(rho=0.2, memory=True, seed=11, bucket_mb=0)  # the layout it was written with
+    tf.train.Checkpoint(compressor=again).restore(path).assert_existing_objects_matched()
+    hvdspar.build(again, variables)
 
 
 def mean_estimation_with_topk(memory, steps=2000, d=20, noise=3.0, lr=0.01):

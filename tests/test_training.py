@@ -194,6 +194,12 @@ def test_help_documents_every_flag():
         (["--groups", "-1"], "--groups must be"),
         (["--optimizer", "svrg", "--groups", "1"], "--groups applies"),
         (["--model", "cnn", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
+        (["--lr", "nan"], "--lr must be a finite number"),  # trained to NaN with exit 0 before
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--momentum", "-inf"], "--momentum must be a finite number"),
+        (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+        (["--compressor", "gspar:rho=0.1,rho=0.2"], "given twice"),
+        (["--compressor", "gspar:rho=0.1,,"], "empty argument"),
     ],
 )
 def test_bad_flags_fail_before_training(args, message):

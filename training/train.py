@@ -21,6 +21,7 @@ interrupted run ends at the same weights as an uninterrupted one.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -163,8 +164,13 @@ def validate(args, parser):
     for name in ("limit", "steps_per_epoch", "svrg_inner"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("lr", "momentum", "c1", "c2"):  # argparse's float() takes "nan" and "inf"
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     if args.lr <= 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
+    if not 0.0 <= args.momentum < 1.0:
+        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
     if not 0.0 <= args.c2 <= 1.0 or args.c1 < 0:
         parser.error(f"--c1 must be >= 0 and --c2 in [0, 1]; got {args.c1}, {args.c2}")
     try:

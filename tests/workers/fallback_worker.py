@@ -23,7 +23,7 @@ gathered_bytes = counter.gathered
 # tensors of at most 3 float32 elements. So the model is a 3-feature logistic
 # regression: kernel (3, 1) and bias (1,), both predicted (and sent) dense.
 d, k = 3, 1
-comp = hvdspar.GSpar(rho=0.9, seed=5)
+comp = hvdspar.GSpar(rho=0.9, seed=5, bucket_mb=0)  # per tensor: each of these tiny tensors goes dense
 comp.exchange = counter
 shapes = [(d, k), (k,)]
 expected_dense = [
