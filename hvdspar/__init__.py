@@ -27,7 +27,7 @@ Modules, one idea each:
 __version__ = "0.1.0"
 
 from hvdspar.probabilities import probabilities, water_level  # noqa: E402
-from hvdspar.compressor import Compressor  # noqa: E402
+from hvdspar.compressor import Compressor, in_step_compressors  # noqa: E402
 from hvdspar.gspar import GSpar, UniSp  # noqa: E402
 from hvdspar.topk import TopK, RandomK  # noqa: E402
 from hvdspar.atomo import Atomo  # noqa: E402
@@ -41,6 +41,7 @@ __all__ = [
     "probabilities",
     "water_level",
     "Compressor",
+    "in_step_compressors",
     "GSpar",
     "UniSp",
     "TopK",

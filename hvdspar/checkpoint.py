@@ -33,7 +33,6 @@ under a per-rank path).
 
 import tensorflow as tf
 
-from hvdspar.state import SlotState
 
 ATTRIBUTE = "hvdspar_compressor"
 

@@ -1,69 +1,27 @@
 """The base of every hvdspar compressor: Horovod's two-method interface around a codec.
 
-A compressor is made of pieces, one module each:
+A gradient's trip (docs/design.md says why each step is where it is):
 
-    codec           the method's message: encode / decode_sum / expected_nbytes (``hvdspar.codec``)
-    error feedback  with memory=True: e = m + g, send gamma Q(e), m <- e - C(e) (``hvdspar.error_feedback``)
-    exchange        the collectives: Horovod's, or in-process for tests (``hvdspar.exchange``)
-    fallback        per message: compressed or dense (``hvdspar.fallback``)
-    state           per message: memory, random stream, byte counters (``hvdspar.state``)
-
-A method's compressor class (``GSpar``, ``QSGD``, ...) only builds its codec.
-This class runs the pieces, once for all methods. A gradient's whole trip, in this file:
-
-    compress(g):    bucket: g alone, or with the other tensors of its Horovod group (``hvdspar.buckets``)
-                    the bucket's first member sends it (``_send``):
-                      x = concat(g...) + m (error feedback: ``feed``)
-                      plan: dense or compressed (per bucket, at trace time; at run time under elastic)
-                      dense:      hand each member's part of x to Horovod's allreduce as it is
-                      compressed: message = codec.encode(x); gathered = exchange.allgather(message);
-                                  hand Horovod one placeholder per member (``exchange.placeholder``)
-                      reduced:    a codec summing by allreduce (PowerSGD): total = codec.reduce_sum(x),
-                                  its own op=Sum allreduces; one placeholder (``_send_reduced``)
+    compress(g):    the bucket g travels in (``_bucket_for``: Horovod's group, or a bucket of its
+                    gradient list built where every member's tf.cond reaches it, or g alone)
+                    the bucket's first member sends it (``_send``): a signature check every rank
+                    takes alike; x = concat(g...) + m; plan (``hvdspar.fallback``); then
+                      dense:      each member hands its part of x to Horovod's allreduce
+                      compressed: encode, allgather (decoded here when members sit in different conds)
+                      reduced:    a codec summing by allreduce itself (PowerSGD)
+                    hand Horovod a placeholder per member (``exchange.placeholder``)
     Horovod:        allreduce of what compress returned, with the user's op and scale factors
-    decompress(t):  (``_receive``)
-                    dense:      t is Horovod's result; m <- x - sent
-                    compressed: total = codec.decode_sum(gathered, factor=t[0]) (once per bucket:
-                                t[0] is Horovod's factor, applied to the entries before the dense sum is
-                                written); m <- x - C(x); the random stream advances; result = member's part
-                    reduced:    as compressed, with total = t[0] * the codec's sum, and the codec's
-                                state (PowerSGD's Q) updated too, when every rank was finite
+    decompress(t):  t[0] is Horovod's factor; the member's part of factor x the decoded sum
+                    (``_receive``); memory, stream and figures updated once per bucket, never
+                    from a step where a rank was not finite; Horovod's gradient attached
 
-So ``op=hvd.Sum``/``hvd.Average``, ``prescale_factor``/``postscale_factor`` and
-``gradient_predivide_factor`` give what Horovod gives without compression, in
-expectation, on every build (see ``hvdspar.exchange``).
-
-Buckets (``bucket_mb=``): Horovod calls compress() for every tensor of a group
-(``groups=``/``num_groups=``, ``hvd.grouped_allreduce``) before any
-decompress(), so a group travels as one message per bucket of at most
-``bucket_mb`` MB (None: the whole group; 0: every tensor alone). One traced
-encoder, one allgather and one header per bucket instead of per tensor.
-Without ``groups=`` Horovod calls every tensor alone, and so does hvdspar.
-
-Non-finite gradients (``nonfinite=``): with "propagate" (default) a step where
-any rank's gradient holds NaN or Inf returns a non-finite result on every rank,
-as Horovod's own allreduce does, so Keras' ``LossScaleOptimizer`` skips that
-step on every rank and lowers its scale; nothing of that step enters the
-error-feedback memory, the variance figures or the random streams. "raise"
-stops training with a clear error instead.
-
-The dense fallback (``fallback=``: True by bytes, "auto" by bytes then by
-time, False never) is decided per message at trace time, alike on every rank,
-by ``hvdspar.fallback``, and counted in ``traffic()["dense_tensors"]``; under
-elastic training the byte rule runs in the graph at every step
-(``_send_planned_at_run_time``).
-
-State (``SlotState``: memory, random stream, traffic counters) is kept per
-message (a tensor or a bucket): inside a ``tf.function`` by its position in
-Horovod's call order (a retrace restarts the order); in eager calls of
-``hvd.allreduce`` by its ``name=`` and otherwise its shape and dtype. It is a
-``tf.Module``: put the compressor in a ``tf.train.Checkpoint`` (or
-``hvdspar.track(model, compressor)``) and error-feedback memory survives a save
-and restore.
+Tensors that cannot carry a compressed message (integers, op=Min/Max/Product, a shape
+unknown at trace time with no variable to take it from) travel as Horovod's none sends
+them. State (``SlotState``) is one per message, keyed by its variables where Horovod's
+frame names them (``_slot_for``); a compressor is a ``tf.Module``, so checkpoints hold it.
 """
 
 import collections
-import contextlib
 import logging
 import random
 import re
@@ -114,6 +72,7 @@ class _Bucket:
         self.shape = self.shapes[0] if len(self.shapes) == 1 else tf.TensorShape([self.d])
         self.kind = None  # "dense", "sparse", "reduced" or RUN_TIME, set by _send
         self.dense_parts = None  # dense: what each member hands Horovod
+        self.placeholder = None  # compressed, members in separate conds: the placeholder they hand Horovod
         self.x = None  # the flat message input: concat(g) (+ memory)
         self.flat_sent = None  # dense: the flat tensor sent
         self.enc = self.gathered = None  # sparse: this rank's message, every rank's messages
@@ -233,6 +192,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         if bucket.kind == "dense":
             return bucket.dense_parts[j], _Member(bucket, j, tensor)
         # Horovod reduces one placeholder per member (a few bytes each); each carries its factor back.
+        if bucket.placeholder is not None:  # made beside the bucket: no stateful op in the member's cond
+            return tf.identity(bucket.placeholder), _Member(bucket, j, tensor)
         return self.exchange.placeholder(bucket.dtype, site.process_set), _Member(bucket, j, tensor)
 
     @tf.autograph.experimental.do_not_convert
@@ -301,8 +262,14 @@ class Compressor(_HorovodCompressor, tf.Module):
         Built in the graph of the bucket's tensors, so that every member's branch can reach it."""
         here = tf.compat.v1.get_default_graph()
         graph = _graph_of(bucket.tensors[0], here)
-        with (graph.as_default() if graph is not here else contextlib.nullcontext()):
-            self._send_here(bucket, outer=graph is not here)
+        if graph is here:
+            return self._send_here(bucket, outer=False)
+        # Horovod's rank and size ops are stateful without a resource, which TensorFlow runs in program
+        # order: made here, once, they keep the members' conds free of them (and of each other).
+        with graph.as_default(), graph.name_scope(""), tf.name_scope("hvdspar"):
+            self._send_here(bucket, outer=True)
+            if bucket.kind != "dense":
+                bucket.placeholder = self.exchange.placeholder(bucket.dtype, bucket.site.process_set)
 
     def _send_here(self, bucket, outer):
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
@@ -539,6 +506,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         group = site.group if bucketing and site.group is not None and len(site.group) > 1 else None
         if group is not None and any(t is tensor for t in group):
             return self._group_bucket(tensor, site, group)
+        if site.grads is not None and not tf.executing_eagerly():
+            self._count_horovod_path(site)
         if bucketing and site.grads is not None and not tf.executing_eagerly() and not exchange.elastic():
             layout = self._layout(site)
             i = site.position(tensor)
@@ -546,7 +515,8 @@ class Compressor(_HorovodCompressor, tf.Module):
                 b, j = layout.where[i]
                 if b not in layout.buckets:
                     positions = layout.parts[b]
-                    members = [_with_static_shape(site.grads[p], site) for p in positions]
+                    with layout.graph.as_default():  # where every member's branch can reach them
+                        members = [_with_static_shape(site.grads[p], site) for p in positions]
                     variables = [site.vars[p] for p in positions] if site.vars is not None else None
                     slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site,
                                                     _shapes_key(members), variables)
@@ -576,6 +546,37 @@ class Compressor(_HorovodCompressor, tf.Module):
         self._layouts.clear()  # one trace's layout at a time: drop the references to older graphs
         self._layouts[key] = layout
         return layout
+
+    def _count_horovod_path(self, site):
+        """Count the gradients that Horovod sends itself and never hands to compress: ``IndexedSlices``
+        (an embedding's rows), whose values and indices it allgathers. Their bytes as sent go into
+        ``traffic()`` beside the compressed messages, their dense size as the dense equivalent, so
+        a model with an embedding reports the ratio it really got. Once per trace and gradient list,
+        in the graph of the gradients, in one state per variable."""
+        key = (trace_key(), tuple(id(g) for g in site.grads))
+        counted = self.__dict__.setdefault("_counted", set())
+        if key in counted:
+            return
+        counted.clear()
+        counted.add(key)
+        for i, g in enumerate(site.grads):
+            if not isinstance(g, tf.IndexedSlices) or site.vars is None or i >= len(site.vars):
+                continue
+            variable = site.vars[i]
+            shape, dtype = tf.TensorShape(variable.shape), tf.as_dtype(g.values.dtype)
+            if not shape.is_fully_defined():
+                continue
+            var_key = ("horovod", _variable_key(variable))
+            index = self._by_variables.get(var_key)
+            if index is None:
+                index = self._by_variables[var_key] = len(self.slots)
+                with tf.init_scope():
+                    self.slots.append(SlotState(index, shape, dtype, memory=False))
+            with _graph_of(g.values, tf.compat.v1.get_default_graph()).as_default():
+                rows = tf.size(g.values, out_type=tf.int64)
+                sent = rows * dtype.size + tf.size(g.indices, out_type=tf.int64) * g.indices.dtype.size
+                self.slots[index].record(sent, shape.num_elements() * dtype.size, shape.num_elements(), rows,
+                                         dense=False)
 
     def messages(self, shapes, dtypes):
         """The messages of a gradient list without groups=: lists of positions that travel together

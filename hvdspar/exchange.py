@@ -27,11 +27,13 @@ of ``num_ranks`` ranks inside one process, for unit tests: this process is one
 rank of it, and every other rank's message is given by
 ``peers`` (by default, an equal copy of this rank's).
 
-What Horovod does not hand to ``compress``, the process set and the op, is read
-from Horovod's own calling frame (``call_site``): the allgather must run on the
-same process set as the allreduce, and Adasum, Min/Max/Product or a
+What Horovod does not hand to ``compress``, the process set, the op, the scale
+factors and (from ``allreduce_grads``) the whole gradient list with its
+variables, is read from Horovod's own calling frames (``call_site``): the
+allgather must run on the same process set as the allreduce; Adasum or a
 reducescatter cannot carry a compressed message, so they are refused at trace
-time with a clear error.
+time with a clear error; Min/Max/Product do not sum, so the compressor passes
+their tensors through (``sums``).
 
 Cost model (per rank, ring algorithms, M ranks): an allgather of messages of m
 bytes moves (M-1) m bytes, a ring allreduce of D dense bytes 2 (M-1)/M D. The
@@ -249,6 +251,10 @@ def allgather(message, process_set=None, name=None):
     return _hvd().allgather(message, **kwargs)
 
 
+#: the dtypes Horovod's allreduce takes; a signature of another dtype names it in its shape
+_HOROVOD_DTYPES = (tf.uint8, tf.int8, tf.int32, tf.int64, tf.float16, tf.float32, tf.float64)
+
+
 def check_signature(tensors, process_set=None, name=None):
     """A collective of no bytes that every rank takes alike before a message: Horovod's allreduce of
     empty tensors [0, *shape] of each tensor's dtype (grouped where there are several, all of one
@@ -259,7 +265,9 @@ def check_signature(tensors, process_set=None, name=None):
     if not _initialized():
         return []
     hvd = _hvd()
-    empties = [tf.zeros([0] + t.shape.as_list(), t.dtype) for t in tensors]
+    empties = [tf.zeros([0] + t.shape.as_list(), t.dtype) if t.dtype in _HOROVOD_DTYPES
+               else tf.zeros([0] + t.shape.as_list() + [t.dtype.as_datatype_enum], tf.uint8)  # bfloat16
+               for t in tensors]
     kwargs = {"op": hvd.Sum}
     if name and not tf.executing_eagerly():
         kwargs["name"] = name

@@ -158,3 +158,12 @@ def test_a_compressor_built_once_serves_every_trace_of_the_step():
     step(g, False)
     step(g, False)
     assert len(comp.slots) == 1 and int(comp.slots[0].calls.numpy()) == 3
+
+
+def test_tf1_graph_mode_is_refused_with_an_error_that_names_it():
+    """Horovod's own tests run each case in a TF1 graph too; hvdspar's state is created on first use,
+    which a TF1 graph would need a session to initialise: a clear error, not an uninitialised variable."""
+    comp = hvdspar.GSpar(rho=0.5, seed=1)
+    with tf.Graph().as_default():
+        with pytest.raises(RuntimeError, match="not in a TF1 graph.*Compression.none"):
+            comp.compress(tf.ones([4]))

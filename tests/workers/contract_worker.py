@@ -77,7 +77,7 @@ for case, make in cases.items():
         try:
             hvd.allreduce(make(), compression=comp)
             disagree[f"{case}/{label}"] = "no error"
-        except tf.errors.FailedPreconditionError as e:
+        except tf.errors.FailedPreconditionError:
             disagree[f"{case}/{label}"] = "FailedPrecondition"
         except Exception as e:  # noqa: BLE001 - the test reports which error it was
             disagree[f"{case}/{label}"] = f"{type(e).__name__}: {e}"[:300]
