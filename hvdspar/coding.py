@@ -24,7 +24,6 @@ from the header (``body_nbytes``), so messages of several ranks can simply be co
 """
 
 import collections
-import math
 
 import numpy as np
 import tensorflow as tf
