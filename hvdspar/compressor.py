@@ -24,7 +24,6 @@ frame names them (``_slot_for``); a compressor is a ``tf.Module``, so checkpoint
 import collections
 import logging
 import random
-import re
 import sys
 
 import numpy as np
@@ -59,8 +58,9 @@ class _Bucket:
     finished by the members' ``decompress`` (``Compressor._receive``). Python only.
     """
 
-    def __init__(self, tensors, slot, site, position, variables=None):
+    def __init__(self, tensors, slot, site, position, variables=None, graph=None):
         self.tensors = list(tensors)
+        self.graph = graph  # where to build it, when its members sit in separate Horovod conds
         self.slot, self.site, self.position = slot, site, position
         self.variables = variables
         self.dtype = slot.dtype
@@ -108,6 +108,7 @@ class _Layout:
     def __init__(self, graph, parts, where):
         self.graph, self.parts, self.where = graph, parts, where
         self.buckets = {}  # bucket index -> _Bucket, once sent
+
 
 class Compressor(_HorovodCompressor, tf.Module):
     """A Horovod compressor running ``codec`` (an ``hvdspar.codec.Codec``); see the module docstring.
@@ -157,7 +158,6 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.__dict__["_passed"] = set()  # reasons already logged for tensors sent as Horovod's none
         if tf.inside_function():
             _share_in_step_state(self)
-
 
     def __getattr__(self, name):
         """The method's arguments read on the compressor (``GSpar(rho=0.01).rho``) are its codec's."""
@@ -227,7 +227,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                                                   type(self).__name__, why)
         if not tensor.shape.is_fully_defined():
             return tensor
-        checked = self.exchange.check_signature([tensor], site.process_set, _signature_name(tensor))
+        checked = self.exchange.check_signature([tensor], site.process_set)
         with tf.control_dependencies(checked):
             return tf.identity(tensor)
 
@@ -261,8 +261,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         members sit in different Horovod branches, decode here), reduced or planned at run time.
         Built in the graph of the bucket's tensors, so that every member's branch can reach it."""
         here = tf.compat.v1.get_default_graph()
-        graph = _graph_of(bucket.tensors[0], here)
-        if graph is here:
+        graph = bucket.graph
+        if graph is None or graph is here:  # a group, or a tensor alone: in Horovod's own branch
             return self._send_here(bucket, outer=False)
         # Horovod's rank and size ops are stateful without a resource, which TensorFlow runs in program
         # order: made here, once, they keep the members' conds free of them (and of each other).
@@ -279,7 +279,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         self._fallback.log_at_first_step(self, slot, bucket.position, rank)
 
         # Ranks that disagree on a shape or dtype stop here, all of them (nothing else is sent before).
-        checked = self.exchange.check_signature(bucket.tensors, site.process_set, _signature_name(bucket.tensors[0]))
+        checked = self.exchange.check_signature(bucket.tensors, site.process_set)
         with tf.control_dependencies(checked):
             flat = [tf.reshape(t, [-1]) for t in bucket.tensors]
             x = flat[0] if len(flat) == 1 else tf.concat(flat, 0)
@@ -506,9 +506,12 @@ class Compressor(_HorovodCompressor, tf.Module):
         group = site.group if bucketing and site.group is not None and len(site.group) > 1 else None
         if group is not None and any(t is tensor for t in group):
             return self._group_bucket(tensor, site, group)
-        if site.grads is not None and not tf.executing_eagerly():
-            self._count_horovod_path(site)
-        if bucketing and site.grads is not None and not tf.executing_eagerly() and not exchange.elastic():
+        if site.grads is not None and not tf.executing_eagerly() and self.exchange.world(site.process_set)[0] > 1:
+            self._count_horovod_path(site)  # (Horovod sends nothing at one rank)
+        # Horovod's conds skip the allreduce at one rank (a constant, or at run time under elastic): a
+        # bucket built outside them would run anyway, so only where more than one rank is certain
+        if (bucketing and site.grads is not None and not tf.executing_eagerly() and not exchange.elastic()
+                and self.exchange.world(site.process_set)[0] > 1):
             layout = self._layout(site)
             i = site.position(tensor)
             if layout is not None and i in layout.where:
@@ -520,7 +523,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                     variables = [site.vars[p] for p in positions] if site.vars is not None else None
                     slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site,
                                                     _shapes_key(members), variables)
-                    layout.buckets[b] = _Bucket(members, slot, site, position, variables)
+                    layout.buckets[b] = _Bucket(members, slot, site, position, variables, layout.graph)
                 return layout.buckets[b], j
         tensor = _with_static_shape(tensor, site)
         variable = site.variable(tensor)
@@ -747,13 +750,6 @@ def _shapes_key(members):
 def _variable_key(variable):
     """A hashable key of a variable that outlives traces (a variable's ``ref()``)."""
     return variable.ref() if hasattr(variable, "ref") else id(variable)
-
-
-def _signature_name(tensor):
-    """A name for the signature check of the message starting with ``tensor`` (graph mode)."""
-    if tf.executing_eagerly() or isinstance(tensor, tf.__internal__.EagerTensor):
-        return None
-    return "HorovodAllreduce_hvdspar_signature_" + re.sub(r"[^a-zA-Z0-9_]", "_", tensor.name)
 
 
 def _check_tf2():

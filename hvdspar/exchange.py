@@ -260,9 +260,11 @@ def check_signature(tensors, process_set=None, name=None):
     empty tensors [0, *shape] of each tensor's dtype (grouped where there are several, all of one
     dtype). Ranks that disagree on a shape or a dtype get Horovod's ``FailedPreconditionError`` on
     every rank, as with ``Compression.none``, instead of one rank decoding the others' messages
-    wrongly and another waiting forever. Returns what the message's ops must wait for ([] before
+    wrongly and another waiting forever. Unnamed, Horovod names it after the empty tensor made here,
+    as it names its own (a name from the gradient's tensor can differ between an elastic survivor's
+    retrace and a joiner's trace). Returns what the message's ops must wait for ([] before
     hvd.init())."""
-    if not _initialized():
+    if not _initialized() or elastic():  # (an elastic survivor and a joiner hang in it after a reset)
         return []
     hvd = _hvd()
     empties = [tf.zeros([0] + t.shape.as_list(), t.dtype) if t.dtype in _HOROVOD_DTYPES

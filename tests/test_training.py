@@ -196,7 +196,7 @@ def test_help_documents_every_flag():
         (["--model", "cnn", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
         (["--lr", "nan"], "--lr must be a finite number"),  # trained to NaN with exit 0 before
         (["--lr", "inf"], "--lr must be a finite number"),
-        (["--momentum", "-inf"], "--momentum must be a finite number"),
+        (["--momentum", "nan"], "--momentum must be a finite number"),
         (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
         (["--compressor", "gspar:rho=0.1,rho=0.2"], "given twice"),
         (["--compressor", "gspar:rho=0.1,,"], "empty argument"),
