@@ -33,6 +33,8 @@ under a per-rank path).
 
 import tensorflow as tf
 
+from hvdspar.compressor import _flat_shape, _variable_key
+
 
 ATTRIBUTE = "hvdspar_compressor"
 
@@ -65,8 +67,8 @@ def build(compressor, variables):
     dtypes = [tf.as_dtype(v.dtype) for v in variables]
     for part in compressor.messages(shapes, dtypes):
         members = [variables[i] for i in part]
-        shape = shapes[part[0]] if len(part) == 1 else tf.TensorShape([sum(shapes[i].num_elements() for i in part)])
-        key = tuple(v.ref() for v in members)
+        shape = _flat_shape(members)
+        key = tuple(_variable_key(v) for v in members)
         index = compressor._by_variables.get(key)
         if index is None:
             index = len(compressor.slots)

@@ -58,11 +58,11 @@ class _Bucket:
     finished by the members' ``decompress`` (``Compressor._receive``). Python only.
     """
 
-    def __init__(self, tensors, slot, site, position, variables=None, graph=None):
+    def __init__(self, tensors, slot, site, position, graph=None):
         self.tensors = list(tensors)
         self.graph = graph  # where to build it, when its members sit in separate Horovod conds
+        self.outer = False  # built there (set by _send)
         self.slot, self.site, self.position = slot, site, position
-        self.variables = variables
         self.dtype = slot.dtype
         self.shapes = [t.shape for t in self.tensors]
         self.sizes = [s.num_elements() for s in self.shapes]
@@ -523,7 +523,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                     variables = [site.vars[p] for p in positions] if site.vars is not None else None
                     slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site,
                                                     _shapes_key(members), variables)
-                    layout.buckets[b] = _Bucket(members, slot, site, position, variables, layout.graph)
+                    layout.buckets[b] = _Bucket(members, slot, site, position, layout.graph)
                 return layout.buckets[b], j
         tensor = _with_static_shape(tensor, site)
         variable = site.variable(tensor)
@@ -625,7 +625,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             variables = variables if all(v is not None for v in variables) else None
             slot, position = self._slot_for(_flat_shape(members), members[0].dtype, site, _shapes_key(members),
                                             variables)
-            open_buckets[b] = _Bucket(members, slot, site, position, variables)
+            open_buckets[b] = _Bucket(members, slot, site, position)
         bucket = open_buckets[b]
         if pos == parts[-1][-1]:
             self.__dict__["_group"] = None  # the group is sent: drop the references to its graph's tensors

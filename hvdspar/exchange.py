@@ -255,7 +255,7 @@ def allgather(message, process_set=None, name=None):
 _HOROVOD_DTYPES = (tf.uint8, tf.int8, tf.int32, tf.int64, tf.float16, tf.float32, tf.float64)
 
 
-def check_signature(tensors, process_set=None, name=None):
+def check_signature(tensors, process_set=None):
     """A collective of no bytes that every rank takes alike before a message: Horovod's allreduce of
     empty tensors [0, *shape] of each tensor's dtype (grouped where there are several, all of one
     dtype). Ranks that disagree on a shape or a dtype get Horovod's ``FailedPreconditionError`` on
@@ -271,8 +271,6 @@ def check_signature(tensors, process_set=None, name=None):
                else tf.zeros([0] + t.shape.as_list() + [t.dtype.as_datatype_enum], tf.uint8)  # bfloat16
                for t in tensors]
     kwargs = {"op": hvd.Sum}
-    if name and not tf.executing_eagerly():
-        kwargs["name"] = name
     if process_set is not None:
         kwargs["process_set"] = process_set
     if len(empties) == 1:
@@ -325,9 +323,9 @@ class Horovod:
         """The sum over the ranks of a dense tensor."""
         return allreduce_sum(tensor, process_set, name)
 
-    def check_signature(self, tensors, process_set=None, name=None):
+    def check_signature(self, tensors, process_set=None):
         """Fail on every rank where the ranks disagree on shapes or dtypes (``check_signature``)."""
-        return check_signature(tensors, process_set, name)
+        return check_signature(tensors, process_set)
 
     def placeholder(self, dtype, process_set=None):
         """What Horovod allreduces in place of a compressed message: [1] on the set's root, [0] elsewhere.
@@ -373,7 +371,7 @@ class InProcess(Horovod):
     def allreduce_sum(self, tensor, process_set=None, name=None):
         return tensor * tf.cast(self.num_ranks, tensor.dtype)
 
-    def check_signature(self, tensors, process_set=None, name=None):
+    def check_signature(self, tensors, process_set=None):
         return []  # one process: every "rank" holds the same tensors
 
 

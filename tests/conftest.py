@@ -47,6 +47,15 @@ def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True):
     return results, output
 
 
+def worker_results(worker, tmp_path_factory, np=2, timeout=600):
+    """Per-rank results of tests/workers/<worker>.py under ``np`` ranks, for a module fixture; fails
+    with the output's tail where a rank wrote nothing (a hang fails by the timeout)."""
+    results, output = run_horovod([str(WORKERS / f"{worker}.py")], tmp_path_factory.mktemp(worker), np=np,
+                                  timeout=timeout)
+    assert all(r is not None for r in results), output[-4000:]
+    return results
+
+
 def _rank_errors(output, limit=8000):
     """The ranks' own lines (not the launcher's traceback, not TF's warnings)."""
     lines = [

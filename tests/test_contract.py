@@ -8,7 +8,7 @@ optimizers.
 
 import pytest
 
-from tests.conftest import WORKERS, run_horovod
+from tests.conftest import worker_results
 
 pytestmark = pytest.mark.slow
 
@@ -16,10 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
     # a hang (ranks that disagree, before the signature check) fails by the timeout
-    results, output = run_horovod([str(WORKERS / "contract_worker.py")], tmp_path_factory.mktemp("contract"),
-                                  timeout=900)
-    assert all(r is not None for r in results), output[-4000:]
-    return results
+    return worker_results("contract_worker", tmp_path_factory, timeout=900)
 
 
 def test_integers_and_min_max_product_travel_as_none_sends_them(contract):

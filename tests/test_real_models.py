@@ -4,17 +4,14 @@ message, and an embedding model with and without sparse_as_dense, its bytes besi
 
 import pytest
 
-from tests.conftest import WORKERS, run_horovod
+from tests.conftest import worker_results
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def real_models(tmp_path_factory):
-    results, output = run_horovod([str(WORKERS / "real_models_worker.py")], tmp_path_factory.mktemp("real"),
-                                  timeout=900)
-    assert all(r is not None for r in results), output[-4000:]
-    return results
+    return worker_results("real_models_worker", tmp_path_factory, timeout=900)
 
 
 def test_a_transformer_encoder_trains_in_one_message_with_only_compression_set(real_models):
