@@ -10,7 +10,7 @@ import tensorflow as tf
 #: device memory on a GPU (int32 tensors of most ops it keeps in host memory: a copy each way)
 WORD = tf.int64
 
-_BYTE_SHIFTS = tf.constant([0, 1, 2, 3, 4, 5, 6, 7], WORD)
+_BYTE_SHIFTS = (0, 1, 2, 3, 4, 5, 6, 7)  # (Python values: a tensor made at import belongs to that graph)
 
 
 def ceil_div(a, b):
@@ -28,13 +28,13 @@ def pack_bits(bits):
     bits = tf.cast(tf.reshape(bits, [-1]), WORD)
     n = tf.size(bits, out_type=tf.int64)
     words = tf.reshape(zero_padded(bits, ceil_div(n, 8) * 8), [-1, 8])
-    return tf.cast(tf.reduce_sum(tf.bitwise.left_shift(words, _BYTE_SHIFTS), axis=1), tf.uint8)
+    return tf.cast(tf.reduce_sum(tf.bitwise.left_shift(words, tf.constant(_BYTE_SHIFTS, WORD)), axis=1), tf.uint8)
 
 
 def unpack_bits(data, nbits):
     """uint8 bytes -> the first ``nbits`` bits as a 0/1 tensor (``WORD``)."""
     data = tf.cast(tf.reshape(data, [-1, 1]), WORD)
-    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(data, _BYTE_SHIFTS), 1)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(data, tf.constant(_BYTE_SHIFTS, WORD)), 1)
     return tf.reshape(bits, [-1])[:nbits]
 
 
@@ -54,7 +54,7 @@ def pack_positions(positions, nbits):
     return tf.cast(tf.math.segment_sum(fields, rows)[:nbytes], tf.uint8)
 
 
-_LOW32 = tf.constant(0xFFFFFFFF, tf.uint64)
+_LOW32 = 0xFFFFFFFF
 
 
 def pack_uints(values, width):
@@ -90,7 +90,7 @@ def pack_uints(values, width):
     if count > 2:  # v >> (64 - r) as two shifts, so that r = 0 gives 0 (TF leaves a shift by 64 undefined)
         pieces.append(tf.bitwise.right_shift(tf.bitwise.right_shift(v, 63 - r), tf.constant(1, tf.uint64)))
     words = tf.add_n([
-        tf.matmul(tf.cast(tf.bitwise.bitwise_and(p, _LOW32), tf.float64),
+        tf.matmul(tf.cast(tf.bitwise.bitwise_and(p, tf.constant(_LOW32, tf.uint64)), tf.float64),
                   tf.one_hot(q + k, tf.cast(width, tf.int32), dtype=tf.float64))  # [32, w]: value j -> word q_j + k
         for k, p in enumerate(pieces)
     ])  # [groups, w]
@@ -150,7 +150,6 @@ def unpack_uints(data, count, width, xla=False):
     return _values_of_words(words, width, count)
 
 
-_BIT_SHIFTS_U8 = tf.constant([0, 1, 2, 3, 4, 5, 6, 7], tf.uint8)
 #: below this many bytes ``set_bit_positions`` pads to it: one compiled shape for every small stream
 _MIN_PADDED_BYTES = 1 << 10
 
@@ -158,7 +157,8 @@ _MIN_PADDED_BYTES = 1 << 10
 @tf.function(jit_compile=True, autograph=False)
 def _set_bits(data, nbits):
     """bool [8 len(data)]: bit j of the stream is set and j < nbits; one XLA loop on uint8 lanes."""
-    b = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(data, [-1, 1]), _BIT_SHIFTS_U8),
+    shifts = tf.constant(_BYTE_SHIFTS, tf.uint8)
+    b = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.reshape(data, [-1, 1]), shifts),
                                tf.constant(1, tf.uint8))
     b = tf.reshape(b, [-1])
     return tf.logical_and(b > 0, tf.range(tf.size(b, out_type=tf.int64), dtype=tf.int64) < nbits)

@@ -101,7 +101,7 @@ def ef_decode(data, n, d):
 
 # --- Dense 2-bit symbols --------------------------------------------------------------------
 
-_SYMBOL_SHIFTS = tf.constant([0, 2, 4, 6], bits.WORD)
+_SYMBOL_SHIFTS = (0, 2, 4, 6)
 
 
 def symbols_encode(msg, d):
@@ -111,14 +111,16 @@ def symbols_encode(msg, d):
     sym = tf.tensor_scatter_nd_update(sym, tf.expand_dims(msg.idx_a, 1),
                                       tf.fill(tf.shape(msg.idx_a), tf.constant(3, bits.WORD)))
     sym = tf.concat([sym, tf.zeros([bits.ceil_div(d, 4) * 4 - d], bits.WORD)], 0)  # (Pad has no int64 GPU kernel)
-    packed = tf.reduce_sum(tf.bitwise.left_shift(tf.reshape(sym, [-1, 4]), _SYMBOL_SHIFTS), axis=1)
+    shifts = tf.constant(_SYMBOL_SHIFTS, bits.WORD)
+    packed = tf.reduce_sum(tf.bitwise.left_shift(tf.reshape(sym, [-1, 4]), shifts), axis=1)
     return tf.cast(packed, tf.uint8)
 
 
 def symbols_decode(data, d):
     """Bytes -> (idx_a, idx_b, neg_b)."""
     words = tf.cast(tf.reshape(data, [-1, 1]), bits.WORD)
-    sym = tf.reshape(tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, _SYMBOL_SHIFTS), 3), [-1])[:d]
+    shifts = tf.constant(_SYMBOL_SHIFTS, bits.WORD)
+    sym = tf.reshape(tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, shifts), 3), [-1])[:d]
     idx_a = tf.reshape(tf.where(tf.equal(sym, 3)), [-1])
     idx_b = tf.reshape(tf.where(tf.logical_or(tf.equal(sym, 1), tf.equal(sym, 2))), [-1])
     neg_b = tf.equal(tf.gather(sym, idx_b), 2)

@@ -754,8 +754,11 @@ def _variable_key(variable):
 
 def _check_tf2():
     """hvdspar needs TensorFlow 2's eager execution or tf.function (its state is in variables created
-    on first use, which a TF1 graph would need a session to initialise)."""
-    if not tf.executing_eagerly() and not tf.inside_function():
+    on first use, which a TF1 graph would need a session to initialise), also around a tf.function
+    (a tf.function called in a TF1 graph has that graph outside it)."""
+    with tf.init_scope():
+        outside_eager = tf.executing_eagerly()
+    if not outside_eager:
         raise RuntimeError(
             "hvdspar: compressors run in TensorFlow 2's eager mode or inside tf.function, not in a TF1 graph "
             "(tf.compat.v1 sessions): their state (random stream, memory, traffic) is created on first use. "

@@ -270,7 +270,7 @@ def check_signature(tensors, process_set=None):
     empties = [tf.zeros([0] + t.shape.as_list(), t.dtype) if t.dtype in _HOROVOD_DTYPES
                else tf.zeros([0] + t.shape.as_list() + [t.dtype.as_datatype_enum], tf.uint8)  # bfloat16
                for t in tensors]
-    kwargs = {"op": hvd.Sum}
+    kwargs = {"op": hvd.Sum, "compression": hvd.Compression.none}
     if process_set is not None:
         kwargs["process_set"] = process_set
     if len(empties) == 1:
@@ -283,7 +283,7 @@ def allreduce_gradient(grad, site):
     op: the allreduce of the upstream gradient with the call's op and scale factors."""
     hvd = _hvd()
     kwargs = {"op": site.op if site.op is not None else hvd.Average, "prescale_factor": site.prescale,
-              "postscale_factor": site.postscale}
+              "postscale_factor": site.postscale, "compression": hvd.Compression.none}
     if site.process_set is not None:
         kwargs["process_set"] = site.process_set
     return hvd.allreduce(grad, **kwargs)
@@ -297,7 +297,7 @@ def allreduce_sum(tensor, process_set=None, name=None):
     kwargs = {"name": name} if name else {}
     if process_set is not None:
         kwargs["process_set"] = process_set
-    return hvd.allreduce(tensor, op=hvd.Sum, **kwargs)
+    return hvd.allreduce(tensor, op=hvd.Sum, compression=hvd.Compression.none, **kwargs)
 
 
 class Horovod:
@@ -389,21 +389,31 @@ def placeholder_nbytes(dtype):
     return placeholder_dtype(dtype).size
 
 
-def horovod_step_bytes(variables, compression=None):
+def horovod_step_bytes(variables, compression=None, gradients=None):
     """(bytes a rank sends, dense bytes) in one step where Horovod's own compression allreduces the
     gradients of ``variables``: every tensor once at its dtype's size with ``Compression.none``
     (or None, or "none"); with ``Compression.fp16`` (or "fp16") floating tensors travel as
     float16, 2 bytes an element, as Horovod's FP16Compressor casts them, and the others as they
-    are. The one count of Horovod's none/fp16 bytes for training, tracking and the benchmarks.
-    (With one rank Horovod skips the collective; callers counting wire bytes take 0 there.)"""
+    are. With ``gradients`` (one step's, in the order of ``variables``), an ``IndexedSlices``
+    gradient (an embedding without ``sparse_as_dense``) counts as Horovod sends it: its values and
+    indices, allgathered and never compressed. The one count of Horovod's none/fp16 bytes for
+    training, tracking and the benchmarks. (With one rank Horovod skips the collective; callers
+    counting wire bytes take 0 there.)"""
     name = compression if isinstance(compression, str) else getattr(compression, "__name__", type(compression).__name__)
     fp16 = "fp16" in str(name).lower()
+    variables = list(variables)
+    gradients = [None] * len(variables) if gradients is None else list(gradients)
+    if len(gradients) != len(variables):
+        raise ValueError(f"hvdspar: {len(gradients)} gradients for {len(variables)} variables")
     sent = dense = 0
-    for v in variables:
+    for v, g in zip(variables, gradients):
         n = int(v.shape.num_elements())
         size = v.dtype.size
         dense += n * size
-        sent += n * (min(size, 2) if fp16 and v.dtype.is_floating else size)
+        if isinstance(g, tf.IndexedSlices):
+            sent += int(tf.size(g.values)) * g.values.dtype.size + int(tf.size(g.indices)) * g.indices.dtype.size
+        else:
+            sent += n * (min(size, 2) if fp16 and v.dtype.is_floating else size)
     return sent, dense
 
 

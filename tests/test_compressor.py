@@ -4,6 +4,9 @@ compress() encodes and gathers (one message here), decompress() decodes and mult
 the reduced placeholder: Horovod's factor. The 2-rank versions are in tests/test_dropin.py.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -167,3 +170,43 @@ def test_tf1_graph_mode_is_refused_with_an_error_that_names_it():
     with tf.Graph().as_default():
         with pytest.raises(RuntimeError, match="not in a TF1 graph.*Compression.none"):
             comp.compress(tf.ones([4]))
+
+
+def test_a_tf_function_called_inside_a_tf1_graph_is_refused_with_the_same_error():
+    """Horovod's test_model_parallel_model calls a tf.function from its TF1-graph half: the state
+    would be made in that graph (outside the function) and captured as an EagerTensor; the same
+    clear error as in the graph itself instead of TensorFlow's 'Attempting to capture an EagerTensor'."""
+    comp = hvdspar.GSpar(rho=0.5, seed=1)
+
+    @tf.function
+    def step(x):
+        tensor, ctx = comp.compress(x)
+        return comp.decompress(tensor, ctx)
+
+    with tf.Graph().as_default():
+        with pytest.raises(RuntimeError, match="not in a TF1 graph.*Compression.none"):
+            step(tf.ones([4]))
+    # and in TensorFlow 2 such a function traces and runs
+    again = tf.function(step.python_function)
+    assert again(tf.ones([4])).shape == [4]
+
+
+def test_hvdspar_imported_inside_a_tf1_graph_still_works_in_eager_mode_afterwards():
+    """hvdspar made tensors at import (bit shifts, a mask) that belonged to whatever graph was the
+    default then: imported in the TF1 half of Horovod's tests, every later eager compress failed with
+    'is out of scope and cannot be used here'. Run in a fresh interpreter, as the import is once."""
+    script = (
+        "import tensorflow as tf\n"
+        "with tf.Graph().as_default():\n"
+        "    import hvdspar\n"
+        "    try:\n"
+        "        hvdspar.GSpar(rho=0.5, seed=1).compress(tf.ones([4]))\n"
+        "    except RuntimeError as e:\n"
+        "        assert 'TF1 graph' in str(e)\n"
+        "for comp in (hvdspar.GSpar(rho=0.5, seed=1), hvdspar.QSGD(levels=4, seed=1), hvdspar.TopK(ratio=0.5)):\n"
+        "    x = tf.random.stateless_normal([1000], seed=[1, 2])\n"
+        "    y = comp.decompress(*comp.compress(x))\n"
+        "    assert y.shape == [1000] and bool(tf.reduce_all(tf.math.is_finite(y)))\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

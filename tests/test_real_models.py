@@ -42,3 +42,7 @@ def test_indexed_slices_that_horovod_sends_itself_count_in_the_traffic(real_mode
         assert e["dense"] == r["embedding"]["none_dense"]["bytes"]  # was the dense layers' 264 bytes alone
         rows = 16 * 8  # a batch of 16 sequences of 8 tokens: float32 values and their indices
         assert e["bytes"] >= rows * 32 * 4 + rows * 4, e  # int32 indices (Keras)
+        # Horovod's none without sparse_as_dense, counted as Horovod sends it: the rows, not the table
+        none = r["embedding"]["none_slices"]
+        assert none["bytes"] == rows * 32 * 4 + rows * 4 + (32 * 2 + 2) * 4, none
+        assert none["bytes_without_gradients"] == r["embedding"]["none_dense"]["bytes"]

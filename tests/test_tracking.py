@@ -120,6 +120,32 @@ def test_one_count_of_horovods_none_and_fp16_bytes():
     assert horovod_step_bytes(variables, Compression.fp16)[0] == 30 * 2 + 3 * 2 + 4 * 2 + 5 * 2 + 2 * 4
 
 
+def test_horovods_none_bytes_count_an_embeddings_rows_as_horovod_allgathers_them():
+    """Without sparse_as_dense Horovod allgathers an IndexedSlices gradient's values and indices
+    (no compression touches them): given one step's gradients, horovod_step_bytes counts those, not
+    the embedding's dense size (which it counted before for every gradient)."""
+    import tensorflow as tf
+    from horovod.tensorflow.compression import Compression
+
+    from hvdspar.exchange import horovod_step_bytes
+
+    table, dense_w = tf.Variable(tf.ones([1000, 32])), tf.Variable(tf.ones([32, 2]))
+    ids = tf.constant([[1, 5, 7, 5]] * 3)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.matmul(tf.reduce_mean(tf.gather(table, ids), 1), dense_w))
+    grads = tape.gradient(loss, [table, dense_w])
+    assert isinstance(grads[0], tf.IndexedSlices)
+    rows = 12  # every looked-up row, repeats included, as the gradient holds them
+    expected = rows * 32 * 4 + rows * grads[0].indices.dtype.size + 32 * 2 * 4
+    for compression in (Compression.none, Compression.fp16):
+        sent, dense = horovod_step_bytes([table, dense_w], compression, gradients=grads)
+        assert dense == (1000 * 32 + 64) * 4
+        assert sent == (expected if compression is Compression.none else expected - 32 * 2 * 2), compression
+    assert horovod_step_bytes([table, dense_w])[0] == dense  # without gradients: every tensor dense
+    with pytest.raises(ValueError, match="1 gradients for 2 variables"):
+        horovod_step_bytes([table, dense_w], gradients=grads[:1])
+
+
 def test_custom_loop_logs_to_the_local_default_store(local_env, monkeypatch):
     from hvdspar import link
     from hvdspar.tracking import make_tracker

