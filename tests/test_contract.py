@@ -2,8 +2,8 @@
 
 Every case runs the same call with Horovod's Compression.none beside a lossless hvdspar compressor:
 every dtype and op, the gradient through the allreduce, ranks that disagree on shapes or dtypes, a
-model's gradients in one message with only compression= set, and one compressor given to two
-optimizers.
+model's gradients in one message with only compression= set, one compressor given to two
+optimizers, and local gradients (Horovod's partial tape, a model-parallel local source).
 """
 
 import pytest
@@ -62,3 +62,12 @@ def test_one_compressor_two_optimizers_keep_apart_state(contract):
     for r in contract:
         assert r["gan"]["slots"] == 2  # one message per model, keyed by its variables
         assert r["gan"]["max_diff"] == 0.0  # as with two compressors: no memory shared
+
+
+def test_local_gradients_and_model_parallel_match_none(contract):
+    """Horovod's PartialDistributedGradientTape (0, 1, 2 local layers) and a model-parallel embedding
+    registered as a local source (test_partial_distributed_gradient_tape, test_model_parallel_model):
+    the same gradients and step as Horovod's none, with the lossless compressor."""
+    for r in contract:
+        assert r["local"]["max_diff"] <= 1e-6, r["local"]
+        assert r["local"]["model_parallel_diff"] <= 1e-6, r["local"]

@@ -170,5 +170,52 @@ two = gan([hvdspar.TopK(ratio=0.2, memory=True), hvdspar.TopK(ratio=0.2, memory=
 gan_result = {"slots": len(shared.slots),
               "max_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))}
 
+# --- 6. local gradients: PartialDistributedGradientTape, register_local_source -------------------
+def local_grads(compression, num_local):
+    """Horovod's partial tape on a model whose weights differ by rank: the first ``num_local`` layers
+    are local (their gradient divided by size, not reduced), the rest averaged."""
+    init = tf.keras.initializers.Constant(float(rank + 1))
+    model = tf.keras.Sequential([tf.keras.layers.Dense(4, kernel_initializer=init, bias_initializer=init),
+                                 tf.keras.layers.Dense(3, kernel_initializer=init, bias_initializer=init)])
+    x = tf.constant(np.random.RandomState(rank).rand(2, 3), tf.float32)
+    model(x)
+
+    @tf.function
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x) ** 2)
+        tape = hvd.PartialDistributedGradientTape(tape, local_layers=model.layers[:num_local],
+                                                  compression=compression)
+        return tape.gradient(loss, model.trainable_variables)
+    return [g.numpy() for g in grads()]
+
+
+def model_parallel(compression):
+    """Horovod's model-parallel pattern: an embedding split over the ranks (alltoall inside the model),
+    its table registered as a local source of DistributedGradientTape, one SGD step."""
+    table = tf.Variable(tf.fill([7 + 2 * rank, 3], float(rank + 1)))
+    dense = tf.Variable(tf.ones([6, 1]))
+    ids = hvd.alltoall(tf.constant([rank + 1, rank] if rank == 0 else [rank + 2, rank + 3], tf.int64))
+
+    @tf.function
+    def step(ids):
+        with tf.GradientTape() as tape:
+            y = hvd.alltoall(tf.gather(table, ids))
+            loss = tf.reduce_mean(tf.square(tf.matmul(tf.reshape(y, [1, 6]), dense) - 1.0))
+        tape = hvd.DistributedGradientTape(tape, compression=compression)
+        tape.register_local_source(table)
+        g = tape.gradient(loss, [table, dense])
+        table.assign_sub(0.1 * tf.convert_to_tensor(g[0]))
+        dense.assign_sub(0.1 * g[1])
+        return loss
+    step(ids)
+    return [table.numpy(), dense.numpy()]
+
+
+local = {"max_diff": max(float(np.max(np.abs(a - b))) for n in (0, 1, 2)
+                         for a, b in zip(local_grads(hvd.Compression.none, n), local_grads(lossless(), n))),
+         "model_parallel_diff": max(float(np.max(np.abs(a - b))) for a, b in
+                                    zip(model_parallel(hvd.Compression.none), model_parallel(lossless())))}
+
 report(rank, passed=passed, adasum=adasum, grads=grads, disagree=disagree, bucketed=bucketed,
-       keras_fit=keras_fit, gan=gan_result)
+       keras_fit=keras_fit, gan=gan_result, local=local)
