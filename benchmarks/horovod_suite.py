@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from hvdspar.tracking.progress import bar
+
 ROOT = Path(__file__).resolve().parents[1]
 SELECTION = ("(allreduce and not gpu) or local_gradient_aggregation or partial_distributed_gradient_tape"
              " or model_parallel_model or Tf2KerasTests")
@@ -60,6 +62,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "horovod_suite.json"
     results = json.loads(path.read_text()) if path.exists() and not args.force else {}
+    progress = bar(len(RUNS), "horovod_suite", done=sum(f"{c}/{g}" in results for c, g in RUNS))
     for choice, graph in RUNS:
         key = f"{choice}/{graph}"
         if key in results:
@@ -68,6 +71,8 @@ def main(argv=None):
         results[key] = run(args.horovod_tests, choice, graph, args.timeout)
         path.write_text(json.dumps(results, indent=1))
         print(f"{key}: {results[key]['summary']} ({results[key]['seconds']} s)", flush=True)
+        progress.update()
+    progress.close()
     for key, r in results.items():
         print(f"{key:16s} {r['counts']}  failing: {', '.join(r['failing']) or '-'}")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from benchmarks import netns
 from benchmarks.common import log_to_mlflow, markdown
 from benchmarks.workers.real_model_worker import LOOPS, MODES
+from hvdspar.tracking.progress import bar
 
 ROOT = Path(__file__).resolve().parents[1]
 NETWORKS = {"loopback": None, "100mbit": "100mbit"}
@@ -132,15 +133,19 @@ def main(argv=None):
     todo = [(n, lp, m, mode, cap) for n in args.networks for lp in args.loops for m in args.models
             for mode in args.modes for cap in (args.bucket_mb if mode in ("gspar", "gspar-bucketed") else [None])
             if not (lp == "custom" and mode == "gspar-bucketed")]  # groups= is DistributedOptimizer's
+    finished = [] if args.force else [job for job in todo if any(key(r) == job and "error" not in r for r in rows)]
+    progress = bar(len(todo), "real_model", done=len(finished))
     with tempfile.TemporaryDirectory() as tmp:
         for done, job in enumerate(todo):
-            if not args.force and any(key(r) == job and "error" not in r for r in rows):
+            if job in finished:
                 print(f"[real_model] {done + 1}/{len(todo)} {job}: already in {store}", flush=True)
                 continue
             row = run_one(*job, args, tmp)
             print(f"[real_model] {done + 1}/{len(todo)} {json.dumps(row)}", flush=True)
             rows = [r for r in rows if key(r) != key(row)] + [row]
             store.write_text(json.dumps(rows, indent=1))  # resumable: each row as it comes
+            progress.update()
+    progress.close()
     text = table(sorted(rows, key=lambda r: (list(NETWORKS).index(r["network"]), r.get("loop", "keras"),
                                              r["model"], MODES.index(r["mode"]), r.get("bucket_mb") or 0)))
     print("\n" + text)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from benchmarks import netns
 from benchmarks.common import log_to_mlflow, stamp
+from hvdspar.tracking.progress import bar
 
 ROOT = Path(__file__).resolve().parent.parent
 #: every compressor with its default fallback (by bytes: the method itself), and GSpar with the
@@ -179,6 +180,7 @@ def main(argv=None):
 
     rows = []
     start = time.time()
+    progress = bar(len(args.tasks) * len(args.ranks) * len(networks), "time_to_accuracy", unit="launch")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for task in args.tasks:
@@ -191,7 +193,9 @@ def main(argv=None):
                                          args.timeout)
                         rows += [{**r, "target_loss": cfg["target_loss"], "stamp": stamp()} for r in new]
                         (out / "time_to_accuracy.partial.json").write_text(json.dumps(merge(previous, rows), indent=1))
+                        progress.update()
         finally:
+            progress.close()
             netns.delete(f"hvdspar-tta-{os.getpid()}")
     rows = merge(previous, rows)
     for r in rows:

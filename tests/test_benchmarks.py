@@ -196,3 +196,28 @@ def test_round_trip_reports_none_beside_the_trip_and_the_decode_at_m_ranks(tmp_p
     assert [r["ranks"] for r in out["decode_at_ranks"]] == [1, 3]
     assert all(r["elements"] == 70000 and r["decode_ms"] > 0 for r in out["decode_at_ranks"])
     assert "| trip_over_none |" in run.stdout and "decode at M ranks" in run.stdout
+
+
+def test_horovod_suite_plugin_fills_in_compression_only_where_the_call_left_it_out(monkeypatch):
+    """benchmarks/horovod_suite_plugin.py gives a compressor to every call that took Horovod's
+    default, and leaves a compression= the call names (by keyword or by position) alone: Horovod's
+    PartialDistributedGradientTape passes its own positionally to DistributedGradientTape."""
+    import types
+
+    from benchmarks import horovod_suite_plugin as plugin
+
+    module = types.SimpleNamespace(tape=lambda tape, device="", compression="default", op=None: compression)
+    monkeypatch.setattr(plugin, "_fresh", lambda: "filled")
+    plugin._with_default_compression(module, "tape")
+    assert module.tape("t") == "filled"
+    assert module.tape("t", compression="mine") == "mine"
+    assert module.tape("t", "", "positional") == "positional"
+    assert module.tape("t", op=1) == "filled"
+
+
+def test_horovod_suite_names_what_it_needs(tmp_path, capsys):
+    from benchmarks import horovod_suite
+
+    with pytest.raises(SystemExit):
+        horovod_suite.main(["--horovod-tests", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "has no parallel/test_tensorflow.py" in capsys.readouterr().err

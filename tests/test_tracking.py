@@ -365,3 +365,31 @@ def test_mlflow_callback_in_a_users_horovod_keras_script(local_env, horovodrun):
     assert [s for s, _ in history(c, run.info.run_id, "step/bytes_sent")] == [4, 8, 12, 16]
     plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/loss_vs_epochs.png", "plots/loss_vs_bits.png"} <= plots
+
+
+def test_progress_is_quiet_off_a_terminal_and_says_what_a_resumed_command_has_done(capsys, monkeypatch):
+    """Long commands (reproduce, sweeps, benchmarks) show a bar with the time left on a terminal and
+    nothing in a log; a resumed one says once how much is done, and its bar starts there."""
+    import io
+
+    from hvdspar.tracking.progress import bar
+
+    progress = bar(4, "reproduce fig1", done=1)
+    for _ in range(3):
+        progress.update()
+    progress.close()
+    err = capsys.readouterr().err
+    assert err == "reproduce fig1: 1 of 4 runs already done, resuming\n"  # and no bar: stderr is captured
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    progress = bar(3, "tracking.sweep", done=1)
+    progress.update()
+    progress.close()
+    shown = terminal.getvalue()
+    assert shown.startswith("tracking.sweep: 1 of 3 runs already done, resuming\n"), shown
+    assert "1/3" in shown and "2/3" in shown and "<" in shown, shown  # from the resumed count; elapsed<left

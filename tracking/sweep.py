@@ -27,6 +27,7 @@ from pathlib import Path
 from hvdspar.tracking import context
 from hvdspar.tracking.logger import EXPERIMENT_TAGS
 from hvdspar.tracking.params import flatten, git_commit, versions
+from hvdspar.tracking.progress import bar
 
 BUDGET_ARGS = ("rho", "ratio", "budget")
 SUMMARY_METRICS = (
@@ -206,6 +207,7 @@ def main(argv=None):
     env_base = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HVDSPAR_EXPERIMENT": experiment,
                 "HVDSPAR_PARENT_RUN_ID": parent_id}
     children, failed = [], 0
+    progress = bar(len(runs), "tracking.sweep")
     for i, (label, spec, cname, budget, seed) in enumerate(runs, 1):
         cmd = child_command(args, spec, seed, train_args)
         log_path = work / "logs" / f"{i:02d}-{cname}-{budget}-seed{seed}.txt".replace("None", "na")
@@ -229,6 +231,8 @@ def main(argv=None):
                 break
         else:
             print(f"    done in {wall:.0f} s", flush=True)
+        progress.update()
+    progress.close()
 
     rows, paths = summarize(client, experiment_id, parent_id, children, work)
     for path in paths:

@@ -25,6 +25,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hvdspar.tracking.progress import bar  # noqa: E402
+
 N, D, C1, M, BATCH = 1024, 2048, 0.9, 4, 8
 SKEWED_C1 = 0.01  # the shrink factor of the skewed generator variant (training/data.py)
 EXPERIMENTS = ("fig1", "fig2", "fig3", "topk", "cnn")
@@ -237,6 +239,8 @@ def run_convex_experiment(exp, args, store, budget):
     lrs = step_sizes(args)
     extend = extends_grid(args)
     results = []
+    total = len(probs) * len(curves(exp, args.quick)) * len(lrs)
+    progress = bar(total, f"reproduce {exp}", done=min(len(store.rows), total))
     for c2, lam in probs:
         ds = load_synthetic(N, D, c1, c2, args.seed, generator=args.generator)
         fs = cached_fstar("logreg", ds.x_train, ds.y_train, lam, log=log)["fstar"]
@@ -274,10 +278,12 @@ def run_convex_experiment(exp, args, store, budget):
                     log(f"{exp} C2=1/{round(1 / c2)} lam={lam * N:g}/N {label:24s} lr={lr:<6g} var={row['variance']:.3f} "
                         f"spa={row['density']:.4f} bits/elem={row['bits_per_element']:.2f} "
                         f"final f-f*={row['final_subopt']:.3e} ({secs:.1f}s)")
+                    progress.update()
                 runs.append(row)
                 more = next_step(runs, "final_subopt", *LR_RANGE) if not grid and extend else None
                 if more is not None:
                     grid.append(more)
+                    progress.total += 1  # a curve whose best step was the grid's edge goes on
             if stopped:
                 break  # out of budget: this curve is not complete
             tuned, fixed = pick(runs, "final_subopt", args.lr)
@@ -287,6 +293,7 @@ def run_convex_experiment(exp, args, store, budget):
                 # Top-k with memory at GSpar+memory's bytes (issue: report them at equal bytes).
                 ratio = equal_bytes_topk_ratio(tuned)
                 todo.insert(0, (f"TopK+mem ratio={ratio:.4g} (GSpar+mem bytes)", f"topk:ratio={ratio!r},memory=true"))
+                progress.total += len(lrs)
     return results, probs
 
 
@@ -407,7 +414,10 @@ def run_cnn_experiment(args, store, budget):
     lrs = cnn_step_sizes(args)
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else ([args.seed] if args.quick else [0, 1, 2])
     results = []
-    for label, spec in cnn_settings(args.quick):
+    settings = cnn_settings(args.quick)
+    total = len(settings) * len(lrs) * len(seeds)
+    progress = bar(total, "reproduce cnn", done=min(len(store.rows), total))
+    for label, spec in settings:
         per_lr = {}
         for lr in lrs:
             for seed in seeds:
@@ -431,6 +441,7 @@ def run_cnn_experiment(args, store, budget):
                     store.put(row)
                     log(f"cnn {label:18s} lr={lr:<6g} seed={seed} var={row['variance']:.2f} spa={row['density']:.4f} "
                         f"loss {row['first_loss']:.3f} -> {row['final_loss']:.3f} ({row['seconds']:.1f}s)")
+                    progress.update()
                 per_lr.setdefault(lr, []).append(row)
         done = {lr: rows for lr, rows in per_lr.items() if len(rows) == len(seeds)}
         if len(done) < len(lrs):
@@ -514,7 +525,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     store, budget = CurveStore(out / "curves.jsonl"), Budget(args.budget_minutes)
     if store.rows:
-        log(f"resuming: {len(store.rows)} runs already in {store.path}")
+        log(f"resuming from {store.path}")  # (the progress bar says how many runs are done)
     t0 = time.time()
     if args.experiment == "cnn":
         results = run_cnn_experiment(args, store, budget)
