@@ -210,3 +210,25 @@ def test_hvdspar_imported_inside_a_tf1_graph_still_works_in_eager_mode_afterward
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_a_group_of_mixed_dtypes_is_refused_in_hvdspars_words_where_none_fails_too():
+    """Horovod's grouped allreduce takes one dtype per group (none fails with a raw
+    'expected to be a float tensor but is a half tensor'); hvdspar says what is wrong and what to
+    do. One rank, hvd.init() in a fresh interpreter (the other tests here run before it)."""
+    script = (
+        "import tensorflow as tf, horovod.tensorflow as hvd, hvdspar\n"
+        "hvd.init()\n"
+        "group = [tf.ones([4]), tf.ones([4], tf.float16)]\n"
+        "try:\n"
+        "    hvd.grouped_allreduce(group, compression=hvdspar.GSpar(rho=0.5, seed=1))\n"
+        "except ValueError as e:\n"
+        "    print('hvdspar:', e)\n"
+        "try:\n"
+        "    hvd.grouped_allreduce(group, compression=hvd.Compression.none)\n"
+        "except tf.errors.InvalidArgumentError:\n"
+        "    print('none fails too')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "mixes float16, float32 tensors" in done.stdout and "give each dtype its own group" in done.stdout, \
+        done.stdout + done.stderr[-2000:]
+    assert "none fails too" in done.stdout
