@@ -37,6 +37,9 @@ class MLflowTracking(tf.keras.callbacks.Callback):
         self.tracker = None
         self._run_id = None
         self._epoch = 0
+        # Keras hands this callback its logs as tensors, not numbers: converting them each batch waits for
+        # the step to finish; log_step reads them only at its logging steps (every log_every)
+        self._supports_tf_logs = True
         self._unbuilt = False
 
     @property
