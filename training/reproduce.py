@@ -294,6 +294,7 @@ def run_convex_experiment(exp, args, store, budget):
                 ratio = equal_bytes_topk_ratio(tuned)
                 todo.insert(0, (f"TopK+mem ratio={ratio:.4g} (GSpar+mem bytes)", f"topk:ratio={ratio!r},memory=true"))
                 progress.total += len(lrs)
+    progress.close()
     return results, probs
 
 
@@ -458,6 +459,7 @@ def run_cnn_experiment(args, store, budget):
         tuned, fixed = pick(summaries, "final_loss", args.cnn_lr)
         results.append({**tuned, "tuned_lr": tuned["lr"], "grid": {f"{s['lr']:g}": s["final_loss"] for s in summaries},
                         "fixed": {k: v for k, v in (fixed or {}).items() if k not in ("config", "runs")}})
+    progress.close()
     return results
 
 
