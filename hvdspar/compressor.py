@@ -506,12 +506,13 @@ class Compressor(_HorovodCompressor, tf.Module):
         group = site.group if bucketing and site.group is not None and len(site.group) > 1 else None
         if group is not None and any(t is tensor for t in group):
             return self._group_bucket(tensor, site, group)
-        if site.grads is not None and not tf.executing_eagerly() and self.exchange.world(site.process_set)[0] > 1:
+        traced_list = (site.grads is not None and not tf.executing_eagerly()
+                       and self.exchange.world(site.process_set)[0] > 1)
+        if traced_list:
             self._count_horovod_path(site)  # (Horovod sends nothing at one rank)
         # Horovod's conds skip the allreduce at one rank (a constant, or at run time under elastic): a
         # bucket built outside them would run anyway, so only where more than one rank is certain
-        if (bucketing and site.grads is not None and not tf.executing_eagerly() and not exchange.elastic()
-                and self.exchange.world(site.process_set)[0] > 1):
+        if bucketing and traced_list and not exchange.elastic():
             layout = self._layout(site)
             i = site.position(tensor)
             if layout is not None and i in layout.where:
@@ -576,10 +577,8 @@ class Compressor(_HorovodCompressor, tf.Module):
                 with tf.init_scope():
                     self.slots.append(SlotState(index, shape, dtype, memory=False))
             with _graph_of(g.values, tf.compat.v1.get_default_graph()).as_default():
-                rows = tf.size(g.values, out_type=tf.int64)
-                sent = rows * dtype.size + tf.size(g.indices, out_type=tf.int64) * g.indices.dtype.size
-                self.slots[index].record(sent, shape.num_elements() * dtype.size, shape.num_elements(), rows,
-                                         dense=False)
+                self.slots[index].record(exchange.indexed_slices_nbytes(g), shape.num_elements() * dtype.size,
+                                         shape.num_elements(), tf.size(g.values, out_type=tf.int64), dense=False)
 
     def messages(self, shapes, dtypes):
         """The messages of a gradient list without groups=: lists of positions that travel together

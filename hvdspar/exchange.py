@@ -389,6 +389,13 @@ def placeholder_nbytes(dtype):
     return placeholder_dtype(dtype).size
 
 
+def indexed_slices_nbytes(slices):
+    """Bytes of an ``IndexedSlices`` as Horovod sends it (its values and indices, allgathered, never
+    compressed): an int64 scalar tensor."""
+    return (tf.size(slices.values, out_type=tf.int64) * slices.values.dtype.size
+            + tf.size(slices.indices, out_type=tf.int64) * slices.indices.dtype.size)
+
+
 def horovod_step_bytes(variables, compression=None, gradients=None):
     """(bytes a rank sends, dense bytes) in one step where Horovod's own compression allreduces the
     gradients of ``variables``: every tensor once at its dtype's size with ``Compression.none``
@@ -411,7 +418,7 @@ def horovod_step_bytes(variables, compression=None, gradients=None):
         size = v.dtype.size
         dense += n * size
         if isinstance(g, tf.IndexedSlices):
-            sent += int(tf.size(g.values)) * g.values.dtype.size + int(tf.size(g.indices)) * g.indices.dtype.size
+            sent += int(indexed_slices_nbytes(g))
         else:
             sent += n * (min(size, 2) if fp16 and v.dtype.is_floating else size)
     return sent, dense
