@@ -125,11 +125,13 @@ fi
 
 if (( WITH_TEST )); then
   # Headless Chromium for the MLflow UI test; iproute2 for shaped networks;
-  # Debian's Fashion-MNIST for the data tests.
+  # Debian's Fashion-MNIST for the data tests; PostgreSQL for the tracking
+  # server of docker/compose.yaml (tests/workers/postgres_server.py).
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   command -v ip >/dev/null || missing+=(iproute2)
   [[ -d /usr/share/datasets/fashion-mnist ]] || missing+=(dataset-fashion-mnist)
+  compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
   if (( ${#missing[@]} )); then
     if [[ $(id -u) == 0 ]]; then
       log "installing system packages: ${missing[*]}"

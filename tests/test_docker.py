@@ -8,8 +8,9 @@
 - scripts/setup.sh's opt-in GPU/MPI/--deps-only modes (used by the images) do
   what they say and leave the default install unchanged (run against a fake
   interpreter);
-- docker/compose.yaml has the tracking server on volumes and a worker pointed
-  at it, and the server command it holds really serves the worker's URI;
+- docker/compose.yaml has the tracking server on PostgreSQL and a volume and a
+  worker pointed at it, and the server command it holds really serves the
+  worker's URI, against a real PostgreSQL started here (tests/workers/postgres_server.py);
 - docker/entrypoint.sh sets up passwordless SSH on the chosen port.
 """
 
@@ -30,6 +31,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.workers import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -344,9 +347,10 @@ def flag(args, name):
     return args[args.index(name) + 1]
 
 
-def test_compose_tracking_server_on_volumes(compose):
+def test_compose_tracking_server_on_postgres_and_a_volume(compose):
+    """Runs in the postgres service (its data on a named volume), artifacts on another volume."""
     services, volumes = compose["services"], compose["volumes"]
-    assert {"mlflow", "worker", "worker-gpu"} <= set(services)
+    assert {"postgres", "mlflow", "worker", "worker-gpu"} <= set(services)
     mlflow = services["mlflow"]
     args = server_args(compose)
     assert args[:2] == ["mlflow", "server"]
@@ -356,11 +360,7 @@ def test_compose_tracking_server_on_volumes(compose):
         source, target = spec.split(":")[:2]
         assert source in volumes, f"{source} is not a named volume"
         mounts[target] = source
-    backend = flag(args, "--backend-store-uri")
-    assert backend.startswith("sqlite:////")
-    db_dir = os.path.dirname(backend[len("sqlite:///"):])
-    artifacts = flag(args, "--artifacts-destination")
-    assert db_dir in mounts and artifacts in mounts and mounts[db_dir] != mounts[artifacts]
+    assert flag(args, "--artifacts-destination") in mounts
     assert "--no-serve-artifacts" not in args
     port = flag(args, "--port")
     assert any(str(p).split(":")[-1] == port for p in mlflow["ports"])
@@ -368,6 +368,21 @@ def test_compose_tracking_server_on_volumes(compose):
     for service in ("mlflow", "worker"):
         assert services[service]["build"]["dockerfile"] == "docker/Dockerfile.cpu"
         assert (COMPOSE.parent / services[service]["build"]["context"]).resolve() == ROOT
+
+    pg = services["postgres"]
+    env = {k: interpolate(str(v)) for k, v in pg["environment"].items()}
+    backend = flag(args, "--backend-store-uri")
+    assert backend == f"postgresql://{env['POSTGRES_USER']}@postgres:5432/{env['POSTGRES_DB']}"
+    assert interpolate(str(mlflow["environment"]["PGPASSWORD"])) == env["POSTGRES_PASSWORD"]
+    assert "PGPASSWORD" not in backend and ":" not in backend.split("@")[0][len("postgresql://"):]  # no password in argv
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert pg["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    data = next(v for v in pg["volumes"] if v.split(":")[1] == "/var/lib/postgresql/data")
+    assert data.split(":")[0] in volumes
+    init = next(v for v in pg["volumes"] if "/docker-entrypoint-initdb.d/" in v)
+    assert (DOCKER / init.split(":")[0]).resolve() == DOCKER / "postgres-init.sql"
+    assert "ports" not in pg  # the database is reached through the compose network only
+    assert "psycopg[binary]" in (ROOT / "requirements.txt").read_text()  # SQLAlchemy 2's postgresql:// driver
 
 
 def test_compose_workers_log_to_the_server(compose):
@@ -415,13 +430,15 @@ def test_compose_auth_turns_on_basic_auth_over_the_same_store(compose):
     for key in ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD"):
         assert ":?" in env[key]  # compose refuses to start without them; no password in the repository
     assert "admin_password" not in (DOCKER / "mlflow-basic-auth.ini").read_text()
+    assert ":?" in env["PGPASSWORD"] and ":?" in auth["postgres"]["environment"]["POSTGRES_PASSWORD"]
     source, target = auth["mlflow"]["volumes"][0].split(":")[:2]
     assert target == env["MLFLOW_AUTH_CONFIG_PATH"] and (DOCKER / source).is_file()
     ini = configparser.ConfigParser()
     ini.read(DOCKER / source)
     users_db = ini["mlflow"]["database_uri"]
-    db_volume = next(v.split(":")[1] for v in compose["services"]["mlflow"]["volumes"] if v.startswith("mlflow-db:"))
-    assert users_db.startswith(f"sqlite:///{db_volume}/")  # users outlive the container, beside the runs
+    runs_db = flag(server_args(compose), "--backend-store-uri")
+    assert users_db == runs_db.rsplit("/", 1)[0] + "/mlflow_auth"  # beside the runs, in the same server
+    assert "CREATE DATABASE mlflow_auth" in (DOCKER / "postgres-init.sql").read_text()
     assert ini["mlflow"]["authorization_function"] == "mlflow.server.auth:authenticate_request_basic_auth"
     for worker in ("worker", "worker-gpu"):
         assert set(auth[worker]["environment"]) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
@@ -440,14 +457,35 @@ def test_docker_compose_config_accepts_the_file():
     assert config["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL here, set up as the postgres service is (postgres-init.sql run once)."""
+    reason = postgres_server.why_absent()
+    if reason:
+        pytest.skip(reason)
+    pg = postgres_server.PostgresServer().start()
+    try:
+        pg.run_sql(DOCKER / "postgres-init.sql")
+        yield pg
+    finally:
+        pg.stop()
+
+
+def on_local_postgres(text, pg):
+    """compose's postgres://...@postgres:5432/... pointed at the PostgreSQL started here."""
+    assert "@postgres:5432/" in text
+    return text.replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_compose_server_command_serves_the_worker_uri(compose, tmp_path):
-    """Run compose's mlflow command here, its volumes mapped to temporary directories."""
+def test_compose_server_command_serves_the_worker_uri(compose, tmp_path, postgres):
+    """Run compose's mlflow command here against a real PostgreSQL, its volume mapped to a temporary directory."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    server, url = start_local_server(server_args(compose), compose["services"]["mlflow"]["volumes"], tmp_path)
+    args = [on_local_postgres(a, postgres) if a.startswith("postgresql://") else a for a in server_args(compose)]
+    server, url = start_local_server(args, compose["services"]["mlflow"]["volumes"], tmp_path, postgres.env)
     try:
 
         def create_experiment(host, name):
@@ -481,7 +519,8 @@ def test_compose_server_command_serves_the_worker_uri(compose, tmp_path):
         assert mlflow.__version__.startswith("3.")
         stored = list((tmp_path / "mlflow-artifacts").rglob("note.txt"))
         assert len(stored) == 1 and stored[0].read_text() == "hello", "artifacts must land on the artifact volume"
-        assert (tmp_path / "mlflow-db" / "mlflow.db").stat().st_size > 0
+        name = postgres.sql(f"SELECT name FROM runs WHERE run_uuid = '{run.info.run_id}'", "mlflow")
+        assert name.strip() == run.info.run_name  # the run is in PostgreSQL
     finally:
         stop(server)
 
@@ -526,20 +565,21 @@ def stop(server):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_compose_auth_server_refuses_strangers_and_takes_hvdspar_runs(compose, tmp_path, monkeypatch):
+def test_compose_auth_server_refuses_strangers_and_takes_hvdspar_runs(compose, tmp_path, monkeypatch, postgres):
     """compose.auth.yaml's command and ini run here: no credentials, no access (the health check still
     answers); the admin (first password from the environment) creates a user as docker/README.md says;
-    hvdspar's tracking logs a run as that user; users live on the db volume."""
+    hvdspar's tracking logs a run as that user; users live in PostgreSQL beside the runs."""
     from mlflow.server import get_app_client
 
     from hvdspar.tracking import make_tracker
 
     auth = yaml.safe_load((DOCKER / "compose.auth.yaml").read_text())["services"]["mlflow"]
     args = [interpolate(str(a)) for a in auth["command"]]
-    ini = (DOCKER / "mlflow-basic-auth.ini").read_text().replace("/mlflow/db/", f"{tmp_path / 'mlflow-db'}/")
+    args = [on_local_postgres(a, postgres) if a.startswith("postgresql://") else a for a in args]
+    ini = on_local_postgres((DOCKER / "mlflow-basic-auth.ini").read_text(), postgres)
     (tmp_path / "basic_auth.ini").write_text(ini)
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-key",
-           "MLFLOW_AUTH_ADMIN_PASSWORD": "first-admin-password"}
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "first-admin-password", **postgres.env}
     assert set(env) == set(auth["environment"])  # what compose.auth.yaml gives the server
     server, url = start_local_server(args, compose["services"]["mlflow"]["volumes"], tmp_path, env)
     try:
@@ -566,7 +606,8 @@ def test_compose_auth_server_refuses_strangers_and_takes_hvdspar_runs(compose, t
 
         run = MlflowClient(tracking_uri=url).get_run(tracker.run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["loss"] == 0.5
-        assert (tmp_path / "mlflow-db" / "basic_auth.db").stat().st_size > 0
+        users = set(postgres.sql("SELECT username FROM users", "mlflow_auth").split())
+        assert users == {"admin", "alice"}  # in PostgreSQL, beside the runs
     finally:
         stop(server)
 

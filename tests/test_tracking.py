@@ -393,3 +393,27 @@ def test_progress_is_quiet_off_a_terminal_and_says_what_a_resumed_command_has_do
     shown = terminal.getvalue()
     assert shown.startswith("tracking.sweep: 1 of 3 runs already done, resuming\n"), shown
     assert "1/3" in shown and "2/3" in shown and "<" in shown, shown  # from the resumed count; elapsed<left
+
+
+def test_a_programs_own_sigterm_handler_is_kept(tmp_path, monkeypatch):
+    """The tracker turns SIGTERM into SystemExit (so the run is closed, KILLED) only where the program
+    left the default; a handler of the program's own stays."""
+    import signal
+
+    from hvdspar.tracking import make_tracker
+
+    def mine(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+        monkeypatch.chdir(tmp_path)
+        tracker = make_tracker({"log_every": 0})
+        tracker.close()
+        assert signal.getsignal(signal.SIGTERM) is mine
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        make_tracker({"log_every": 0}).close()
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, mine)  # the default was replaced
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -4,7 +4,10 @@
   MLflow equal the compressors' own counters summed over ranks;
 - the training CLI (python -m hvdspar.training.train) against the server with no tracking flag, then
   resumed from its checkpoint: one run, counters and steps continuing;
-- the server killed mid-run and restarted on the same port and store: no metric is lost.
+- Ctrl-C or SIGTERM in the middle of an epoch: every metric logged is delivered, the run is KILLED;
+- the server killed mid-run and restarted on the same port and store: no metric is lost;
+- 16 clients and a 2-rank training run at once, against servers on a real PostgreSQL and on SQLite:
+  every metric stored exactly once.
 """
 
 import json
@@ -134,6 +137,53 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_mid_epoch_delivers_every_metric_logged_and_marks_the_run_killed(server, tmp_path, sig):
+    """Ctrl-C (SIGINT), or SIGTERM as horovodrun sends its ranks when interrupted, in the middle of epoch 2,
+    with step metrics logged but not yet delivered (deliveries every 60 s): the process exits, the run is
+    KILLED, and every metric in the spool is in MLflow."""
+    import signal
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    steps, every = 40, 2
+    env = {**os.environ, **tracking_env(server, f"interrupted-{sig}", HVDSPAR_LOG_EVERY=str(every),
+                                        HVDSPAR_TRACKING_FLUSH_SECS="60"),
+           "PYTHONPATH": str(ROOT), "HVDSPAR_TEST_OUT": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    spool = tmp_path / "ckpt" / "mlflow-spool" / "spool.jsonl"
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER), "--compressor", "gspar:rho=0.1", "--epochs", "3", "--steps", str(steps),
+         "--checkpoint-dir", str(tmp_path / "ckpt"), "--hold-dir", str(hold), "--sleep", "0.05"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        def logged_steps():
+            records = [json.loads(line) for line in spool.read_text().splitlines()] if spool.exists() else []
+            return [r["s"] for r in records if r["t"] == "metrics" and "step/loss" in r["m"]]
+
+        wait_for(lambda: (hold / "at1").exists() or worker.poll() is not None, 300, "epoch 1")
+        (hold / "go1").touch()
+        wait_for(lambda: any(s > steps + 4 for s in logged_steps()) or worker.poll() is not None, 120,
+                 "step metrics of epoch 2")
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        worker.send_signal(getattr(signal, sig))
+        worker.wait(timeout=120)
+        out = (tmp_path / "worker.log").read_text()
+        assert worker.returncode != 0 and not (hold / "at2").exists(), out[-3000:]
+
+        (run,) = server.runs(f"interrupted-{sig}")
+        assert run["info"]["status"] == "KILLED", out[-3000:]
+        logged = logged_steps()
+        assert logged[-1] > steps and logged[-1] < 2 * steps  # stopped in the middle of epoch 2
+        assert [s for s, _ in server.history(run["info"]["run_id"], "step/loss")] == logged
+        assert [s for s, _ in server.history(run["info"]["run_id"], "step/bytes_sent")] == logged
+        assert [s for s, _ in server.history(run["info"]["run_id"], "loss")] == [1]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
 def test_server_killed_mid_run_loses_no_metric(server, tmp_path):
     """Epoch 1 with the server up, epoch 2 with it dead, epoch 3 after a restart (same port and store).
 
@@ -181,3 +231,42 @@ def test_server_killed_mid_run_loses_no_metric(server, tmp_path):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_many_clients_and_a_training_run_at_once_land_exactly_once_on_postgresql_and_sqlite(horovodrun, tmp_path):
+    """docker/compose.yaml's setup for a team: 16 Trackers (200 steps each) and a 2-rank training run log
+    at once to an MLflow server (4 workers) on a real PostgreSQL; every metric is stored exactly once. The
+    same load against a SQLite-backed server, reported beside it (benchmarks/tracking_load.py)."""
+    import threading
+
+    from benchmarks import tracking_load
+
+    servers, stop = tracking_load.start_servers(["postgresql", "sqlite"], tmp_path / "servers")
+    try:
+        rows, steps, epochs = [], 10, 2
+        for backend, server in servers.items():
+            training = {}
+
+            def train():
+                training["results"], _ = horovodrun(
+                    "tracking_train_worker", "--compressor", "gspar:rho=0.1", "--epochs", epochs, "--steps", steps,
+                    env=tracking_env(server, "load-training", HVDSPAR_LOG_EVERY="1"))
+
+            thread = threading.Thread(target=train)
+            thread.start()
+            rows.append(tracking_load.measure(server, backend, 16, 200, 0.02, tmp_path / backend))
+            thread.join(timeout=600)
+            assert "results" in training, f"the 2-rank training run against {backend} failed"
+
+            (run,) = server.runs("load-training")
+            assert run["info"]["run_id"] == training["results"][0]["run_id"] and run["info"]["status"] == "FINISHED"
+            for key in ("step/loss", "step/bytes_sent"):
+                assert [s for s, _ in server.history(run["info"]["run_id"], key)] == list(range(1, steps * epochs + 1))
+            assert [s for s, _ in server.history(run["info"]["run_id"], "loss")] == [1, 2]
+            assert metrics(run)["bytes_sent"] == sum(r["traffic"]["bytes_sent"] for r in training["results"])
+        print("\n" + tracking_load.table(rows))
+        for row in rows:
+            assert len({r["run_id"] for r in row["results"]}) == 16 and not any(r["fallback"] for r in row["results"])
+            assert row["duplicated"] == 0 and row["missing"] == 0, tracking_load.table(rows)
+    finally:
+        stop()

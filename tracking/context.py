@@ -6,7 +6,7 @@ Settings (all optional; a ``params`` entry of the same name wins over the enviro
 
     MLFLOW_TRACKING_URI          where runs go; default: sqlite:///<cwd>/mlflow.db (MLflow 3's own default)
     HVDSPAR_EXPERIMENT           experiment name (also MLFLOW_EXPERIMENT_NAME); default "hvdspar"
-    HVDSPAR_LOG_EVERY            log step metrics every N steps (params["log_every"]); default 10
+    HVDSPAR_LOG_EVERY            log step metrics every N steps (params["log_every"]); default 100
     HVDSPAR_TRACKING             "0"/"off" turns MLflow logging off (params["tracking"] too)
     HVDSPAR_PARENT_RUN_ID        make the run a child of this run (set by ``python -m hvdspar.tracking.sweep``)
     HVDSPAR_RUN_NAME             the run's name; default "<model>-<data>-<compressor>-np<ranks>"

@@ -307,6 +307,7 @@ class RunLogger:
         self._delay = 2.0
         self._down_since = None
         self._reported_run = None
+        self.failures = 0  # delivery attempts that failed (and were retried)
         self.closed = False
         self.fallback_uri = None
         self._lock = threading.Lock()
@@ -408,6 +409,7 @@ class RunLogger:
             try:
                 self.sink.deliver()
             except Exception as exc:  # the store is unreachable or refused: keep everything, retry later
+                self.failures += 1
                 self._retry_at = time.monotonic() + self._delay
                 self._delay = min(self._delay * 2, 30.0)
                 if self._down_since is None:

@@ -9,12 +9,19 @@
 
 All ranks call every method; only rank 0 talks to MLflow. ``log_step`` (on its logging steps)
 and ``log_epoch`` are collectives: one ``hvd.allreduce`` of the traffic counters.
+
+A run that ends without ``close`` is closed at exit, everything delivered: FAILED after an
+exception, KILLED after Ctrl-C or SIGTERM (what ``horovodrun`` sends its ranks when it is
+interrupted, and schedulers when a job is cancelled). SIGTERM is turned into ``SystemExit`` for
+that, unless the program set its own handler.
 """
 
 import atexit
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 import weakref
@@ -58,6 +65,30 @@ def short_spec(config):
     if config.get("compressor.memory") is True:
         keep.append("memory")
     return f"{name}({','.join(keep)})" if keep else name
+
+
+_interrupted = []  # the signal that stopped this process, if any (Ctrl-C or SIGTERM)
+
+
+def _note_interrupts():
+    """Remember Ctrl-C and SIGTERM for the run's end status; SIGTERM exits through Python (so atexit
+    closes the run) instead of killing the process with its metrics pending. Only default handlers
+    are replaced, from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_int(signum, frame):
+        _interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def on_term(signum, frame):
+        _interrupted.append(signum)
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_int)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def read_run_id(checkpoint_dir):
@@ -150,6 +181,7 @@ class Tracker:
         self.logger.flush(force=True)  # create the run now, so it shows in the UI while training
         ref = weakref.ref(self)
         atexit.register(lambda: ref() is not None and ref()._at_exit())
+        _note_interrupts()
 
     def _run_name(self):
         name = os.environ.get("HVDSPAR_RUN_NAME") or self.params.get("run_name")
@@ -301,4 +333,4 @@ class Tracker:
 
     def _at_exit(self):
         if not self.closed:
-            self.close(status="FAILED")
+            self.close(status="KILLED" if _interrupted else "FAILED")

@@ -1,6 +1,7 @@
 """A real ``mlflow server`` on loopback for the tracking tests, and a tiny REST client for it.
 
     server = MlflowServer(tmp_path).start()      # sqlite store and artifacts under tmp_path
+    MlflowServer(tmp_path, backend_store_uri=pg.uri("mlflow"), workers=4, env=pg.env)   # on PostgreSQL
     server.api("runs/search", {"experiment_ids": ["1"]})
     server.kill(); server.start()                # same port, same store
 """
@@ -24,8 +25,11 @@ def free_port():
 
 
 class MlflowServer:
-    def __init__(self, root, port=None):
+    def __init__(self, root, port=None, backend_store_uri=None, workers=1, env=None):
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+        self.workers = workers
+        self.env = dict(env or {})
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -35,13 +39,13 @@ class MlflowServer:
     def start(self, timeout=180):
         self.starts += 1
         log = open(self.root / f"server-{self.starts}.log", "w")
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **self.env}
         env.pop("MLFLOW_TRACKING_URI", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--backend-store-uri", self.backend_store_uri,
              "--artifacts-destination", str(self.root / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)],
             cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
