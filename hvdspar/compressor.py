@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import record as _record
 
 from hvdspar import buckets as _buckets
 from hvdspar import exchange
@@ -78,6 +79,7 @@ class _Bucket:
         self.enc = self.gathered = None  # sparse: this rank's message, every rank's messages
         self.total = self.finite = None  # sum_r Q(x_r) [d] (times Horovod's factor if ``scaled``), all finite?
         self.scaled = False
+        self.parts = None  # built outside the members' conds: each member's part of the sum (see _split)
         self.cond = None  # run time / reduced: (total, finite, new memory, compressed?, norms)
         self.codec_state = None  # reduced: the codec's new state values (applied when every rank was finite)
         self.finite_members = [None] * len(self.tensors)  # dense: each member's reduced tensor finite?
@@ -270,6 +272,20 @@ class Compressor(_HorovodCompressor, tf.Module):
             self._send_here(bucket, outer=True)
             if bucket.kind != "dense":
                 bucket.placeholder = self.exchange.placeholder(bucket.dtype, bucket.site.process_set)
+                bucket.parts = self._split(bucket)
+
+    def _split(self, bucket):
+        """The members' parts of the decoded sum, made once beside the bucket: NaN everywhere where a
+        rank was not finite (``wire.scaled`` with factor 1), so that each member's branch only
+        multiplies its part by Horovod's factor (``_receive``)."""
+        checks = []
+        if self.nonfinite == "raise":
+            checks.append(tf.debugging.Assert(bucket.finite, [_nonfinite_message(bucket.slot, bucket.shape,
+                                                                                 bucket.dtype)]))
+        with tf.control_dependencies(checks):
+            total = wire.scaled(bucket.total, tf.ones([], bucket.total.dtype), bucket.finite)
+        flat = tf.split(total, bucket.sizes) if len(bucket.sizes) > 1 else [total]
+        return [tf.reshape(part, shape) for part, shape in zip(flat, bucket.shapes)]
 
     def _send_here(self, bucket, outer):
         slot, site, dtype, d = bucket.slot, bucket.site, bucket.dtype, bucket.d
@@ -341,6 +357,10 @@ class Compressor(_HorovodCompressor, tf.Module):
         slot, dtype = bucket.slot, bucket.dtype
         if bucket.kind == "dense":
             return self._receive_dense(bucket, j, reduced)
+        if bucket.parts is not None:  # split beside the bucket: Horovod's factor, [1], times the part
+            part = bucket.parts[j]
+            factor = tf.cast(reduced if part.shape.rank else tf.reshape(reduced, []), part.dtype)
+            return tf.cast(part * factor, dtype)
         if bucket.total is None:  # compressed, in this branch: decode once, with Horovod's factor inside
             size = self.exchange.size_op(bucket.site.process_set)
             # every member's placeholder carries the same factor (one op, one pair of scale factors)
@@ -688,13 +708,6 @@ class Compressor(_HorovodCompressor, tf.Module):
             if restored is not None and restored != shape.num_elements():
                 raise ValueError(f"restored a message of {restored} elements into one of {shape.num_elements()}")
         except ValueError as e:
-            if "singleton tf.Variables" in str(e):
-                raise ValueError(
-                    f"hvdspar: {self.name} needs new state (message #{index}, {dtype.name}{shape.as_list()}) while "
-                    "a tf.function is traced again, and TensorFlow creates variables only at the first trace. "
-                    "Create the compressor once, outside the step (compression = hvdspar.GSpar(...)), or keep "
-                    "the set of tensors it reduces the same in every trace"
-                ) from e
             if "restor" in str(e).lower():
                 del self.slots[index:]
                 raise ValueError(
@@ -766,7 +779,11 @@ def _check_tf2():
 
 def _with_horovod_gradient(x, y, site):
     """``y`` (the allreduce of ``x``), with Horovod's gradient with respect to ``x``: the allreduce of
-    the upstream gradient with the call's op and scale factors (``exchange.allreduce_gradient``)."""
+    the upstream gradient with the call's op and scale factors (``exchange.allreduce_gradient``).
+    Only where a gradient tape could record it: an optimizer's allreduce of its gradients, after the
+    tape, needs none (and a custom gradient per tensor costs its trace a few ms each)."""
+    if not _record.could_possibly_record():
+        return y
 
     @tf.custom_gradient
     def allreduced(x_):

@@ -15,6 +15,7 @@ Totals are sums over slots, taken when ``summary()`` is read.
 """
 
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
 
 try:  # TF's control-flow branch graphs (tf.cond / tf.while_loop bodies)
     from tensorflow.python.ops import control_flow_v2_func_graphs as _cf_graphs
@@ -33,6 +34,17 @@ TOTALS = ("bytes_sent", "dense_bytes", "elements", "kept", "calls")
 LAST = ("bytes_sent", "dense_bytes", "kept", "dense")
 #: fields of SlotState.sq_norms (cumulative): ||g||^2 and ||Q(g)||^2 of the calls sent compressed
 SQ_NORMS = ("sq_norm", "sq_norm_sent")
+
+
+def variable(value, dtype=None, name=None):
+    """A non-trainable variable of state, made outside any tf.function's variable capture.
+
+    ``tf.Variable`` goes through the variable-creator scopes, and a ``tf.function`` whose
+    first trace creates a variable (even under ``tf.init_scope``) traces itself a second
+    time: Horovod's allreduce_grads would be traced twice for hvdspar's state alone. The
+    state is made eagerly (callers hold ``tf.init_scope``) and held by the compressor, so
+    it needs none of what those scopes add."""
+    return resource_variable_ops.ResourceVariable(value, dtype=dtype, trainable=False, name=name)
 
 
 def trace_key():
@@ -62,22 +74,20 @@ class SlotState(tf.Module):
         self.index = index
         self.shape = tf.TensorShape(shape)
         self.dtype = tf.as_dtype(dtype)
-        self.calls = tf.Variable(0, dtype=tf.int64, trainable=False, name="calls")
+        self.calls = variable(0, tf.int64, name="calls")
         # the message's size, restored with the rest: a checkpoint of another bucket layout shows here
-        self.elements = tf.Variable(self.shape.num_elements(), dtype=tf.int64, trainable=False, name="elements")
-        self.totals = tf.Variable(tf.zeros([len(TOTALS)], tf.int64), trainable=False, name="totals")
-        self.last = tf.Variable(tf.zeros([len(LAST)], tf.int64), trainable=False, name="last")
-        self.sq_norms = tf.Variable(tf.zeros([len(SQ_NORMS)], tf.float64), trainable=False, name="sq_norms")
+        self.elements = variable(self.shape.num_elements(), tf.int64, name="elements")
+        self.totals = variable(tf.zeros([len(TOTALS)], tf.int64), name="totals")
+        self.last = variable(tf.zeros([len(LAST)], tf.int64), name="last")
+        self.sq_norms = variable(tf.zeros([len(SQ_NORMS)], tf.float64), name="sq_norms")
         if memory:
             from hvdspar.probabilities import compute_dtype
 
-            self.memory = tf.Variable(
-                tf.zeros([self.shape.num_elements()], compute_dtype(self.dtype)), trainable=False, name="memory"
-            )
+            self.memory = variable(tf.zeros([self.shape.num_elements()], compute_dtype(self.dtype)), name="memory")
         else:
             self.memory = None
         # a codec's own state (PowerSGD: Q and its step), checkpointed with the rest
-        self.codec_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in (codec_state or {}).items()}
+        self.codec_state = {k: variable(v, name=k) for k, v in (codec_state or {}).items()}
 
     def record(self, nbytes, dense_nbytes, elements, kept, dense, sq_norm=None, sq_norm_sent=None):
         """Count one call (two variable updates; three with the norms). Arguments may be tensors."""

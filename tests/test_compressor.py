@@ -232,3 +232,30 @@ def test_a_group_of_mixed_dtypes_is_refused_in_hvdspars_words_where_none_fails_t
     assert "mixes float16, float32 tensors" in done.stdout and "give each dtype its own group" in done.stdout, \
         done.stdout + done.stderr[-2000:]
     assert "none fails too" in done.stdout
+
+
+def test_state_made_at_the_first_trace_leaves_the_enclosing_function_traced_once():
+    """Horovod wraps its gradient allreduce in a tf.function. hvdspar makes its state at the first trace;
+    TensorFlow traced that function a second time for it (a whole second trace of every gradient's
+    trip: Keras MobileNetV2's first step traced in 18.7 s, 11.1 s after, none 6.9 s)."""
+    from hvdspar import exchange
+
+    comp = hvdspar.GSpar(rho=0.5, seed=1, memory=True)
+    comp.exchange = exchange.InProcess(2)
+    traces = []
+
+    @tf.function
+    def allreduce_grads(g):
+        traces.append(1)
+        out, ctx = comp.compress(g)
+        return comp.decompress(out, ctx)
+
+    @tf.function
+    def step(g):
+        return allreduce_grads(g) * 1.0
+
+    g = tf.random.stateless_normal([100], seed=[1, 2])
+    first, second = step(g), step(g)
+    assert len(traces) == 1 and len(comp.slots) == 1
+    assert int(comp.slots[0].calls.numpy()) == 2  # the state is the function's: both steps used it
+    assert bool(tf.reduce_all(tf.math.is_finite(first))) and bool(tf.reduce_all(tf.math.is_finite(second)))
