@@ -59,7 +59,7 @@ class _Bucket:
     finished by the members' ``decompress`` (``Compressor._receive``). Python only.
     """
 
-    def __init__(self, tensors, slot, site, position, graph=None):
+    def __init__(self, tensors, slot, site, position, graph=None, flat=False):
         self.tensors = list(tensors)
         self.graph = graph  # where to build it, when its members sit in separate Horovod conds
         self.outer = False  # built there (set by _send)
@@ -69,8 +69,9 @@ class _Bucket:
         self.sizes = [s.num_elements() for s in self.shapes]
         self.offsets = list(np.cumsum([0] + self.sizes[:-1]))
         self.d = int(sum(self.sizes))
-        # the shape the codec sees: the tensor's own, or [d] for a bucket of several
-        self.shape = self.shapes[0] if len(self.shapes) == 1 else tf.TensorShape([self.d])
+        # the shape the codec sees: [d] for a bucket of several, or where the codec buckets (it reads
+        # only d, so tensors of one size share an encoder); else the tensor's own
+        self.shape = self.shapes[0] if len(self.shapes) == 1 and not flat else tf.TensorShape([self.d])
         self.kind = None  # "dense", "sparse", "reduced" or RUN_TIME, set by _send
         self.dense_parts = None  # dense: what each member hands Horovod
         self.placeholder = None  # compressed, members in separate conds: the placeholder they hand Horovod
@@ -235,9 +236,8 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     def _encoder(self, dtype, shape):
         """``encode`` for one dtype and shape, traced once: every tensor (or bucket) of that
-        shape calls the same traced function, so a model with hundreds of tensors of a few
-        dozen shapes builds a few dozen encoders, not hundreds (graph building was 2.4 s per
-        compressed tensor). Pure: x and the seed in, the message out."""
+        shape (of that size, for a codec that buckets) calls the same traced function. Pure: x
+        and the seed in, the message out."""
         return self._traced(("encode", dtype.name, tuple(shape.as_list())),
                             lambda x, seed: self.coder.encode(x, seed, dtype, shape))
 
@@ -253,9 +253,11 @@ class Compressor(_HorovodCompressor, tf.Module):
                             lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
 
     def _traced(self, key, fn):
+        """``fn`` as a tf.function, once per key. Not inlined: TensorFlow inlines a function's body at
+        every call, so tensors sent one by one would each carry a copy of the whole encoder."""
         cache = self.__dict__.setdefault("_traced_fns", {})  # plain dict: tf.Module would track it
         if key not in cache:
-            cache[key] = tf.function(fn, autograph=False)
+            cache[key] = tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
         return cache[key]
 
     def _send(self, bucket):
@@ -550,7 +552,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         variable = site.variable(tensor)
         slot, position = self._slot_for(tensor.shape, tensor.dtype, site, tuple(tensor.shape.as_list()),
                                         None if variable is None else [variable])
-        return _Bucket([tensor], slot, site, position), 0
+        return _Bucket([tensor], slot, site, position, flat=self.codec.buckets), 0
 
     def _layout(self, site):
         """The buckets of Horovod's gradient list in this trace (cached): the gradients that compress
