@@ -283,7 +283,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         checks = []
         if self.nonfinite == "raise":
             checks.append(tf.debugging.Assert(bucket.finite, [_nonfinite_message(bucket.slot, bucket.shape,
-                                                                                 bucket.dtype)]))
+                                                                                 bucket.dtype, bucket.shapes)]))
         with tf.control_dependencies(checks):
             total = wire.scaled(bucket.total, tf.ones([], bucket.total.dtype), bucket.finite)
         flat = tf.split(total, bucket.sizes) if len(bucket.sizes) > 1 else [total]
@@ -798,9 +798,13 @@ def _with_horovod_gradient(x, y, site):
 
 
 
-def _nonfinite_message(slot, shape, dtype):
+def _nonfinite_message(slot, shape, dtype, shapes=None):
+    """The error of nonfinite='raise': the gradient, or the bucket's gradients (``shapes``, several)."""
+    what = (f"a gradient of shape {shape.as_list()}" if not shapes or len(shapes) == 1 else
+            f"one of the {len(shapes)} gradients of a bucket (shapes {[s.as_list() for s in shapes][:4]}"
+            f"{', ...' if len(shapes) > 4 else ''})")
     return (
-        f"hvdspar: a gradient of shape {shape.as_list()} ({dtype.name}, tensor #{slot.index}) holds NaN or Inf "
+        f"hvdspar: {what} ({dtype.name}, message #{slot.index}) holds NaN or Inf "
         "on at least one rank; training stopped before the model was changed (nonfinite='raise'). Lower the "
         "learning rate, clip gradients, or use loss scaling for float16; nonfinite='propagate' (the default) "
         "lets the non-finite result through, as Horovod does, for a LossScaleOptimizer to skip the step."
