@@ -9,8 +9,8 @@ traces, is left out); prints the median seconds of an epoch's steps (first step'
 step's end, batch hooks included, epoch-end logging not) of each and the cost per step. It also
 times the callback's own batch hook directly (what it adds to the step path, logging points
 included), which this machine's noise does not hide. MLflow is imported before the blocks (the
-delivery thread's one-time import would otherwise overlap the first block's epochs). The runs are logged to a SQLite store in a
-temporary folder.
+delivery thread's one-time import would otherwise overlap the first block's epochs). The runs
+are logged to a SQLite store in a temporary folder.
 """
 
 import argparse
