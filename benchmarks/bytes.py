@@ -22,7 +22,7 @@ from hvdspar.sparsify import gspar_message
 
 
 def message_bytes(compressor, g, seed=0):
-    enc = compressor.coder.encode(g, tf.constant([seed, 0], tf.int64), g.dtype)
+    enc = compressor.feedback.encode(g, tf.constant([seed, 0], tf.int64), g.dtype)
     return int(tf.size(enc.message))
 
 

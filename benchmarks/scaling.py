@@ -126,7 +126,7 @@ def measure(spec, grads, seed=0):
     for i, (name, g) in enumerate(grads):
         x = tf.reshape(tf.convert_to_tensor(g), [-1])
         d = int(x.shape[0])
-        enc = comp.coder.encode(x, tf.constant([seed, i], tf.int64), x.dtype)
+        enc = comp.feedback.encode(x, tf.constant([seed, i], tf.int64), x.dtype)
         out.append({"tensor": name, "d": d, "D": d * x.dtype.size, "m": int(enc.message.shape[0]),
                     "m_expected": int(comp.codec.expected_nbytes(d, x.dtype))})
     return out

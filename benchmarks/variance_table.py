@@ -138,7 +138,7 @@ def measure(make, grads, draws, seed=0):
                 if comp.codec.collective == "allreduce":
                     q, q_sq, size = reduced_draw(comp.codec, x, g.shape, seed_r)
                 else:
-                    enc = comp.coder.encode(x, seed_r, tf.float32, **kwargs)
+                    enc = comp.feedback.encode(x, seed_r, tf.float32, **kwargs)
                     q, _ = comp.codec.decode_sum(enc.message, 1, g.size, tf.float32, **kwargs)  # what a receiver gets
                     q_sq, size = float(enc.q_sq_norm), int(enc.message.shape[0])
                 sq_q[r] += q_sq
@@ -233,7 +233,7 @@ def table_for(points, draws, log):
             for mb, tensors in enumerate(grads):
                 x = tf.constant(tensors[t].reshape(-1))
                 for r in range(draws):
-                    sizes.append(int(gs.coder.encode(x, tf.constant([mb, r], tf.int64), tf.float32).message.shape[0]))
+                    sizes.append(int(gs.feedback.encode(x, tf.constant([mb, r], tf.int64), tf.float32).message.shape[0]))
             targets.append(float(np.mean(sizes)))
 
         def make(t, g, targets=targets):

@@ -33,7 +33,7 @@ under a per-rank path).
 
 import tensorflow as tf
 
-from hvdspar.compressor import _flat_shape, _variable_key
+from hvdspar.buckets import flat_shape
 
 
 ATTRIBUTE = "hvdspar_compressor"
@@ -58,26 +58,20 @@ def build(compressor, variables):
 
     ``variables`` are those whose gradients the compressor will see, in the order the optimizer
     hands them to Horovod (for Keras, ``model.trainable_variables``), without ``groups=``: one
-    state per message (``Compressor.messages``: a bucket of them, or each alone with
+    state per message (``Buckets.cut``: a bucket of them, or each alone with
     ``bucket_mb=0``), keyed by its variables as ``compress`` keys it. State that already exists
     must match. Returns the compressor.
     """
     variables = list(variables)
     shapes = [tf.TensorShape(v.shape) for v in variables]
     dtypes = [tf.as_dtype(v.dtype) for v in variables]
-    for part in compressor.messages(shapes, dtypes):
+    for part in compressor.buckets.cut(shapes, dtypes):
         members = [variables[i] for i in part]
-        shape = _flat_shape(members)
-        key = tuple(_variable_key(v) for v in members)
-        index = compressor._by_variables.get(key)
-        if index is None:
-            index = len(compressor.slots)
-            compressor._new_slot_here(index, shape, dtypes[part[0]])
-            compressor._by_variables[key] = index
-        slot = compressor.slots[index]
-        if slot.shape != shape or slot.dtype != dtypes[part[0]]:
+        shape, dtype = flat_shape(members), dtypes[part[0]]
+        slot = compressor.state_of(members, shape, dtype)
+        if slot.shape != shape or slot.dtype != dtype:
             raise ValueError(
                 f"hvdspar.build: the state of {[v.name for v in members]} holds {slot.dtype.name}"
-                f"{slot.shape.as_list()}, but these variables make {dtypes[part[0]].name}{shape.as_list()}"
+                f"{slot.shape.as_list()}, but these variables make {dtype.name}{shape.as_list()}"
             )
     return compressor

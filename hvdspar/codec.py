@@ -22,8 +22,8 @@ returns Q as sent, for the memory.
 
 A codec whose messages are dense and the same shape on every rank (PowerSGD's
 P and Q) instead sums them with Horovod's allreduce itself
-(``collective = "allreduce"``, ``reduce_sum`` -> ``Reduced``) and says which
-gradients it sends dense (``plan``).
+(``sums_by_allreduce``, ``reduce_sum`` -> ``Reduced``), may keep state per
+message (``initial_state``) and says which gradients it sends dense (``plan``).
 
 ``hvdspar.compressor.Compressor`` runs a codec inside Horovod's allreduce; a
 codec alone runs anywhere (tests, simulated workers, benchmarks).
@@ -48,7 +48,7 @@ class Encoded(collections.namedtuple("Encoded", ["message", "q", "kept", "q_sq_n
 
 class Reduced(collections.namedtuple("Reduced", ["total", "finite", "q", "nbytes", "kept", "q_sq_norm", "state",
                                                  "dense"])):
-    """What a codec that sums through Horovod's allreduce itself (``collective = "allreduce"``:
+    """What a codec that sums through Horovod's allreduce itself (``sums_by_allreduce``:
     PowerSGD) returns from ``reduce_sum``: the sum over the ranks [d], whether every rank was
     finite, this rank's C(x) for the error-feedback memory, the bytes and numbers this rank sent,
     ||own part||^2 (float64), the codec's new state values {name: tensor}, and whether it went dense."""
@@ -57,8 +57,9 @@ class Reduced(collections.namedtuple("Reduced", ["total", "finite", "q", "nbytes
 class Codec:
     """Base class of the codecs; see the module docstring."""
 
-    #: how the ranks' messages meet: "allgather" (encode / decode_sum) or "allreduce" (``reduce_sum``)
-    collective = "allgather"
+    #: how the ranks' messages meet: False, allgathered (``encode`` / ``decode_sum``); True, summed by
+    #: allreduce (``reduce_sum``; ``communicators.Allreduce``)
+    sums_by_allreduce = False
 
     #: whether several tensors may share one message (False: the method needs each tensor's shape)
     buckets = True
@@ -96,6 +97,22 @@ class Codec:
 
     def expected_nbytes(self, d, dtype, shape=None):
         """The message size to plan for, in bytes, alike on every rank."""
+        raise NotImplementedError
+
+    def plan(self, d, shape):
+        """Why a message of ``shape`` goes dense whatever the network (a ``fallback.Plan`` reason), or
+        None. Only a codec that sums by allreduce decides alone; allgathered messages also get the
+        byte rule (``hvdspar.fallback``)."""
+        return None
+
+    def initial_state(self, shape, dtype, seed):
+        """The codec's own state of a message of ``shape`` ({name: initial value}; none by default),
+        made alike on every rank from ``seed``."""
+        return {}
+
+    def reduce_sum(self, x, state, allreduce_sum, dtype, shape, num_ranks, seed):
+        """A codec that ``sums_by_allreduce``: this rank's x summed over the ranks with
+        ``allreduce_sum(t, tag)`` -> ``Reduced``."""
         raise NotImplementedError
 
     def timing_shape(self, shape):

@@ -34,40 +34,39 @@ def contraction(sq_norm, second_moment):
     return tf.math.divide_no_nan(tf.cast(sq_norm, tf.float64), tf.cast(second_moment, tf.float64))
 
 
-class ErrorFeedback:
-    """A codec with error feedback: what a compressor with ``memory=True`` encodes with.
-
-    ``feed(g, m)`` is e = m + g, ``encode`` sends C(e) (``codec.encode(..., contract=True)``),
-    ``residual(e, encoded)`` is the new memory e - C(e), with C(e) as the receivers decode it.
-    Decoding and sizes are the codec's own.
-    """
+class NoMemory:
+    """``memory=False``: e = g, send Q(g), keep nothing (the same methods as ``ErrorFeedback``)."""
 
     def __init__(self, codec):
         self.codec = codec
 
-    @property
-    def buckets(self):
-        return self.codec.buckets
+    def feed(self, g, memory, dtype):
+        return g
 
-    def config(self):
-        return self.codec.config()
+    def encode(self, x, seed, dtype, shape=None):
+        return self.codec.encode(x, seed, dtype, shape)
 
-    def timing_shape(self, shape):
-        return self.codec.timing_shape(shape)
+    def residual(self, e, q):
+        return tf.zeros([0], e.dtype)
+
+    def keep(self, slot, when, new_memory):
+        pass
+
+
+class ErrorFeedback(NoMemory):
+    """``memory=True``: e = m + g (``feed``), send C(e) (``encode``: the codec's contraction),
+    m <- e - C(e) (``residual``, with q = C(e) as the receivers decode it), kept only
+    ``when`` the step counts (``keep``: every rank finite)."""
 
     def feed(self, g, memory, dtype):
-        """e = m + g, in the compute dtype of ``dtype`` (the memory's)."""
         return tf.cast(g, compute_dtype(dtype)) + memory
 
     def encode(self, x, seed, dtype, shape=None):
         return self.codec.encode(x, seed, dtype, shape, contract=True)
 
-    def residual(self, e, encoded):
-        """m <- e - C(e)."""
-        return e - tf.cast(encoded.q, e.dtype)
+    def residual(self, e, q):
+        return e - tf.cast(q, e.dtype)
 
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
-        return self.codec.decode_sum(data, num_ranks, d, dtype, shape, factor)
-
-    def expected_nbytes(self, d, dtype, shape=None):
-        return self.codec.expected_nbytes(d, dtype, shape)
+    def keep(self, slot, when, new_memory):
+        """m <- ``new_memory()`` where ``when`` (a bool tensor)."""
+        tf.cond(when, lambda: slot.memory.assign(new_memory()).op, tf.no_op)

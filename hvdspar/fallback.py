@@ -40,6 +40,26 @@ class Plan(collections.namedtuple("Plan", ["dense", "reason", "num_ranks", "n_te
     """One message's decision: dense?, why, at how many ranks, for how many tensors."""
 
 
+def plan(rule, codec, d, dtype, shape, num_ranks, elastic):
+    """(dense?, reason) of a message of d elements of ``dtype`` (a tensor of ``shape``, or a bucket:
+    [d]) at ``num_ranks`` ranks, under the rule ``fallback=`` (True / "auto": by bytes, M m >= 2 D,
+    ``exchange.prefer_dense``; False: never). A pure function of sizes and world; a codec that sums
+    by allreduce has its own rule (``Codec.plan``), and under elastic training the byte rule is left
+    to run time (``RUN_TIME``)."""
+    if d == 0:
+        return True, "empty"
+    why = codec.plan(d, shape)
+    if why is not None:
+        return True, why
+    if codec.sums_by_allreduce or not rule or (num_ranks <= 1 and not elastic):
+        return False, "compressed"
+    if elastic:
+        return False, RUN_TIME
+    if exchange.prefer_dense(codec.expected_nbytes(d, dtype, shape), d * dtype.size, num_ranks):
+        return True, "by bytes"
+    return False, "compressed"
+
+
 class Fallback:
     """The fallback policy of one compressor, and its latest decisions (Python only).
 
@@ -57,39 +77,22 @@ class Fallback:
         self._eager_logged = set()  # slot indices whose eager plan was logged
 
     def decide(self, comp, index, d, dtype, shape, num_ranks, n_tensors=1):
-        """The ``Plan`` of message ``index`` of ``comp``: d elements of ``dtype`` (a tensor of ``shape``,
-        or a bucket: [d]), at ``num_ranks`` ranks (at trace time); also kept in ``plans``."""
-        own_rule = getattr(comp.codec, "plan", None)  # a codec that sums by allreduce has its own (PowerSGD)
-        if d == 0:
-            dense, reason = True, "empty"
-        elif own_rule is not None:
-            why = own_rule(d, shape)
-            dense, reason = why is not None, why or "compressed"
-        elif not self.rule:
-            dense, reason = False, "compressed"
-        elif exchange.elastic():
-            if self.rule == "auto":
-                raise ValueError(
-                    f"hvdspar: {comp.name}: fallback='auto' times the network once and plans at the first trace, "
-                    "which Horovod does not redo when an elastic job changes size; use fallback=True (the byte "
-                    "rule, taken at every step from the world size) or fallback=False under hvd.elastic"
-                )
-            dense, reason = False, RUN_TIME
-        elif num_ranks <= 1:
-            dense, reason = False, "compressed"
-        else:
-            message_nbytes, dense_nbytes = comp.codec.expected_nbytes(d, dtype, shape), d * dtype.size
-            if exchange.prefer_dense(message_nbytes, dense_nbytes, num_ranks):
-                dense, reason = True, "by bytes"
-            elif self.rule == "auto" and not self._sparse_is_faster(comp, d, dtype, shape, num_ranks,
-                                                                    message_nbytes):
-                dense, reason = True, "by time"
-            else:
-                dense, reason = False, "compressed"
-        plan = self.plans[index] = Plan(dense, reason, num_ranks, n_tensors)
-        return plan
+        """The ``Plan`` of message ``index`` of ``comp`` (``plan``, then the timed rule where asked),
+        also kept in ``plans``."""
+        if self.rule == "auto" and exchange.elastic():
+            raise ValueError(
+                f"hvdspar: {comp.name}: fallback='auto' times the network once and plans at the first trace, "
+                "which Horovod does not redo when an elastic job changes size; use fallback=True (the byte "
+                "rule, taken at every step from the world size) or fallback=False under hvd.elastic"
+            )
+        dense, reason = plan(self.rule, comp.codec, d, dtype, shape, num_ranks, exchange.elastic())
+        if (self.rule == "auto" and reason == "compressed" and num_ranks > 1 and not comp.codec.sums_by_allreduce
+                and not self._sparse_is_faster(comp, d, dtype, shape, num_ranks)):
+            dense, reason = True, "by time"
+        self.plans[index] = Plan(dense, reason, num_ranks, n_tensors)
+        return self.plans[index]
 
-    def _sparse_is_faster(self, comp, d, dtype, shape, num_ranks, message_nbytes):
+    def _sparse_is_faster(self, comp, d, dtype, shape, num_ranks):
         """The timed rule (``hvdspar.link``): compressed must be AUTO_MARGIN times faster than dense."""
         from hvdspar import link
 
@@ -97,7 +100,8 @@ class Fallback:
         key = (dtype.name, timing_shape)
         if key not in self._compute_costs:
             self._compute_costs[key] = link.measure_compute(comp, dtype, num_ranks, timing_shape)
-        return link.sparse_pays(link.network(), self._compute_costs[key], d, message_nbytes, d * dtype.size, num_ranks)
+        return link.sparse_pays(link.network(), self._compute_costs[key], d, comp.codec.expected_nbytes(d, dtype, shape),
+                                d * dtype.size, num_ranks)
 
     def summary(self, comp):
         """One line: how many messages (tensors, or buckets of tensors) the latest trace sends dense, and why."""
@@ -116,7 +120,7 @@ class Fallback:
                     f"every step by bytes from the world size then, {sum(reasons.values())} dense at the first "
                     f"trace ({why})")
         rule = {True: "by bytes", "auto": "by bytes, then by time", False: "never"}[self.rule]
-        if getattr(comp.codec, "plan", None) is not None:
+        if comp.codec.sums_by_allreduce:
             rule = f"{name}'s own rule"
         return (f"hvdspar: {name} at {'/'.join(map(str, ranks))} ranks: "
                 f"{sum(reasons.values())} of {len(plans)} {what} sent dense ({why}; fallback={rule}), "

@@ -160,7 +160,7 @@ def _round_trip(compressor, dtype, shape, num_ranks):
 
     @tf.function(autograph=False)
     def round_trip():
-        enc = compressor.coder.encode(g, tf.constant([1, 2], tf.int64), dtype, tensor_shape)
+        enc = compressor.feedback.encode(g, tf.constant([1, 2], tf.int64), dtype, tensor_shape)
         return compressor.codec.decode_sum(tf.tile(enc.message, [num_ranks]), num_ranks, d, dtype, tensor_shape)[0]
 
     return round_trip

@@ -63,13 +63,13 @@ def orthogonalise(p, epsilon=0.0):
 
 
 class PowerSGDCodec(Codec):
-    """PowerSGD's exchange: two Horovod allreduces per matrix (``collective = "allreduce"``).
+    """PowerSGD's exchange: two Horovod allreduces per matrix (``sums_by_allreduce``).
 
     Not an allgather codec: ``reduce_sum`` runs the power iteration with the sum-allreduce
     it is given, and ``plan`` says which gradients it sends dense.
     """
 
-    collective = "allreduce"
+    sums_by_allreduce = True
     buckets = False  # the matrix view needs each tensor's own shape
 
     def __init__(self, rank=1, start_iter=10, min_compression_rate=2.0, warm_start=True,
@@ -118,7 +118,10 @@ class PowerSGDCodec(Codec):
         return (rows + cols) * r * compute_dtype(dtype).size
 
     def initial_state(self, shape, dtype, seed):
-        """The per-gradient state: Q [cols, r] (standard normal from ``seed``, alike on every rank), step."""
+        """The per-gradient state of a matrix: Q [cols, r] (standard normal from ``seed``, alike on every
+        rank), step; none for a vector (sent dense)."""
+        if len(tf.TensorShape(shape)) < 2:
+            return {}
         rows, cols, r = self.layout(shape)
         cdt = compute_dtype(dtype)
         return {"q": tf.random.stateless_normal([cols, r], seed=[seed, 0], dtype=cdt),

@@ -101,6 +101,15 @@ class SlotState(tf.Module):
         if sq_norm is not None:
             self.sq_norms.assign_add(tf.stack([tf.cast(sq_norm, tf.float64), tf.cast(sq_norm_sent, tf.float64)]))
 
+    def keep(self, finite, used, norms, codec_state=None):
+        """After a compressed sum: the codec's new state where every rank was finite; one step of
+        the random stream and the norms where the step was ``used`` (compressed and finite)."""
+        if codec_state:
+            tf.cond(finite, lambda: tf.group([self.codec_state[k].assign(v) for k, v in codec_state.items()]),
+                    tf.no_op)
+        self.calls.assign_add(tf.cast(used, tf.int64))  # a skipped step does not use up a stream
+        self.sq_norms.assign_add(tf.where(used, norms, tf.zeros([2], tf.float64)))
+
     def reset(self):
         self.totals.assign(tf.zeros_like(self.totals))
         self.last.assign(tf.zeros_like(self.last))

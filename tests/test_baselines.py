@@ -22,7 +22,7 @@ def wire_q(comp, x, seed, shape=None):
     """Q(x) as a receiver decodes it from the bytes, plus the message."""
     d = x.shape[0]
     kwargs = {} if shape is None else {"shape": shape}
-    enc = comp.coder.encode(x, seed, x.dtype, **kwargs)
+    enc = comp.feedback.encode(x, seed, x.dtype, **kwargs)
     total, finite = comp.codec.decode_sum(enc.message, 1, d, x.dtype, **kwargs)
     return total, finite, enc
 
@@ -261,7 +261,7 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
     # planning: never above the worst case; QSGD plans with E[#non-zero] <= s (s + sqrt(d))
     assert comp.codec.expected_nbytes(777, tf.float32) <= quantize.max_nbytes(777, levels, tf.float32)
     # decode_sum(encode) is Q(x) exactly, as the sender computes it
-    enc = comp.coder.encode(x, tf.constant([5, 5], tf.int64), tf.float32)
+    enc = comp.feedback.encode(x, tf.constant([5, 5], tf.int64), tf.float32)
     total, finite = comp.codec.decode_sum(enc.message, 1, 777, tf.float32)
     np.testing.assert_array_equal(total.numpy(), quantize.to_dense(msg, levels, tf.float32).numpy())
     assert bool(finite)
@@ -270,13 +270,13 @@ def test_quantiser_round_trip_both_schemes_and_exact_size(maker, density):
 
 def test_terngrad_costs_at_most_two_bits_per_element():
     x = tf.constant(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
-    enc = hvdspar.TernGrad().coder.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
+    enc = hvdspar.TernGrad().feedback.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
     assert enc.message.shape[0] <= 4096 * 2 / 8 + wire.header_nbytes(4096, tf.float32)
 
 
 def test_qsgd_one_level_is_sparse_and_small():
     x = tf.constant(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
-    enc = hvdspar.QSGD(levels=1).coder.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
+    enc = hvdspar.QSGD(levels=1).feedback.encode(x, tf.constant([1, 1], tf.int64), tf.float32)
     assert int(enc.message[0]) == quantize.SCHEME_SPARSE
     # about sqrt(d) * ||x||_1/(sqrt(d)||x||_2) non-zeros, each ~ log2(d/n) + 3 bits
     assert enc.message.shape[0] < 4096 * 2 / 8 / 2
@@ -287,7 +287,7 @@ def test_atomo_round_trip_and_exact_size(shape):
     d = int(np.prod(shape))
     x = tf.constant(np.random.default_rng(6).standard_normal(d).astype(np.float32))
     comp = hvdspar.Atomo(budget=2, memory=True, seed=1)
-    enc = comp.coder.encode(x, tf.constant([1, 9], tf.int64), tf.float32, shape=shape)
+    enc = comp.feedback.encode(x, tf.constant([1, 9], tf.int64), tf.float32, shape=shape)
     total, finite = comp.codec.decode_sum(enc.message, 1, d, tf.float32, shape)
     assert bool(finite)
     np.testing.assert_array_equal(total.numpy(), enc.q.numpy())  # the sender's Q is what receivers decode
@@ -322,7 +322,7 @@ def test_messages_of_several_ranks_concatenate():
         kwargs = {"shape": shape} if isinstance(comp, hvdspar.Atomo) else {}
         parts, expect = [], np.zeros(48, np.float32)
         for r in range(3):
-            enc = comp.coder.encode(x[r], tf.constant([r, 0], tf.int64), tf.float32, **kwargs)
+            enc = comp.feedback.encode(x[r], tf.constant([r, 0], tf.int64), tf.float32, **kwargs)
             q, _ = comp.codec.decode_sum(enc.message, 1, 48, tf.float32, **kwargs)
             parts.append(enc.message)
             expect += q.numpy()
@@ -342,8 +342,8 @@ def test_nonfinite_input_is_flagged_by_every_compressor():
         (hvdspar.RandomK(0.1), {}),
         (hvdspar.EFSignSGD(), {}),
     ]:
-        enc = comp.coder.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
-        ok = comp.coder.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
+        enc = comp.feedback.encode(x, tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
+        ok = comp.feedback.encode(tf.ones([48]), tf.constant([0, 0], tf.int64), tf.float32, **kwargs)
         _, finite = comp.codec.decode_sum(tf.concat([ok.message, enc.message], 0), 2, 48, tf.float32, **kwargs)
         assert not bool(finite), comp
 
@@ -359,13 +359,13 @@ def test_other_dtypes_round_trip(dtype):
         (hvdspar.RandomK(0.5, rescale=True), {}),
         (hvdspar.EFSignSGD(), {}),
     ]:
-        enc = comp.coder.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
+        enc = comp.feedback.encode(x, tf.constant([0, 3], tf.int64), dtype, **kwargs)
         total, finite = comp.codec.decode_sum(enc.message, 1, 48, dtype, **kwargs)
         assert bool(finite) and total.dtype == compute_dtype(dtype)
         np.testing.assert_array_equal(total.numpy(), enc.q.numpy())
     # Atomo with every atom kept reconstructs the matrix to the dtype's precision.
     comp = hvdspar.Atomo(budget=6, memory=True)
-    q = comp.coder.encode(x, tf.constant([0, 3], tf.int64), dtype, shape=(8, 6)).q
+    q = comp.feedback.encode(x, tf.constant([0, 3], tf.int64), dtype, shape=(8, 6)).q
     tol = {tf.float16: 1e-2, tf.bfloat16: 5e-2, tf.float64: 1e-12}[dtype]
     np.testing.assert_allclose(q.numpy(), tf.cast(x, q.dtype).numpy(), atol=tol * 4)
 

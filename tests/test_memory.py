@@ -95,7 +95,7 @@ def test_with_memory_unbiased_compressors_send_a_contraction(make, shape):
 
         @tf.function
         def draw(seed, comp=comp, kwargs=kwargs):
-            enc = comp.coder.encode(x, seed, tf.float32, **kwargs)
+            enc = comp.feedback.encode(x, seed, tf.float32, **kwargs)
             return comp.codec.decode_sum(enc.message, 1, x.shape[0], tf.float32, **kwargs)[0]
 
         err = [np.sum((draw(tf.constant([4, r], tf.int64)).numpy() - x.numpy()) ** 2) / sq for r in range(300)]

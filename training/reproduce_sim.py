@@ -3,7 +3,7 @@
 The convex experiments of Wangni et al. (2018) (Figures 1-3, top-k) and the CNN
 are run with the M = 4 workers *simulated* in one process: worker r computes
 its minibatch gradient g_r, encodes it with the compressor's codec
-(``compressor.coder.encode``, what ``Compressor.compress`` calls under Horovod) with the seed
+(``compressor.feedback.encode``, what ``Compressor.compress`` calls under Horovod) with the seed
 ``[compressor.stream_seed(r, tensor_index), step]`` that rank r would use, the
 M byte messages are concatenated in rank order (what the allgather returns)
 and ``codec.decode_sum`` with Horovod's factor 1/M turns them into the average
@@ -73,16 +73,16 @@ class SimExchange:
             for r in range(m):
                 x = flat[r]
                 if self.memory:
-                    x = comp.coder.feed(x, self.mem[i][r], tf.float32)  # e = m + g
+                    x = comp.feedback.feed(x, self.mem[i][r], tf.float32)  # e = m + g
                 seed = tf.stack([tf.constant(comp.stream_seed(r, i), tf.int64), step])
-                enc = comp.coder.encode(x, seed, tf.float32, tf.TensorShape(shape))
+                enc = comp.feedback.encode(x, seed, tf.float32, tf.TensorShape(shape))
                 msgs.append(enc.message)
                 nbytes.append(tf.cast(tf.size(enc.message), tf.float64))
                 kept.append(tf.cast(enc.kept, tf.float64))
                 sq_g.append(enc.x_sq_norm)
                 sq_q.append(tf.cast(enc.q_sq_norm, tf.float64))
                 if self.memory:
-                    new_mem.append(comp.coder.residual(x, enc))  # m <- e - C(e)
+                    new_mem.append(comp.feedback.residual(x, enc.q))  # m <- e - C(e)
             # the average as decompress computes it: Horovod's factor 1/M applied inside the decoding
             average, _ = comp.codec.decode_sum(tf.concat(msgs, 0), m, d, tf.float32,
                                                factor=tf.constant(1 / m, tf.float32))
