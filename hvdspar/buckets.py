@@ -68,29 +68,21 @@ class Message:
     position: int
     graph: object = None
     flat: bool = False
+    # derived from the tensors (``__post_init__``)
+    dtype: tf.DType = dataclasses.field(init=False)
+    shapes: tuple = dataclasses.field(init=False)
+    sizes: tuple = dataclasses.field(init=False)
+    d: int = dataclasses.field(init=False)
+    shape: tf.TensorShape = dataclasses.field(init=False)  # what the codec sees: the tensor's own, or [d]
 
-    @property
-    def dtype(self):
-        return self.slot.dtype
-
-    @property
-    def shapes(self):
-        return [t.shape for t in self.tensors]
-
-    @property
-    def sizes(self):
-        return [s.num_elements() for s in self.shapes]
-
-    @property
-    def d(self):
-        return int(sum(self.sizes))
-
-    @property
-    def shape(self):
-        """The shape the codec sees: the tensor's own, or [d] (a bucket, or ``flat``)."""
-        if len(self.tensors) == 1 and not self.flat:
-            return self.tensors[0].shape
-        return tf.TensorShape([self.d])
+    def __post_init__(self):
+        shapes = tuple(t.shape for t in self.tensors)
+        sizes = tuple(s.num_elements() for s in shapes)
+        d = int(sum(sizes))
+        shape = shapes[0] if len(shapes) == 1 and not self.flat else tf.TensorShape([d])
+        for name, value in (("dtype", self.slot.dtype), ("shapes", shapes), ("sizes", sizes), ("d", d),
+                            ("shape", shape)):
+            object.__setattr__(self, name, value)
 
     def concat(self):
         """x: the members flattened, one after the other."""

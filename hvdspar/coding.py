@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvdspar import bits, wire
+from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -88,13 +89,13 @@ def ef_encode(idx, d):
 def ef_decode(data, n, d):
     """Inverse of ef_encode for n indices: bytes (exactly ef_nbytes long) -> int64 [n].
 
-    The low bits and the unary high bits of a tensor of at least ``wire.XLA_MIN_ELEMENTS`` elements
+    The low bits and the unary high bits of a tensor of at least ``kernels.XLA_MIN_ELEMENTS`` elements
     are unpacked in XLA (``bits.unpack_uints``, ``bits.set_bit_positions``)."""
     n = tf.cast(n, tf.int64)
     l = ef_low_width(n, d)
     low_bytes, high_bits, _ = ef_sizes(n, d)
-    low = bits.unpack_uints(data[:low_bytes], n, l, xla=d >= wire.XLA_MIN_ELEMENTS)
-    positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=d >= wire.XLA_MIN_ELEMENTS)[:n]
+    low = bits.unpack_uints(data[:low_bytes], n, l, xla=d >= XLA_MIN_ELEMENTS)
+    positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=d >= XLA_MIN_ELEMENTS)[:n]
     high = positions - tf.range(n, dtype=tf.int64)
     return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, l), low)
 

@@ -12,78 +12,28 @@ and GSpar's Algorithm 3 starts from
 
 and bounds the water level with ||x||_1 and ||x||^2 (``hvdspar.probabilities.water_level_bound``).
 
-``scan(x)`` computes the three in one read of x. For a float32 x of at least
-``XLA_MIN_ELEMENTS`` elements it is one compiled kernel (``hvdspar.native``: both
-sums in float64) where that is built; otherwise, and for other dtypes, it is one
-small XLA computation per chunk (``chunk_elements``: about ``CHUNKS_PER_PASS`` chunks, at most
-``MAX_CHUNK_ELEMENTS`` each; the chunks of one pass run concurrently, so a pass
-uses every core), each one loop over its chunk; chunk results are combined in a
-fixed order, so the same x gives the same figures on any machine. For x
-narrower than float64 the squares are summed in float32 per row of 1024 and
-the rows in float64 (``_chunk_scan_rows``: relative error about 1e-8, half the
-time of a float64 sum); a NaN or an Inf makes those sums non-finite, and then,
-or where float32 squares overflow or flush to zero, the pass is run again in
-float64 (``_chunk_scan``), which decides. (Three separate TF ops, ``is_finite``
-and ``tensordot`` over the whole of x, read a 10M gradient three times and
-materialise a boolean copy of it.) Smaller x take the
-plain TF ops, where compiling per shape would cost more than it saves; there
-``l1`` is None (GSpar's plain path computes its own).
-
-The chunks (``chunks``) are GSpar's too (``hvdspar.sparsify``). Their length is
-a power of two from ``XLA_MIN_ELEMENTS`` (2^16) to ``MAX_CHUNK_ELEMENTS`` (2^20),
-and the last one is padded with zeros to a power of two, so XLA compiles each
-chunk function for at most five shapes per dtype, whatever the tensor sizes. A
-zero adds nothing to any of the sums and is finite. Why about 4 chunks of at
-most 2^20: every chunk is a few TF ops (a slice, an XLA launch, a combination),
-and with 2^18-element chunks a 10M gradient took 40 chunks a pass, whose op
-overhead cost more than the parallelism gained on a 2-core machine (the encode
-of 10M: 48 -> 39 ms with 2^20); at 1M, 4 chunks of 2^18 encoded in 6.1 ms
-against 7.2 ms for 8 of 2^17 (25 interleaved calls, one process); far fewer
-chunks than cores leave cores idle.
+``scan(x)`` computes the three in one read of x. For x of at least
+``kernels.XLA_MIN_ELEMENTS`` elements it is one small XLA computation per chunk
+(``kernels.chunks``), each one loop over its chunk, the chunk results combined in
+a fixed order, so the same x gives the same figures on any machine (and with or
+without ``hvdspar.native``: ``hvdspar.kernels``). For x narrower than float64 the
+squares are summed in float32 per row of 1024 and the rows in float64
+(``_chunk_scan_rows``: relative error about 1e-8); a NaN or an Inf makes those sums
+non-finite, and then, or where float32 squares overflow or flush to zero, the pass
+is run again in float64 (``_chunk_scan``), which decides. Smaller x take the plain
+TF ops; there ``l1`` is None (GSpar's plain path computes its own).
 """
 
 import collections
 
 import tensorflow as tf
 
-from hvdspar import native
+from hvdspar.kernels import XLA_MIN_ELEMENTS, chunks
 from hvdspar.probabilities import compute_dtype
-from hvdspar.wire import XLA_MIN_ELEMENTS
-
-MAX_CHUNK_ELEMENTS = 1 << 20
-CHUNKS_PER_PASS = 4
-
 
 class Scan(collections.namedtuple("Scan", ["finite", "sq_norm", "l1"])):
     """What the first pass learned about x: all finite (bool), ||x||^2 (float64), ||x||_1 (compute
     dtype; None for x under ``XLA_MIN_ELEMENTS``). For a non-finite x the norms are not finite."""
-
-
-def padded_chunk(n):
-    """The length a chunk of ``n`` elements is padded to: the next power of two, at least XLA_MIN_ELEMENTS."""
-    size = XLA_MIN_ELEMENTS
-    while size < n:
-        size *= 2
-    return size
-
-
-def chunk_elements(d):
-    """Elements per chunk of a flat x of d elements: d / CHUNKS_PER_PASS rounded up to a power of
-    two, within [XLA_MIN_ELEMENTS, MAX_CHUNK_ELEMENTS]."""
-    return min(padded_chunk(-(-d // CHUNKS_PER_PASS)), MAX_CHUNK_ELEMENTS)
-
-
-def chunks(x):
-    """Flat x (static size) -> (its chunks of ``chunk_elements``, the last zero-padded to ``padded_chunk``
-    of its length; the chunks' offsets in x)."""
-    d = x.shape.num_elements()
-    size = chunk_elements(d)
-    sizes = [size] * (d // size) + ([d % size] if d % size else [])
-    parts = tf.split(x, sizes) if len(sizes) > 1 else [x]
-    pad = padded_chunk(sizes[-1]) - sizes[-1]
-    if pad:
-        parts[-1] = tf.pad(parts[-1], [[0, pad]])
-    return parts, [i * size for i in range(len(parts))]
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -138,8 +88,6 @@ def scan(x):
     if d is None or d < XLA_MIN_ELEMENTS:
         x64 = tf.cast(x, tf.float64)
         return Scan(tf.reduce_all(tf.math.is_finite(x)), tf.tensordot(x64, x64, 1), None)
-    if native.usable(x):
-        return Scan(*native.scan(x))
     parts = chunks(x)[0]
     if x.dtype == tf.float64:
         return _combined([_chunk_scan(p) for p in parts])

@@ -16,21 +16,20 @@ u_i < Lambda |g_i| under an upper bound Lambda of the water level
 draw then run on the candidates alone. Where the bound is loose (a gradient
 whose mass sits in a few coordinates) it takes 4: the first, one per
 rescaling, the sampling. Only the variable-length gather of the kept
-coordinates runs outside XLA. For float32 g, where ``hvdspar.native`` is built,
-the first pass and the sampling pass are its compiled kernels instead (the same
-kept indices, vectorised, and compacted in the same loop). Smaller tensors skip
-XLA: compiling per shape would cost more than it saves.
+coordinates runs outside XLA. The sampling pass is ``hvdspar.kernels.keep``
+(``hvdspar.native``'s kernel where built: the same kept indices). Smaller
+tensors skip XLA: compiling per shape would cost more than it saves.
 """
 
 import tensorflow as tf
 
 from hvdspar.probabilities import (check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level,
                                    water_level_bound)
-from hvdspar import native, rng
+from hvdspar import kernels, rng
 from hvdspar.bits import next_power_of_two, zero_padded
 from hvdspar.coding import SparseMessage
-from hvdspar.scan import chunks, scan
-from hvdspar.wire import XLA_MIN_ELEMENTS  # one threshold for XLA sampling and summing
+from hvdspar.kernels import XLA_MIN_ELEMENTS, chunks
+from hvdspar.scan import scan
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -52,7 +51,7 @@ def _keep(a, seed, rho, epsilon, method, iterations):
     return lam, kept, scaled >= 1
 
 
-# The greedy method on large tensors, in chunks (``hvdspar.scan.chunks``). Each function below
+# The greedy method on large tensors, in chunks (``hvdspar.kernels.chunks``). Each function below
 # is one XLA computation over one chunk of g (|g| is fused in, never materialised); XLA
 # runs a computation on one CPU thread, and TF's executor runs the independent chunk
 # calls of a graph concurrently, so a pass uses every core. Chunk results are combined
@@ -76,13 +75,6 @@ def _chunk_tail(g, lam):
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _chunk_keep(g, lam, seed, offset):
-    """Z_i = [u_i < lambda |g_i|] for one chunk starting at element ``offset``."""
-    a = _abs(g)
-    return rng.uniform(tf.size(a), seed, a.dtype, offset) < lam * a
-
-
-@tf.function(jit_compile=True, autograph=False)
 def _chunk_min_nonzero(g):
     """min_{g_i != 0} |g_i| over one chunk (the dtype's max when there is none)."""
     a = _abs(g)
@@ -96,12 +88,6 @@ def _rescale(lam, budget, stats):
     active_sum = tf.add_n([s[1] for s in stats])
     c = tf.math.divide_no_nan(budget - n_saturated, active_sum)
     return tf.where(c > 1, lam * c, lam)
-
-
-def _indices(masks, offsets):
-    """The sorted global indices where the chunks' masks hold."""
-    kept = [tf.where(m)[:, 0] + o for m, o in zip(masks, offsets)]
-    return tf.concat(kept, axis=0) if len(kept) > 1 else kept[0]
 
 
 # The candidate path is taken when r = rho d ||g||^2 / ||g||_1^2 is at most this
@@ -133,7 +119,7 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
     ``iterations`` times; then Z_i = [u_i < lambda |g_i|]. Two ways to the same lambda and Z:
 
     - by candidates, one pass: ``probabilities.water_level_bound`` gives Lambda >= every lambda
-      Algorithm 3 visits from ||g||_1 and ||g||^2. One sampling pass (``_chunk_keep`` at Lambda)
+      Algorithm 3 visits from ||g||_1 and ||g||^2. One sampling pass (``kernels.keep`` at Lambda)
       draws the candidates K = {i : u_i < Lambda |g_i|}, which hold every coordinate any of those
       lambdas saturates (Lambda |g_i| >= 1 > u_i) or keeps. The rescalings and the final
       Z_i = [u_i < lambda |g_i|] then run on K alone (u_i drawn again by index,
@@ -147,23 +133,18 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
     rescaling passes instead: 40 -> 30 ms for the sampler of 10M.)
 
     The chunks are powers of two from 2^16 to 2^20 long, the last padded with zeros
-    (``hvdspar.scan.chunks``), so XLA compiles each chunk function at most five times per
+    (``hvdspar.kernels.chunks``), so XLA compiles each chunk function at most five times per
     dtype in a process, not once per distinct tensor size (a ResNet-50 has dozens). A zero
     adds nothing to any pass and is never kept (p_i = 0).
     """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
-    compiled = native.usable(g)
 
     def pieces():  # g's XLA chunks and their offsets, made in the branch that needs them
-        parts, offsets = chunks(g)
-        return parts, [tf.constant(o, tf.int64) for o in offsets]
+        return chunks(g)
 
     def sample(lam, chunked=None):
-        if compiled:  # the same indices, one kernel (hvdspar.native)
-            return native.keep(g, lam, seed)
-        parts, offsets = chunked or pieces()
-        return _indices([_chunk_keep(p, lam, seed, o) for p, o in zip(parts, offsets)], offsets)
+        return kernels.keep(g, lam, seed, chunked)
 
     if full_budget(rho):  # as lambda_rho_greedy: p = 1 for every non-zero coordinate
         m = tf.reduce_min(tf.stack([_chunk_min_nonzero(p) for p in pieces()[0]]))

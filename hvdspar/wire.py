@@ -20,7 +20,8 @@ allgather returns) and read back one after the other (``fold``).
 
 import tensorflow as tf
 
-from hvdspar import bits, native
+from hvdspar import bits, kernels
+from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
@@ -141,32 +142,6 @@ def scaled(total, factor, all_finite):
     return total * (tf.cast(factor, total.dtype) + tf.where(all_finite, tf.zeros_like(nan), nan))
 
 
-# Sums of entry-wise messages (index, value) of large tensors. TF's CPU scatter costs about
-# 150 ns an entry and each tensor_scatter_nd_add over the running sum may copy it; one XLA
-# computation instead writes the [d] output once (zeros, then the entries in place).
-XLA_MIN_ELEMENTS = 1 << 16
-_scatter_rows_fns = {}
-
-
-def _scatter_rows_fn(d):
-    """The XLA computation (idx [M, P] int64, val [M, P]) -> sum [d], row after row (one per
-    rank, in rank order: the same bits on every rank and device, as ``fold``). Row padding is
-    (index 0, value 0.0), which changes no sum. Compiled per (d, dtype, M, P); P is a power of two."""
-    if d not in _scatter_rows_fns:
-
-        @tf.function(jit_compile=True, autograph=False)
-        def scatter_rows(idx, val):
-            def add_row(r, acc):  # a row's indices are unique: no two updates of one element
-                return r + 1, tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx[r], 1), val[r])
-
-            _, acc = tf.while_loop(lambda r, _: r < tf.shape(idx)[0], add_row,
-                                   (tf.constant(0), tf.zeros([d], val.dtype)))
-            return acc
-
-        _scatter_rows_fns[d] = scatter_rows
-    return _scatter_rows_fns[d]
-
-
 @_no_autograph
 def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbytes, entries, count, factor=None):
     """``fold`` for a method whose message is a list of entries (index, value of Q), unique within a
@@ -175,8 +150,8 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
 
     A first loop reads only the headers, for the longest list n_max; a second decodes every
     message into one row of the [M, P] table of entries (P: n_max rounded up to a power of two,
-    so that a few compilations serve every step; rows padded with (0, 0.0)); one XLA computation
-    (``hvdspar.native.scatter_rows`` instead, where built: the same bits) sums the table row by
+    so that a few compilations serve every step; rows padded with (0, 0.0)); ``kernels.scatter_rows``
+    (XLA, or hvdspar.native's kernel where built: the same bits) sums the table row by
     row and writes the output once. Same result, bit for bit, as ``fold`` with one scatter-add
     per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
     compilation per size would cost more than it saves).
@@ -221,9 +196,9 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
         (tf.constant(0), tf.constant(0, tf.int64), rows(tf.int64), rows(accumulate_dtype), tf.constant(True)),
         parallel_iterations=1,
     )
-    # the table's rows summed into [d]: hvdspar.native's kernel where built (the same bits), else XLA
-    scatter = ((lambda idx, val: native.scatter_rows(idx, val, d)) if native.scatter_usable(accumulate_dtype)
-               else _scatter_rows_fn(d))
+    def scatter(idx, val):  # the table's rows summed into [d], written once (``hvdspar.kernels``)
+        return kernels.scatter_rows(idx, val, d)
+
     if factor is None:
         return scatter(idx_rows.stack(), val_rows.stack()), all_finite
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import hvdspar
-from hvdspar import bits, coding, wire
+from hvdspar import bits, coding, kernels, wire
 from hvdspar.sparsify import gspar_message, uniform_message
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -94,7 +94,7 @@ def _rank_order_sum(arrays):
 
 
 @pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
-@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
+@pytest.mark.parametrize("d", [777, kernels.XLA_MIN_ELEMENTS + 3])
 def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one(d, dtype, accumulate):
     """Small tensors fold one scatter-add per message; large ones build one [M, P] table summed by
     one XLA computation: both equal sum_r Q_r added in rank order, bit for bit, with a non-finite
@@ -113,7 +113,7 @@ def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one
 
 
 @pytest.mark.parametrize("dtype, accumulate", [(tf.float32, tf.float32), (tf.float16, tf.float32), (tf.float64, tf.float64)])
-@pytest.mark.parametrize("d", [777, wire.XLA_MIN_ELEMENTS + 3])
+@pytest.mark.parametrize("d", [777, kernels.XLA_MIN_ELEMENTS + 3])
 def test_the_sum_with_horovods_factor_is_the_factor_applied_to_each_entry_or_nan_everywhere(d, dtype, accumulate):
     """decode_sum with Horovod's factor (what decompress returns): large tensors multiply the table's
     entries by the factor before the one write of the output, so the result is sum_r factor Q_r in
@@ -127,7 +127,7 @@ def test_the_sum_with_horovods_factor_is_the_factor_applied_to_each_entry_or_nan
         total, finite = decode(tf.concat(msgs, 0), 3, tf.constant(f))
         assert bool(finite) and total.dtype == accumulate
         plain = _rank_order_sum(dense)
-        expected = _rank_order_sum([q * f for q in dense]) if d >= wire.XLA_MIN_ELEMENTS else plain * f
+        expected = _rank_order_sum([q * f for q in dense]) if d >= kernels.XLA_MIN_ELEMENTS else plain * f
         np.testing.assert_array_equal(total.numpy(), expected)
         if factor == 0.5:
             np.testing.assert_array_equal(total.numpy(), plain * f)
@@ -278,15 +278,15 @@ def test_set_bit_positions_ignore_bits_past_nbits(xla):
 
 
 def test_elias_fano_roundtrip_on_both_paths():
-    """ef_decode unpacks the unary high bits in XLA from d = wire.XLA_MIN_ELEMENTS on: the same
+    """ef_decode unpacks the unary high bits in XLA from d = kernels.XLA_MIN_ELEMENTS on: the same
     indices as below it, for empty, single, full and random index sets."""
     rng = np.random.default_rng(13)
-    for d in (wire.XLA_MIN_ELEMENTS - 1, wire.XLA_MIN_ELEMENTS, 1_000_003):
+    for d in (kernels.XLA_MIN_ELEMENTS - 1, kernels.XLA_MIN_ELEMENTS, 1_000_003):
         for idx in ([], [0], [d - 1], list(range(0, d, max(1, d // 1000))), np.sort(rng.choice(d, 5000, replace=False))):
             idx = np.asarray(idx, np.int64)
             enc = coding.ef_encode(tf.constant(idx, tf.int64), d)
             np.testing.assert_array_equal(coding.ef_decode(enc, len(idx), d).numpy(), idx)
-    d = wire.XLA_MIN_ELEMENTS
+    d = kernels.XLA_MIN_ELEMENTS
     every = np.arange(d, dtype=np.int64)  # n = d: low width 0, every unary bit set
     np.testing.assert_array_equal(coding.ef_decode(coding.ef_encode(tf.constant(every), d), d, d).numpy(), every)
 

@@ -1,12 +1,11 @@
-"""hvdspar.native's compiled kernels against the XLA computations they stand in for, bit for bit where
-the XLA path fixes the bits (the kept indices, the decode's sum), and against float64 NumPy for the scan."""
+"""hvdspar.native's compiled kernels against the XLA computations they stand in for (``hvdspar.kernels``),
+bit for bit: the kept indices, the decode's sum, and so a compressor's messages."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from hvdspar import native, rng, sparsify, wire
-from hvdspar.scan import chunks
+from hvdspar import kernels, native, rng
 from tests.conftest import require_native
 
 pytestmark = pytest.mark.quick  # no Horovod, one process
@@ -19,9 +18,10 @@ def built():
 
 def xla_keep(x, lam, seed):
     """The XLA path's sampling pass: chunk by chunk, {i : u_i < lam |x_i|}."""
-    parts, offsets = chunks(x)
-    offsets = [tf.constant(o, tf.int64) for o in offsets]
-    return sparsify._indices([sparsify._chunk_keep(p, lam, seed, o) for p, o in zip(parts, offsets)], offsets)
+    parts, offsets = kernels.chunks(x)
+    kept = [tf.where(kernels._chunk_keep(p, lam, seed, tf.constant(o, tf.int64)))[:, 0] + o
+            for p, o in zip(parts, offsets)]
+    return tf.concat(kept, 0)
 
 
 @pytest.mark.parametrize("d", [1 << 16, (1 << 16) + 1, 3 * (1 << 18) + 4321, 1_000_003])
@@ -49,28 +49,6 @@ def test_keep_rejects_a_malformed_seed_and_lambda():
         native.keep(x, tf.constant([1.0, 2.0]), tf.constant([1, 2], tf.int64))
 
 
-@pytest.mark.parametrize("d", [1 << 16, 3 * (1 << 18) + 4321])
-@pytest.mark.parametrize("kind", ["student_t", "huge", "tiny", "zero"])
-def test_scan_gives_float64_norms_and_the_same_bits_every_call(d, kind):
-    x = np.random.default_rng(5).standard_t(2, size=d)
-    x = {"student_t": x, "huge": x * 1e30, "tiny": x * 1e-30, "zero": x * 0}[kind].astype(np.float32)
-    finite, sq, l1 = native.scan(tf.constant(x))
-    x64 = x.astype(np.float64)
-    assert bool(finite)
-    assert float(sq) == pytest.approx(float(np.dot(x64, x64)), rel=1e-12, abs=0)
-    assert float(l1) == pytest.approx(float(np.abs(x64).sum()), rel=1e-7, abs=0)  # float64 sum, rounded once
-    again = native.scan(tf.constant(x))
-    assert [t.numpy().tobytes() for t in again] == [t.numpy().tobytes() for t in (finite, sq, l1)]
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("where", [0, 70_000, -1])
-def test_scan_sees_a_non_finite_element_anywhere(bad, where):
-    x = np.random.default_rng(1).normal(size=3 * (1 << 18) + 4321).astype(np.float32)
-    x[where] = bad
-    assert not bool(native.scan(tf.constant(x))[0])
-
-
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 @pytest.mark.parametrize("m", [1, 3])
 def test_scatter_rows_is_the_xla_sum_bit_for_bit(dtype, m):
@@ -84,7 +62,7 @@ def test_scatter_rows_is_the_xla_sum_bit_for_bit(dtype, m):
         idx[r, :n] = gen.permutation(gen.choice(d, n, replace=False))  # unique within a row, any order
         val[r, :n] = gen.standard_t(2, size=n)
     got = native.scatter_rows(tf.constant(idx), tf.constant(val), d).numpy()
-    want = wire._scatter_rows_fn(d)(tf.constant(idx), tf.constant(val)).numpy()
+    want = kernels._scatter_rows_fn(d)(tf.constant(idx), tf.constant(val)).numpy()
     assert got.tobytes() == want.tobytes()
     dense = np.zeros(d)
     for r in range(m):
@@ -114,4 +92,27 @@ def test_hvdspar_native_0_turns_the_kernels_off(monkeypatch):
     assert native.why_not() == "HVDSPAR_NATIVE=0"
     assert not native.usable(tf.zeros([1 << 16]))
     with pytest.raises(RuntimeError, match="not in use: HVDSPAR_NATIVE=0"):
-        native.scan(tf.zeros([1 << 16]))
+        native.keep(tf.zeros([1 << 16]), 1.0, tf.constant([1, 2], tf.int64))
+
+
+@pytest.mark.parametrize("memory", [False, True])
+def test_a_compressor_sends_the_same_bits_with_and_without_the_kernels(memory, monkeypatch):
+    """The model trained must not depend on whether g++ was present: GSpar's message (lambda, the kept
+    set, the values, error feedback's gamma) and the decoded sum, with the kernels and without
+    (HVDSPAR_NATIVE=0's path), bit for bit, on heavy-tailed gradients of several sizes."""
+    import hvdspar
+
+    def round_trip(x, seed):
+        comp = hvdspar.GSpar(rho=0.01, memory=memory, seed=1)
+        enc = comp.feedback.encode(tf.constant(x), tf.constant([seed, 0], tf.int64), tf.float32)
+        total, _ = comp.codec.decode_sum(tf.tile(enc.message, [2]), 2, x.size, tf.float32)
+        return enc.message.numpy().tobytes(), total.numpy().tobytes()
+
+    cases = [(np.random.default_rng(d).standard_t(2, size=d).astype(np.float32) * 1e-3, d)
+             for d in (1 << 16, 3 * (1 << 18) + 4321, 2_000_003)]
+    with_kernels = [round_trip(x, seed) for x, seed in cases]
+    monkeypatch.setitem(native._state, "why_not", "HVDSPAR_NATIVE=0")
+    without = [round_trip(x, seed) for x, seed in cases]
+    for (d_msg, d_sum), (x_msg, x_sum), (x, _) in zip(with_kernels, without, cases):
+        assert d_msg == x_msg, f"the message of {x.size} elements differs with and without hvdspar.native"
+        assert d_sum == x_sum, f"the decoded sum of {x.size} elements differs with and without hvdspar.native"

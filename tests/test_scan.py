@@ -7,7 +7,7 @@ import tensorflow as tf
 import hvdspar
 from hvdspar import scan
 from hvdspar.sparsify import gspar_message
-from hvdspar.wire import XLA_MIN_ELEMENTS
+from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 # no Horovod, one process; every test on hvdspar.native's kernels and on the XLA path (tests/conftest.py)
 pytestmark = [pytest.mark.quick, pytest.mark.usefixtures("kernels")]

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import coding
+from hvdspar import coding, kernels
 from hvdspar.sparsify import gspar_message, uniform_message
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -107,7 +107,7 @@ def test_lemma3_expected_density_for_approximately_sparse_gradients():
     assert p.sum() <= (1 + rho) * s
 
 
-CHUNK = 1 << 18  # sizes of several chunks (``hvdspar.scan.chunk_elements``)
+CHUNK = 1 << 18  # sizes of several chunks (``hvdspar.kernels.chunk_elements``)
 
 
 @pytest.mark.usefixtures("kernels")  # hvdspar.native's kernels and the XLA path alike
@@ -190,18 +190,18 @@ def test_chunk_functions_compile_for_at_most_five_shapes():
     """Chunks are powers of two from 2^16 to 2^20 elements (about 4 a pass), the last zero-padded to a
     power of two: XLA compiles each chunk function at most five times per dtype, whatever the tensor
     sizes (a ResNet-50 has dozens), and the padding changes nothing (the kept set is the plain path's)."""
-    from hvdspar import rng, scan, sparsify
+    from hvdspar import rng, sparsify
 
-    assert [scan.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
+    assert [kernels.padded_chunk(n) for n in (1, 65_536, 65_537, 131_073, 262_144)] == [
         65_536, 65_536, 131_072, 262_144, 262_144]
-    assert [scan.chunk_elements(d) for d in (65_536, 600_000, 1_000_000, 10_000_000, 100_000_000)] == [
+    assert [kernels.chunk_elements(d) for d in (65_536, 600_000, 1_000_000, 10_000_000, 100_000_000)] == [
         1 << 16, 1 << 18, 1 << 18, 1 << 20, 1 << 20]
     for d in (65_536, 600_013, 10_000_000):
-        parts, offsets = scan.chunks(tf.zeros([d]))
-        assert offsets == [i * scan.chunk_elements(d) for i in range(len(parts))]
+        parts, offsets = kernels.chunks(tf.zeros([d]))
+        assert offsets == [i * kernels.chunk_elements(d) for i in range(len(parts))]
         assert {p.shape[0] for p in parts} <= {1 << k for k in range(16, 21)}
         assert sum(parts[0].shape[0] for _ in parts[:-1]) + d - offsets[-1] == d
-    fns = (sparsify._chunk_keep, sparsify._chunk_tail)
+    fns = (kernels._chunk_keep, sparsify._chunk_tail)
     before = [f.experimental_get_tracing_count() for f in fns]
     seed = tf.constant([5, 6], tf.int64)
     for d in (70_001, 90_017, 150_001, 200_003, 300_007, 450_011, 600_013):

@@ -1,31 +1,21 @@
-"""GSpar's hot loops as compiled TensorFlow CPU kernels (``kernels.cc``): two passes over g, the decode's sum.
+"""GSpar's hot loops as compiled TensorFlow CPU kernels (``kernels.cc``), used through ``hvdspar.kernels``.
 
-    scan(x)            -> (finite, ||x||^2 (float64), ||x||_1)       ``hvdspar.scan``'s first pass
-    keep(x, lam, seed) -> the sorted i with u_i < lam |x_i|           ``hvdspar.sparsify``'s sampling pass
-    scatter_rows(idx, val, d) -> the M rows of entries summed into [d]  ``hvdspar.wire``'s decode
+    keep(x, lam, seed)        -> the sorted i with u_i < lam |x_i|       the sampling pass
+    scatter_rows(idx, val, d) -> the M rows of entries summed into [d]   the decode's sum
 
-with u_i = ``hvdspar.rng.uniform_at(i, seed)``. ``keep`` returns exactly the indices of the XLA
-sampling pass (the hash is integer arithmetic, the test one float32 multiply and compare); ``scan``
-sums in float64 in fixed lanes and blocks, so its ||x||_1 can differ from the XLA chunks' float32
-sum in the last bits, never from machine to machine or run to run. ``scatter_rows`` adds in
-the XLA computation's order (row after row), so it gives its bits too, and writes the output
-once, block by block while the block is in cache.
-
-Why: the XLA chunks of ``hvdspar.scan`` and ``hvdspar.sparsify`` are fused loops, but XLA neither
-vectorises a float reduction (it keeps the order) nor compacts a mask, and a computation runs
-on one thread, so on a 2-core CPU the encode of a 10M gradient took 8 ``reduce_sum(abs)``
-passes and the decode 2. Each kernel here is one loop over x on TensorFlow's intra-op threads,
-vectorised for the CPU it runs on.
+with u_i = ``hvdspar.rng.uniform_at(i, seed)``. Each gives the bits of the XLA computation it stands
+in for: ``keep``'s hash is integer arithmetic and its test one float32 multiply and compare;
+``scatter_rows`` adds in the XLA computation's order (row after row). Each is one loop on
+TensorFlow's intra-op threads, vectorised for the CPU it runs on (XLA runs a computation on one
+thread and does not compact a mask).
 
 The library is built once per environment, against the installed TensorFlow::
 
     python -m hvdspar.native          # scripts/setup.sh runs it; needs g++ (or $CXX)
 
-and used for float32 tensors of at least ``hvdspar.wire.XLA_MIN_ELEMENTS`` elements
-(``scatter_rows`` for float32 and float64 sums) when it is built for this source and
-TensorFlow, no GPU is visible (the kernels run on the CPU, where the XLA
-path runs next to the gradient), and ``HVDSPAR_NATIVE`` is not ``0``. Otherwise hvdspar takes the
-XLA path and says why once in the log ("hvdspar" logger); results differ only in ||x||_1's last bits.
+and used (``hvdspar.kernels``) when it is built for this source and TensorFlow, no GPU is visible
+(the kernels run on the CPU), and ``HVDSPAR_NATIVE`` is not ``0``; otherwise the XLA path runs, and
+the log says why once ("hvdspar" logger).
 """
 
 import hashlib
@@ -94,7 +84,7 @@ def why_not():
             deliberate = reason == "HVDSPAR_NATIVE=0" or reason.startswith("a GPU")
             log.log(logging.INFO if deliberate else logging.WARNING,
                     "hvdspar: the native kernels are not used (%s); GSpar's passes and the decode take the "
-                    "XLA path%s", reason, "" if deliberate else ", about twice as slow on a large gradient")
+                    "XLA path (the same bits)%s", reason, "" if deliberate else ", slower on a large gradient")
         _state["why_not"] = reason
     return _state["why_not"]
 
@@ -139,11 +129,6 @@ def scatter_usable(dtype):
     return tf.as_dtype(dtype) in (tf.float32, tf.float64) and why_not() is None
 
 
-def scan(x):
-    """(all finite, ||x||^2 in float64, ||x||_1 in float32) of flat float32 x, one read."""
-    return _ops().hvdspar_scan(x)
-
-
 def keep(x, lam, seed):
     """The sorted int64 indices i of flat float32 x with u_i < lam |x_i| (u_i = ``rng.uniform_at(i, seed)``)."""
     return _ops().hvdspar_keep(x, tf.cast(lam, tf.float32), tf.cast(seed, tf.int64))
@@ -151,6 +136,6 @@ def keep(x, lam, seed):
 
 def scatter_rows(idx, val, d):
     """sum_r of the rows of the [M, P] table of entries (idx int64, val) into zeros [d], row after row:
-    the bits of ``hvdspar.wire``'s XLA computation. Indices must be unique within a row and in [0, d)
+    the bits of ``hvdspar.kernels``' XLA computation. Indices must be unique within a row and in [0, d)
     (an index outside is an InvalidArgumentError)."""
     return _ops().hvdspar_scatter_rows(idx, val, d=d)

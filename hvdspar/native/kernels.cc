@@ -1,6 +1,5 @@
 // GSpar's hot loops as TensorFlow CPU kernels (hvdspar/native/__init__.py loads them).
 //
-//   HvdsparScan(x)              -> (finite, ||x||^2, ||x||_1)      the first pass (hvdspar/scan.py)
 //   HvdsparKeep(x, lam, seed)   -> sorted i with u_i < lam |x_i|    the sampling pass (hvdspar/sparsify.py)
 //   HvdsparScatterRows(idx, val, d) -> the rows of entries summed into a dense [d]   the decode (hvdspar/wire.py)
 //
@@ -13,8 +12,9 @@
 //
 // The kernels cut their data into blocks of kBlock elements, work on the blocks in parallel on
 // TensorFlow's intra-op threads, and combine the blocks' results in block order: the same input gives
-// the same result whatever the number of threads or the vector width the CPU has (the sums run in
-// kLanes fixed lanes per block, as the loops below say, whichever instructions carry them out).
+// the same result whatever the number of threads or the vector width the CPU has. Each kernel gives the
+// bits of the XLA computation it stands in for (hvdspar/kernels.py), so a model trained never depends
+// on whether they were built.
 
 #include <cmath>
 #include <cstdint>
@@ -40,7 +40,6 @@ using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 constexpr int64_t kBlock = 1 << 16;  // divides 2^32: a block never straddles two hi words of i
-constexpr int kLanes = 16;
 constexpr int kWordsPerTest = 4;
 
 // Several versions of the hot loops, one per instruction set, picked when the library loads.
@@ -74,33 +73,6 @@ uint32_t StreamKey(int64_t seed0, int64_t seed1) {
   return Fmix32(Fmix32(static_cast<uint32_t>(seed0)) * 0x9E3779B9u + static_cast<uint32_t>(seed1));
 }
 
-// sum |x_i| and sum x_i^2 over one block, in float64, kLanes lanes summed pairwise at the end.
-HVDSPAR_CLONES
-void BlockSums(const float* x, int64_t n, double* l1, double* sq) {
-  double a[kLanes] = {0}, s[kLanes] = {0};
-  int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      double v = static_cast<double>(x[i + j]);
-      a[j] += std::fabs(v);
-      s[j] += v * v;
-    }
-  }
-  for (int64_t i = full; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    a[i - full] += std::fabs(v);
-    s[i - full] += v * v;
-  }
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int j = 0; j < width; ++j) {
-      a[j] += a[j + width];
-      s[j] += s[j + width];
-    }
-  }
-  *l1 = a[0];
-  *sq = s[0];
-}
-
 // keep[j] = u_{start+j} < lam |x_j| for one block (n <= kBlock); x points at element start.
 HVDSPAR_CLONES
 void BlockKeep(const float* __restrict x, int64_t n, int64_t start, float lam, uint32_t key,
@@ -114,40 +86,6 @@ void BlockKeep(const float* __restrict x, int64_t n, int64_t start, float lam, u
     keep[j] = u < lam * std::fabs(x[j]);
   }
 }
-
-class ScanOp : public OpKernel {
- public:
-  explicit ScanOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& input = ctx->input(0);
-    const float* x = input.flat<float>().data();
-    const int64_t d = input.NumElements();
-    const int64_t blocks = (d + kBlock - 1) / kBlock;
-    std::vector<double> l1(blocks), sq(blocks);
-    auto work = [&](int64_t first, int64_t last) {
-      for (int64_t b = first; b < last; ++b) {
-        int64_t start = b * kBlock;
-        BlockSums(x + start, std::min(kBlock, d - start), &l1[b], &sq[b]);
-      }
-    };
-    ForBlocks(ctx, blocks, work);
-    double total_l1 = 0, total_sq = 0;
-    for (int64_t b = 0; b < blocks; ++b) {
-      total_l1 += l1[b];
-      total_sq += sq[b];
-    }
-    Tensor *finite, *sq_norm, *norm1;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &finite));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &sq_norm));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &norm1));
-    // A NaN or an Inf in x makes the float64 sum of squares NaN or Inf; squares of finite float32
-    // values cannot overflow it (at most 1.2e77 each).
-    finite->scalar<bool>()() = std::isfinite(total_sq);
-    sq_norm->scalar<double>()() = total_sq;
-    norm1->scalar<float>()() = static_cast<float>(total_l1);
-  }
-};
 
 class KeepOp : public OpKernel {
  public:
@@ -259,19 +197,6 @@ class ScatterRowsOp : public OpKernel {
   int64_t d_;
 };
 
-REGISTER_OP("HvdsparScan")
-    .Input("x: float")
-    .Output("finite: bool")
-    .Output("sq_norm: double")
-    .Output("l1: float")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->Scalar());
-      c->set_output(1, c->Scalar());
-      c->set_output(2, c->Scalar());
-      return tensorflow::OkStatus();
-    })
-    .Doc("(all finite, sum x_i^2 in float64, sum |x_i|) of a float32 tensor, one read (hvdspar.native).");
-
 REGISTER_OP("HvdsparKeep")
     .Input("x: float")
     .Input("lam: float")
@@ -301,7 +226,6 @@ REGISTER_KERNEL_BUILDER(Name("HvdsparScatterRows").Device(DEVICE_CPU).TypeConstr
                         ScatterRowsOp<float>);
 REGISTER_KERNEL_BUILDER(Name("HvdsparScatterRows").Device(DEVICE_CPU).TypeConstraint<double>("T"),
                         ScatterRowsOp<double>);
-REGISTER_KERNEL_BUILDER(Name("HvdsparScan").Device(DEVICE_CPU), ScanOp);
 REGISTER_KERNEL_BUILDER(Name("HvdsparKeep").Device(DEVICE_CPU), KeepOp);
 
 }  // namespace
