@@ -43,6 +43,14 @@ def load_before(checkout):
     return hvdspar_before
 
 
+def _sparse_message_module(pkg):
+    """The module of GSpar's sparse message in ``pkg`` (``coding`` before it was renamed)."""
+    try:
+        return importlib.import_module(f"{pkg.__name__}.sparse_message")
+    except ImportError:
+        return importlib.import_module(f"{pkg.__name__}.coding")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="a checkout of the commit to compare with")
@@ -73,8 +81,8 @@ def main(argv=None):
             fns[f"encode {tag}"] = tf.function(lambda c=comp.codec: c.encode(g, seed, tf.float32, g.shape).message)
             fns[f"trip {tag}"] = tf.function(lambda c=comp, t=tag: hvd.allreduce(g, compression=c, name=f"ab_{t}_{d}"))
             if args.ranks:
-                fns[f"decode {args.ranks} {tag}"] = decode_of_ranks(importlib.import_module(f"{pkg.__name__}.coding"), g,
-                                                                    args.ranks, args.rho, hvdspar)
+                fns[f"decode {args.ranks} {tag}"] = decode_of_ranks(_sparse_message_module(pkg), g, args.ranks,
+                                                                    args.rho, hvdspar)
         fns["pass"] = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
         for fn in fns.values():  # trace, compile, warm up
             ready(fn())

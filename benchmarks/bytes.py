@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import hvdspar
 from benchmarks.common import log_to_mlflow, markdown
-from hvdspar import coding
+from hvdspar import sparse_message
 from hvdspar.sparsify import gspar_message
 
 
@@ -31,7 +31,7 @@ def gspar_entropy_bytes(g, rho):
     msg, _ = gspar_message(g, tf.constant([0, 0], tf.int64), rho=rho)
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
     n_minus = int(tf.reduce_sum(tf.cast(msg.neg_b, tf.int32)))
-    return coding.entropy_bits(n_a, n_b - n_minus, n_minus, d) / 8, n_a, n_b
+    return sparse_message.entropy_bits(n_a, n_b - n_minus, n_minus, d) / 8, n_a, n_b
 
 
 def run(d, rhos):

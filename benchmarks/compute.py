@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import best_time, log_to_mlflow, markdown
-from hvdspar import coding
+from hvdspar import sparse_message
 from hvdspar.sparsify import gspar_message
 
 
@@ -29,9 +29,9 @@ def run(sizes, rho, method, device, repeat):
             reduce_pass = tf.function(lambda: tf.reduce_sum(tf.abs(g)))
             top_k = tf.function(lambda: tf.math.top_k(tf.abs(g), k=k).indices)
             compress = tf.function(lambda: gspar_message(g, seed, rho=rho, method=method)[0])
-            compress_encode = tf.function(lambda: coding.encode(gspar_message(g, seed, rho=rho, method=method)[0], d, tf.float32))
+            compress_encode = tf.function(lambda: sparse_message.to_bytes(gspar_message(g, seed, rho=rho, method=method)[0], d, tf.float32))
             message = compress_encode()
-            decode = tf.function(lambda: coding.sum_messages(message, 1, d, tf.float32, tf.float32)[0])
+            decode = tf.function(lambda: sparse_message.sum_messages(message, 1, d, tf.float32, tf.float32)[0])
 
             t_pass = best_time(reduce_pass, repeat)
             t_topk = best_time(top_k, max(1, repeat // 2))

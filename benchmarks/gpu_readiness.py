@@ -59,7 +59,7 @@ HOST_SCALARS = "host op on scalars (allowed)"
 
 
 def _grouped_caller():
-    """A stand-in for Horovod's ``grouped_allreduce`` frame: ``hvdspar.exchange.call_site`` reads the
+    """A stand-in for Horovod's ``grouped_allreduce`` frame: ``hvdspar.callsite.call_site`` reads the
     group from the calling frame of a ``horovod.tensorflow`` function of that name, so the bucketed
     path can be built without Horovod (its collectives are in-process here anyway)."""
     scope = {"__name__": "horovod.tensorflow.gpu_readiness_stand_in"}

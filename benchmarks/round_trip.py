@@ -7,9 +7,9 @@ float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of
 (each call waits for its result, which is not copied into NumPy: ``benchmarks.common.ready``):
 
   compress    g -> its coded message (``GSparCodec.encode``: the first pass over g, ``hvdspar.scan``,
-              then ``gspar_message`` + ``coding.encode``)
+              then ``gspar_message`` + ``sparse_message.encode``)
   exchange    ``hvd.allgather`` of the message (M = 1 here: the copy it costs)
-  decode      the gathered messages -> the dense average (``coding.sum_messages`` with Horovod's
+  decode      the gathered messages -> the dense average (``sparse_message.sum_messages`` with Horovod's
               factor: the average is applied to the entries inside the decoding, so that the dense
               output is written once; what ``decompress`` returns)
   round trip  ``hvd.allreduce(g, compression=GSpar(rho))``: the whole trip as a user runs it,
@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import best_time, log_to_mlflow, markdown, ready, stamp
-from hvdspar import coding
+from hvdspar import sparse_message
 
 PIECES = ("compress", "exchange", "decode", "round_trip", "none")
 
@@ -52,7 +52,7 @@ def pieces(d, rho, repeat, hvd, hvdspar):
     exchange = tf.function(lambda: hvd.allgather(message, name=f"rt_gather_{d}"))
     gathered = exchange()
     factor = tf.constant(1.0, tf.float32)  # Horovod's 1/M for one rank
-    decode = tf.function(lambda: coding.sum_messages(gathered, 1, d, tf.float32, tf.float32, factor)[0])
+    decode = tf.function(lambda: sparse_message.sum_messages(gathered, 1, d, tf.float32, tf.float32, factor)[0])
     compressor = hvdspar.GSpar(rho=rho, seed=0)
     trip = tf.function(lambda: hvd.allreduce(g, compression=compressor, name=f"rt_trip_{d}"))
     none = tf.function(lambda: hvd.allreduce(g, name=f"rt_none_{d}"))
@@ -87,7 +87,7 @@ def decode_at_ranks(d, rho, ranks, repeat, hvdspar):
     t_pass = best_time(one_pass, repeat)
     rows = []
     for m in ranks:
-        decode = decode_of_ranks(coding, g, m, rho, hvdspar)
+        decode = decode_of_ranks(sparse_message, g, m, rho, hvdspar)
         t = best_time(decode, repeat)
         rows.append({"elements": d, "ranks": m, "decode_ms": 1e3 * t, "decode_passes": t / t_pass,
                      "reduce_abs_ms": 1e3 * t_pass})

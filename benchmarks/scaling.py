@@ -14,7 +14,7 @@ and step, for M in 2, 4, ..., 1024 (ring algorithms, as in hvdspar.exchange):
     sparse path    allgather of m bytes:      (M - 1) m      (+ a 4-byte placeholder allreduce)
     dense path     ring allreduce of D bytes: 2 (M - 1) / M D
     fallback       per tensor, what the compressor decides: dense when
-                   M * expected_nbytes >= 2 D (exchange.prefer_dense), else sparse
+                   M * expected_nbytes >= 2 D (fallback.prefer_dense), else sparse
 
     time = bytes / bandwidth + latency, latency = (M - 1) alpha per allgather
            and 2 (M - 1) alpha per ring allreduce (one collective per tensor;
@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import hvdspar  # noqa: E402
-from hvdspar import exchange  # noqa: E402
+from hvdspar import exchange, fallback  # noqa: E402
 from benchmarks.common import metric_key, mlflow_run, stamp  # noqa: E402
 
 RANKS = [2**i for i in range(1, 11)]
@@ -138,14 +138,14 @@ def measure(spec, grads, seed=0):
 def tensor_cost(t, ranks, bandwidth, alpha, mode):
     """(bytes, seconds, dense?) a rank spends on one tensor per step. mode: dense|fp16|sparse|fallback."""
     if mode in ("dense", "fp16"):
-        nbytes = exchange.allreduce_bytes_moved(t["D"] // (2 if mode == "fp16" else 1), ranks)
+        nbytes = fallback.allreduce_bytes_moved(t["D"] // (2 if mode == "fp16" else 1), ranks)
         return nbytes, nbytes / bandwidth + 2 * (ranks - 1) * alpha, True
-    dense = mode == "fallback" and exchange.prefer_dense(t["m_expected"], t["D"], ranks)
+    dense = mode == "fallback" and fallback.prefer_dense(t["m_expected"], t["D"], ranks)
     if dense:
-        nbytes = exchange.allreduce_bytes_moved(t["D"], ranks)
+        nbytes = fallback.allreduce_bytes_moved(t["D"], ranks)
         return nbytes, nbytes / bandwidth + 2 * (ranks - 1) * alpha, True
-    ph = exchange.allreduce_bytes_moved(exchange.PLACEHOLDER_NBYTES, ranks)
-    nbytes = exchange.allgather_bytes_moved(t["m"], ranks) + ph
+    ph = fallback.allreduce_bytes_moved(exchange.PLACEHOLDER_NBYTES, ranks)
+    nbytes = fallback.allgather_bytes_moved(t["m"], ranks) + ph
     return nbytes, nbytes / bandwidth + (ranks - 1) * alpha + 2 * (ranks - 1) * alpha, False
 
 

@@ -57,7 +57,7 @@ def main(argv=None):
     h = tf.random.normal([args.elements], seed=2)
     first = count(lambda: tf.function(lambda: hvd.allreduce(g, compression=comp, name="g")).get_concrete_function())
     second = count(lambda: tf.function(lambda: hvd.allreduce(h, compression=comp, name="h")).get_concrete_function())
-    print(f"| tensor | hvdspar functions | files | moves between files |\n|---|---|---|---|")
+    print("| tensor | hvdspar functions | files | moves between files |\n|---|---|---|---|")
     print(f"| first (encoder, decoder traced) | {first[0]} | {first[1]} | {first[2]} |")
     print(f"| second of that shape (cached) | {second[0]} | {second[1]} | {second[2]} |")
 

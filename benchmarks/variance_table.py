@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import atomo
+from hvdspar import atomo, codec
 from hvdspar.probabilities import atom_probabilities
 
 CIFAR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10" / "cifar10_exact_subset.npz"
@@ -135,7 +135,7 @@ def measure(make, grads, draws, seed=0):
             kwargs = {"shape": g.shape} if isinstance(comp, hvdspar.Atomo) else {}
             for r in range(draws):
                 seed_r = tf.constant([seed * 1000 + mb, r * 1000 + t], tf.int64)
-                if comp.codec.collective == "allreduce":
+                if comp.codec.sums_by_allreduce:
                     q, q_sq, size = reduced_draw(comp.codec, x, g.shape, seed_r)
                 else:
                     enc = comp.feedback.encode(x, seed_r, tf.float32, **kwargs)
@@ -170,7 +170,7 @@ def reduced_draw(codec, x, shape, seed):
 def atomo_budget(g, target_bytes):
     """The expected atom count whose expected bytes equal ``target_bytes`` on tensor g."""
     if atomo.uses_svd(g.shape):
-        rows, cols = atomo.matrix_layout(g.shape)
+        rows, cols = codec.matrix_layout(g.shape)
         per_atom = atomo.spectral_nbytes(1, rows, cols, tf.float32) - atomo.spectral_nbytes(0, rows, cols, tf.float32)
         budget = (target_bytes - atomo.spectral_nbytes(0, rows, cols, tf.float32)) / per_atom
         return max(budget, 1e-3)
@@ -258,7 +258,7 @@ def atomo_exact_ratio(grads, targets):
         for t, g in enumerate(tensors):
             budget = atomo_budget(g, targets[t])
             if atomo.uses_svd(g.shape):
-                w = np.linalg.svd(g.reshape(atomo.matrix_layout(g.shape)).astype(np.float64), compute_uv=False)
+                w = np.linalg.svd(g.reshape(codec.matrix_layout(g.shape)).astype(np.float64), compute_uv=False)
             else:
                 w = np.abs(g.reshape(-1).astype(np.float64))
             p = atom_probabilities(tf.constant(w), budget).numpy()
@@ -273,7 +273,7 @@ def atomo_spectrum_note(points):
     for point, grads in points.items():
         for g in grads[0]:
             if atomo.uses_svd(g.shape):
-                rows, cols = atomo.matrix_layout(g.shape)
+                rows, cols = codec.matrix_layout(g.shape)
                 sigma = np.linalg.svd(g.reshape(rows, cols).astype(np.float64), compute_uv=False)
                 top = sigma[0] ** 2 / np.sum(sigma**2)
                 lines.append(f"{point} {list(g.shape)}: top singular value holds {top:.0%} of ||g||^2")

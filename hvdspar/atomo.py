@@ -19,7 +19,7 @@ Atoms used here:
 - entry-wise (``atoms="entry"``, and always for vectors and for matrices with
   a side of 1): atoms are the coordinates, lambda_i = g_i, and the water
   filling is GSpar's exact sparsity-budget solution with rho = budget / d; the
-  message is GSpar's hybrid message (``hvdspar.coding``).
+  message is GSpar's hybrid message (``hvdspar.sparse_message``).
 
 Wire format of a spectral message: hvdspar's one header (``hvdspar.wire``:
 scheme 16 | n_a = n atoms | n_b = 0 | scale unused), then::
@@ -28,7 +28,7 @@ scheme 16 | n_a = n atoms | n_b = 0 | scale unused), then::
     n x rows values of u_i, then n x cols values of v_i (the gradient's dtype)
 
 rows and cols come from the tensor's shape, which both sides know. Entry-wise
-messages are ``hvdspar.coding`` messages (schemes 0 and 1); a non-finite
+messages are ``hvdspar.sparse_message`` messages (schemes 0 and 1); a non-finite
 gradient sends the header-only scheme 255, as every method does.
 """
 
@@ -37,11 +37,11 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import bits, coding, error_feedback, wire
-from hvdspar.codec import Codec, Encoded
+from hvdspar import bits, error_feedback, sparse_message, wire
+from hvdspar.codec import Codec, Encoded, matrix_layout
 from hvdspar.compressor import Compressor
-from hvdspar.gspar import encode_sparse, scaled
-from hvdspar.probabilities import atom_probabilities, compute_dtype, lambda_rho_exact
+from hvdspar.dtypes import compute_dtype
+from hvdspar.probabilities import atom_probabilities, lambda_rho_exact
 from hvdspar.sparsify import bernoulli
 
 # Plain TF ops with explicit tf.cond: nothing for AutoGraph to convert (and traces get faster).
@@ -54,14 +54,6 @@ SpectralMessage = collections.namedtuple("SpectralMessage", ["scale", "u", "v"])
 SpectralMessage.__doc__ = """Kept spectral atoms: scale [n] (sigma_i / p_i), u [n, rows], v [n, cols].
 
 Q(g) = sum_k scale_k u_k v_k^T = u^T diag(scale) v."""
-
-
-def matrix_layout(shape):
-    """(rows, cols) of the 2-D view of a tensor of ``shape``: rows = prod(shape[:-1]), cols = shape[-1]."""
-    dims = tf.TensorShape(shape).as_list()
-    if len(dims) < 2:
-        return None
-    return int(math.prod(dims[:-1])), int(dims[-1])
 
 
 def uses_svd(shape, atoms="svd"):
@@ -94,7 +86,7 @@ def spectral_message(x, rows, cols, budget, seed, dtype=None):
 
 @_no_autograph
 def entry_message(x, budget, seed):
-    """Entry-wise ATOMO: (coding.SparseMessage, p), GSpar's exact water-filling with rho = budget / d.
+    """Entry-wise ATOMO: (sparse_message.SparseMessage, p), GSpar's exact water-filling with rho = budget / d.
 
     p = atom_probabilities(x, budget) = min(lambda |x_i|, 1); kept entries with
     p_i = 1 go to Q_A with their exact value, the others all carry
@@ -110,7 +102,7 @@ def entry_message(x, budget, seed):
     top = tf.gather(scaled, idx) >= 1
     idx_a = tf.boolean_mask(idx, top)
     idx_b = tf.boolean_mask(idx, tf.logical_not(top))
-    msg = coding.SparseMessage(
+    msg = sparse_message.SparseMessage(
         idx_a=idx_a,
         val_a=tf.gather(x, idx_a),
         idx_b=idx_b,
@@ -180,7 +172,7 @@ def body_size(d, value_dtype, layout):
     """Body bytes (header -> int64) of ATOMO's messages for a tensor of d elements and ``layout``
     ((rows, cols) for spectral atoms, None for entry-wise)."""
     if layout is None:
-        return coding.body_size(d, value_dtype)
+        return sparse_message.body_size(d, value_dtype)
     rows, cols = layout
     return lambda head: head.n_a * spectral_atom_nbytes(rows, cols, value_dtype)
 
@@ -193,7 +185,7 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, layout=No
     ``wire.fold``'s."""
     value_dtype = tf.as_dtype(value_dtype)
     if layout is None:
-        return coding.sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, factor)
+        return sparse_message.sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, factor)
 
     def add(acc, head, body):
         return acc + spectral_dense(decode_spectral_body(head, body, *layout, value_dtype), d, accumulate_dtype)
@@ -234,7 +226,7 @@ class AtomoCodec(Codec):
     def expected_nbytes(self, d, dtype, shape=None):
         layout = self.layout(d, shape)
         if layout is None:
-            return coding.expected_nbytes(0, min(self.budget, d), d, dtype)
+            return sparse_message.expected_nbytes(0, min(self.budget, d), d, dtype)
         rows, cols = layout
         return spectral_nbytes(min(self.budget, min(rows, cols)), rows, cols, dtype)
 
@@ -250,12 +242,12 @@ class AtomoCodec(Codec):
     def scaled(self, msg, gamma):
         if isinstance(msg, SpectralMessage):
             return msg._replace(scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype))
-        return scaled(msg, gamma)
+        return sparse_message.scaled(msg, gamma)
 
     @_no_autograph
     def pack(self, msg, d, dtype, shape, with_q):
         if not isinstance(msg, SpectralMessage):
-            return encode_sparse(msg, d, dtype, with_q)
+            return sparse_message.pack(msg, d, dtype, with_q)
         rows, cols = self.layout(d, shape)
         cdt = compute_dtype(dtype)
         n = tf.shape(msg.scale, out_type=tf.int64)[0]

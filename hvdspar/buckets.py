@@ -7,7 +7,7 @@ bucket pays one traced encoder, one allgather and one header instead of one per 
     bucket = consecutive gradients, all of one dtype, at most ``cap`` bytes    (``partition``)
 
 Horovod hands ``compress`` one tensor at a time. ``Buckets.find`` tells which message a
-tensor travels in, from what Horovod's frames tell (``exchange.CallSite``):
+tensor travels in, from what Horovod's frames tell (``callsite.CallSite``):
 
 - a Horovod group (``groups=``, ``hvd.grouped_allreduce``) is compressed in order before
   any decompress: its buckets are built in the group's own graph;
@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from hvdspar import exchange
+from hvdspar import callsite, exchange
 from hvdspar.state import trace_key
 
 
@@ -64,7 +64,7 @@ class Message:
 
     tensors: tuple
     slot: object
-    site: exchange.CallSite
+    site: callsite.CallSite
     position: int
     graph: object = None
     flat: bool = False
@@ -158,7 +158,7 @@ class Buckets:
     def _list_layout(self, site):
         """(graph, where, parts, {}) of Horovod's gradient list: its buckets (``cut``) and the graph of
         its gradients; graph None where no two gradients share a message or they sit in several graphs."""
-        ok = [isinstance(g, tf.Tensor) and exchange.sums(site.op) for g in site.grads]
+        ok = [isinstance(g, tf.Tensor) and callsite.sums(site.op) for g in site.grads]
         shapes = [static_shape(g, site) if o else None for g, o in zip(site.grads, ok)]
         parts = self.cut(shapes, [g.dtype if o else None for g, o in zip(site.grads, ok)])
         graphs = {graph_of(site.grads[i], None) for part in parts for i in part}
@@ -202,8 +202,8 @@ def passes_as_none(tensor, site):
     """Why ``tensor`` travels as Horovod's none sends it, or None to compress it: an op that does not
     sum, a dtype that is not floating point, a shape unknown at trace time (where Horovod's frame
     names no variable of that gradient to take the shape from)."""
-    if not exchange.sums(site.op):
-        return f"op=hvd.{exchange.op_name(site.op)}"
+    if not callsite.sums(site.op):
+        return f"op=hvd.{callsite.op_name(site.op)}"
     dtype = tf.as_dtype(tensor.dtype)
     if not dtype.is_floating:
         return f"{dtype.name}, not floating point"

@@ -30,11 +30,12 @@ codec alone runs anywhere (tests, simulated workers, benchmarks).
 """
 
 import collections
+import math
 
 import tensorflow as tf
 
 from hvdspar import error_feedback, wire
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 from hvdspar.scan import scan
 
 
@@ -143,3 +144,11 @@ class Codec:
             return Encoded(wire.nonfinite(d, dtype), q, zero, none, none)
 
         return tf.cond(first.finite, finite, nonfinite)
+
+
+def matrix_layout(shape):
+    """(rows, cols) of the 2-D view (ATOMO's spectral atoms, PowerSGD's power iteration) of a tensor of ``shape``: rows = prod(shape[:-1]), cols = shape[-1]."""
+    dims = tf.TensorShape(shape).as_list()
+    if len(dims) < 2:
+        return None
+    return int(math.prod(dims[:-1])), int(dims[-1])

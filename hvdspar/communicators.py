@@ -18,8 +18,8 @@ import collections
 
 import tensorflow as tf
 
-from hvdspar import exchange, wire
-from hvdspar.probabilities import compute_dtype
+from hvdspar import exchange, fallback, wire
+from hvdspar.dtypes import compute_dtype
 from hvdspar.scan import scan
 
 
@@ -140,7 +140,7 @@ class Allreduce(Compressed):
 
 
 class ChosenAtRunTime(Compressed):
-    """Elastic training: the byte rule (``exchange.prefer_dense_op``) at every step, from the world
+    """Elastic training: the byte rule (``fallback.prefer_dense_op``) at every step, from the world
     size at run time. Horovod does not retrace its allreduce after an elastic reset, so a plan taken
     at trace time would stay that of the first world; here one graph serves every size: a
     ``tf.cond`` runs hvdspar's own dense allreduce (op=Sum) or ``Allgather``'s sum."""
@@ -154,7 +154,7 @@ class ChosenAtRunTime(Compressed):
         ps = message.site.process_set
         cdt = compute_dtype(dtype)
         dense_nbytes = d * dtype.size
-        go_dense = exchange.prefer_dense_op(comp.codec.expected_nbytes(d, dtype, shape), dense_nbytes,
+        go_dense = fallback.prefer_dense_op(comp.codec.expected_nbytes(d, dtype, shape), dense_nbytes,
                                             comp.exchange.size_op(ps))
 
         def dense():

@@ -29,7 +29,7 @@ import weakref
 import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
-from hvdspar import communicators, exchange
+from hvdspar import callsite, communicators, exchange
 from hvdspar.buckets import Buckets, Message, flat_shape, graph_of, passes_as_none
 from hvdspar.error_feedback import ErrorFeedback, NoMemory
 from hvdspar.fallback import RUN_TIME, Fallback
@@ -147,7 +147,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     def compress(self, tensor):
         """Horovod's first call. The first member of a message sends it (``_send``)."""
         _check_tf2()
-        site = exchange.call_site()
+        site = callsite.call_site()
         why = passes_as_none(tensor, site)
         if why is not None:
             return self._pass_through(tensor, site, why), None
@@ -332,7 +332,7 @@ class Compressor(_HorovodCompressor, tf.Module):
                 with tf.init_scope():
                     self.slots.append(SlotState(index, shape, dtype, memory=False))
             with graph_of(g.values, tf.compat.v1.get_default_graph()).as_default():
-                self.slots[index].record(exchange.indexed_slices_nbytes(g), shape.num_elements() * dtype.size,
+                self.slots[index].record(_state.indexed_slices_nbytes(g), shape.num_elements() * dtype.size,
                                          shape.num_elements(), tf.size(g.values, out_type=tf.int64), dense=False)
 
     def _slot_for(self, shape, dtype, site, eager_key, variables=None):

@@ -18,7 +18,7 @@ gamma = rho and gamma Q(e) = Z * e, MemSGD's rand-k.
 
 import tensorflow as tf
 
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 
 def second_moment(weights, p):

@@ -3,7 +3,7 @@
 Decided at trace time, alike on every rank, from the message's size and the
 number of ranks; the same decisions on every machine unless the rule is timed::
 
-    True (default)    by bytes (``exchange.prefer_dense``): dense when the allgather
+    True (default)    by bytes (``fallback.prefer_dense``): dense when the allgather
                       of M messages of m bytes moves at least as many bytes as a ring
                       allreduce of the D dense bytes, M m >= 2 D
     "auto"            by bytes, then by time (``hvdspar.link``): also dense when the
@@ -43,7 +43,7 @@ class Plan(collections.namedtuple("Plan", ["dense", "reason", "num_ranks", "n_te
 def plan(rule, codec, d, dtype, shape, num_ranks, elastic):
     """(dense?, reason) of a message of d elements of ``dtype`` (a tensor of ``shape``, or a bucket:
     [d]) at ``num_ranks`` ranks, under the rule ``fallback=`` (True / "auto": by bytes, M m >= 2 D,
-    ``exchange.prefer_dense``; False: never). A pure function of sizes and world; a codec that sums
+    ``fallback.prefer_dense``; False: never). A pure function of sizes and world; a codec that sums
     by allreduce has its own rule (``Codec.plan``), and under elastic training the byte rule is left
     to run time (``RUN_TIME``)."""
     if d == 0:
@@ -55,7 +55,7 @@ def plan(rule, codec, d, dtype, shape, num_ranks, elastic):
         return False, "compressed"
     if elastic:
         return False, RUN_TIME
-    if exchange.prefer_dense(codec.expected_nbytes(d, dtype, shape), d * dtype.size, num_ranks):
+    if prefer_dense(codec.expected_nbytes(d, dtype, shape), d * dtype.size, num_ranks):
         return True, "by bytes"
     return False, "compressed"
 
@@ -159,3 +159,33 @@ class Fallback:
             return done
 
         tf.cond(first, emit, lambda: tf.constant(True))
+
+
+# The cost model (per rank, ring algorithms, M ranks): an allgather of messages of m bytes moves
+# (M-1) m bytes, a ring allreduce of D dense bytes 2 (M-1)/M D; compressed pays while M m < 2 D.
+
+
+def allgather_bytes_moved(message_nbytes, num_ranks):
+    """Bytes a rank sends in a ring allgather of messages of that size."""
+    return (num_ranks - 1) * message_nbytes
+
+
+def allreduce_bytes_moved(dense_nbytes, num_ranks):
+    """Bytes a rank sends in a ring allreduce of a dense tensor."""
+    return 2 * (num_ranks - 1) * dense_nbytes / num_ranks
+
+
+def prefer_dense(message_nbytes, dense_nbytes, num_ranks):
+    """True when a dense allreduce would move no more bytes than the allgather."""
+    if num_ranks <= 1:
+        return False
+    return allgather_bytes_moved(message_nbytes, num_ranks) >= allreduce_bytes_moved(dense_nbytes, num_ranks)
+
+
+def prefer_dense_op(message_nbytes, dense_nbytes, num_ranks):
+    """``prefer_dense`` at run time: ``num_ranks`` an int32 tensor (``size_op``), the sizes static.
+
+    For M > 1 the rule (M-1) m >= 2 (M-1)/M D is M m >= 2 D.
+    """
+    m = tf.cast(num_ranks, tf.int64)
+    return tf.logical_and(m > 1, m * int(message_nbytes) >= 2 * int(dense_nbytes))

@@ -9,10 +9,10 @@ that run them (``GSpar``, ``UniSp``).
 
 import tensorflow as tf
 
-from hvdspar import coding, error_feedback
-from hvdspar.codec import Codec, Encoded
+from hvdspar import error_feedback
 from hvdspar.compressor import Compressor
-from hvdspar.probabilities import check_budget, compute_dtype, default_method
+from hvdspar.probabilities import check_budget, default_method
+from hvdspar.sparse_message import SparseCodec
 from hvdspar.sparsify import gspar_message, uniform_message
 
 
@@ -24,44 +24,6 @@ def second_moment(x, lam):
     """
     x = tf.cast(x, tf.float64)
     return error_feedback.second_moment(x, tf.minimum(tf.cast(lam, tf.float64) * tf.abs(x), 1))
-
-
-def scaled(msg, gamma):
-    """The message of gamma * Q."""
-    return msg._replace(
-        val_a=tf.cast(tf.cast(msg.val_a, tf.float64) * gamma, msg.val_a.dtype),
-        scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype),
-    )
-
-
-def encode_sparse(msg, d, dtype, with_q):
-    """A SparseMessage -> ``Encoded``: bytes, Q as sent (if ``with_q``), kept count, ||Q||^2."""
-    msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
-    kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
-    cdt = compute_dtype(dtype)
-    q = coding.to_dense(msg, d, dtype, cdt) if with_q else tf.zeros([0], cdt)
-    return Encoded(coding.encode(msg, d, dtype), q, kept, coding.sq_norm(msg, dtype))
-
-
-class SparseCodec(Codec):
-    """A codec whose message is a ``coding.SparseMessage``; subclasses give ``draw`` and ``expected_counts``."""
-
-    def expected_counts(self, d):
-        """Expected (n_A, n_B) of a message for a tensor of d elements."""
-        raise NotImplementedError
-
-    def expected_nbytes(self, d, dtype, shape=None):
-        n_a, n_b = self.expected_counts(d)
-        return coding.expected_nbytes(n_a, n_b, d, dtype)
-
-    def scaled(self, msg, gamma):
-        return scaled(msg, gamma)
-
-    def pack(self, msg, d, dtype, shape, with_q):
-        return encode_sparse(msg, d, dtype, with_q)
-
-    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
-        return coding.sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), factor)
 
 
 class GSparCodec(SparseCodec):
@@ -114,7 +76,7 @@ class GSpar(Compressor):
 
     Keeps g_i with probability p_i = min(lambda |g_i|, 1) and sends
     Q(g)_i = g_i / p_i: exact values on the top set S_k (p_i = 1), and
-    sign(g_i) / lambda elsewhere, coded as in sec. 2.3 (``hvdspar.coding``).
+    sign(g_i) / lambda elsewhere, coded as in sec. 2.3 (``hvdspar.sparse_message``).
     E[Q(g)] = g and E||Q(g)||^2 = sum_i g_i^2 / p_i.
 
     Args:

@@ -18,7 +18,7 @@ tensors take plain TF ops, where a compilation per shape would cost more than it
 import tensorflow as tf
 
 from hvdspar import native, rng
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 XLA_MIN_ELEMENTS = 1 << 16
 MAX_CHUNK_ELEMENTS = 1 << 20

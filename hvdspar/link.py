@@ -1,6 +1,6 @@
 """Time model of one step's exchange, for ``fallback="auto"``.
 
-The byte rule of ``exchange.prefer_dense`` cannot see that on a fast network
+The byte rule of ``fallback.prefer_dense`` cannot see that on a fast network
 (a loopback, InfiniBand) the compressor's own compute costs more than the
 bytes it saves. With ``fallback="auto"`` (opt-in; the default is the byte
 rule alone) a compressor sends a tensor sparse only when the time model says that pays by at
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from hvdspar import exchange
+from hvdspar import exchange, fallback
 
 #: sparse must be at least this many times faster than dense per step
 AUTO_MARGIN = 2.0
@@ -40,10 +40,10 @@ class Network(collections.namedtuple("Network", ["latency_s", "bandwidth_Bps"]))
     """alpha (seconds per collective) and beta (bytes per second a rank sends)."""
 
     def allreduce_seconds(self, dense_nbytes, num_ranks):
-        return self.latency_s + exchange.allreduce_bytes_moved(dense_nbytes, num_ranks) / self.bandwidth_Bps
+        return self.latency_s + fallback.allreduce_bytes_moved(dense_nbytes, num_ranks) / self.bandwidth_Bps
 
     def allgather_seconds(self, message_nbytes, num_ranks):
-        return self.latency_s + exchange.allgather_bytes_moved(message_nbytes, num_ranks) / self.bandwidth_Bps
+        return self.latency_s + fallback.allgather_bytes_moved(message_nbytes, num_ranks) / self.bandwidth_Bps
 
 
 class Compute(collections.namedtuple("Compute", ["fixed_s", "per_element_s"])):
@@ -106,7 +106,7 @@ def network():
         with tf.init_scope():
             hvd = exchange._hvd()
             num_ranks = hvd.size()
-            moved = [exchange.allreduce_bytes_moved(n, num_ranks) for n in (_SMALL, _LARGE)]
+            moved = [fallback.allreduce_bytes_moved(n, num_ranks) for n in (_SMALL, _LARGE)]
             times = []
             for n in (_SMALL, _LARGE):
                 buf = tf.zeros([n // 4], tf.float32)

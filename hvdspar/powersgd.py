@@ -35,10 +35,9 @@ compressor.
 
 import tensorflow as tf
 
-from hvdspar.atomo import matrix_layout
-from hvdspar.codec import Codec, Reduced
+from hvdspar.codec import Codec, Reduced, matrix_layout
 from hvdspar.compressor import Compressor
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 

@@ -9,7 +9,7 @@ sum_i p_i. Every optimal p has the water-filling form of Proposition 1,
 so each method below computes the scalar ``lambda`` and derives p from it. The
 coordinates with p_i = 1 form the top set S_k; every other kept coordinate
 carries g_i / p_i = sign(g_i) / lambda, which is what makes the message of
-sec. 2.3 compact (see ``hvdspar.coding``).
+sec. 2.3 compact (see ``hvdspar.sparse_message``).
 
 Conventions (no NaN anywhere):
 - coordinates with g_i = 0 get p_i = 0 (they are never sent; Q(g)_i = 0 = g_i);
@@ -25,19 +25,13 @@ Conventions (no NaN anywhere):
 
 import tensorflow as tf
 
+from hvdspar.dtypes import compute_dtype
+
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 METHODS = ("exact", "greedy")
-
-
-def compute_dtype(dtype):
-    """float64 stays float64; every narrower float is computed in float32."""
-    dtype = tf.as_dtype(dtype)
-    if not dtype.is_floating:
-        raise TypeError(f"hvdspar: gradients must be floating point, got {dtype.name}")
-    return tf.float64 if dtype == tf.float64 else tf.float32
 
 
 def default_method(rho=None, epsilon=None):

@@ -25,10 +25,10 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import bits, coding, wire
+from hvdspar import bits, sparse_message, wire
 from hvdspar.codec import Codec, Encoded
 from hvdspar.compressor import Compressor
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 # Plain TF ops with explicit tf.cond/tf.case: nothing for AutoGraph to convert (and traces get faster).
 _no_autograph = tf.autograph.experimental.do_not_convert
@@ -58,7 +58,7 @@ def nonzero_width(levels):
 def body_nbytes(scheme, n, d, levels):
     """Body bytes of a message from its header fields (int64 tensor)."""
     n = tf.cast(n, tf.int64)
-    sparse = coding.ef_nbytes(n, d) + bits.ceil_div(n, 8) + bits.ceil_div(n * nonzero_width(levels), 8)
+    sparse = sparse_message.ef_nbytes(n, d) + bits.ceil_div(n, 8) + bits.ceil_div(n * nonzero_width(levels), 8)
     dense = tf.constant(bits.ceil_div(d, 8) + bits.ceil_div(d * level_width(levels), 8), tf.int64)
     scheme = tf.cast(scheme, tf.int64)
     return tf.where(
@@ -141,7 +141,7 @@ def encode(msg, d, levels, value_dtype):
         idx = tf.reshape(tf.where(nonzero), [-1])
         return tf.concat(
             [
-                coding.ef_encode(idx, d),
+                sparse_message.ef_encode(idx, d),
                 bits.pack_bits(tf.gather(msg.neg, idx)),
                 bits.pack_uints(tf.gather(level, idx) - 1, nonzero_width(levels)),
             ],
@@ -167,8 +167,8 @@ def decode_body(head, body, d, levels):
     n = head.n_a
 
     def sparse():
-        ef = coding.ef_nbytes(n, d)
-        idx = coding.ef_decode(body[:ef], n, d)
+        ef = sparse_message.ef_nbytes(n, d)
+        idx = sparse_message.ef_decode(body[:ef], n, d)
         sign_end = ef + bits.ceil_div(n, 8)
         neg = tf.cast(bits.unpack_bits(body[ef:sign_end], n), tf.bool)
         level = bits.unpack_uints(body[sign_end:], n, nonzero_width(levels)) + 1
@@ -281,7 +281,7 @@ class QSGDCodec(QuantCodec):
         s = self.levels
         n = min(d, s * (s + math.sqrt(d)))
         sparse = (
-            wire.header_nbytes(d, dtype) + coding.ef_nbytes_planned(n, d) + -(-int(n) // 8)
+            wire.header_nbytes(d, dtype) + sparse_message.ef_nbytes_planned(n, d) + -(-int(n) // 8)
             + -(-int(n) * nonzero_width(s) // 8)
         )
         return min(sparse, max_nbytes(d, s, dtype))

@@ -29,7 +29,7 @@ import collections
 import tensorflow as tf
 
 from hvdspar.kernels import XLA_MIN_ELEMENTS, chunks
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 class Scan(collections.namedtuple("Scan", ["finite", "sq_norm", "l1"])):
     """What the first pass learned about x: all finite (bool), ||x||^2 (float64), ||x||_1 (compute

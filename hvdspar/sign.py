@@ -26,7 +26,7 @@ import tensorflow as tf
 from hvdspar import bits, wire
 from hvdspar.codec import Codec, Encoded
 from hvdspar.compressor import Compressor
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 

@@ -23,11 +23,12 @@ tensors skip XLA: compiling per shape would cost more than it saves.
 
 import tensorflow as tf
 
-from hvdspar.probabilities import (check_budget, compute_dtype, default_method, full_budget, full_lambda, water_level,
+from hvdspar.dtypes import compute_dtype
+from hvdspar.probabilities import (check_budget, default_method, full_budget, full_lambda, water_level,
                                    water_level_bound)
 from hvdspar import kernels, rng
 from hvdspar.bits import next_power_of_two, zero_padded
-from hvdspar.coding import SparseMessage
+from hvdspar.sparse_message import SparseMessage
 from hvdspar.kernels import XLA_MIN_ELEMENTS, chunks
 from hvdspar.scan import scan
 

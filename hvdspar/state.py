@@ -81,7 +81,7 @@ class SlotState(tf.Module):
         self.last = variable(tf.zeros([len(LAST)], tf.int64), name="last")
         self.sq_norms = variable(tf.zeros([len(SQ_NORMS)], tf.float64), name="sq_norms")
         if memory:
-            from hvdspar.probabilities import compute_dtype
+            from hvdspar.dtypes import compute_dtype
 
             self.memory = variable(tf.zeros([self.shape.num_elements()], compute_dtype(self.dtype)), name="memory")
         else:
@@ -154,3 +154,38 @@ def summary(slots):
         # over the tensors sent compressed; 1.0 when every tensor went dense (Q = identity)
         "variance_ratio": c["sq_norm_sent"] / c["sq_norm"] if c["sq_norm"] else 1.0,
     }
+
+
+def indexed_slices_nbytes(slices):
+    """Bytes of an ``IndexedSlices`` as Horovod sends it (its values and indices, allgathered, never
+    compressed): an int64 scalar tensor."""
+    return (tf.size(slices.values, out_type=tf.int64) * slices.values.dtype.size
+            + tf.size(slices.indices, out_type=tf.int64) * slices.indices.dtype.size)
+
+
+def horovod_step_bytes(variables, compression=None, gradients=None):
+    """(bytes a rank sends, dense bytes) in one step where Horovod's own compression allreduces the
+    gradients of ``variables``: every tensor once at its dtype's size with ``Compression.none``
+    (or None, or "none"); with ``Compression.fp16`` (or "fp16") floating tensors travel as
+    float16, 2 bytes an element, as Horovod's FP16Compressor casts them, and the others as they
+    are. With ``gradients`` (one step's, in the order of ``variables``), an ``IndexedSlices``
+    gradient (an embedding without ``sparse_as_dense``) counts as Horovod sends it: its values and
+    indices, allgathered and never compressed. The one count of Horovod's none/fp16 bytes for
+    training, tracking and the benchmarks. (With one rank Horovod skips the collective; callers
+    counting wire bytes take 0 there.)"""
+    name = compression if isinstance(compression, str) else getattr(compression, "__name__", type(compression).__name__)
+    fp16 = "fp16" in str(name).lower()
+    variables = list(variables)
+    gradients = [None] * len(variables) if gradients is None else list(gradients)
+    if len(gradients) != len(variables):
+        raise ValueError(f"hvdspar: {len(gradients)} gradients for {len(variables)} variables")
+    sent = dense = 0
+    for v, g in zip(variables, gradients):
+        n = int(v.shape.num_elements())
+        size = v.dtype.size
+        dense += n * size
+        if isinstance(g, tf.IndexedSlices):
+            sent += int(indexed_slices_nbytes(g))
+        else:
+            sent += n * (min(size, 2) if fp16 and v.dtype.is_floating else size)
+    return sent, dense

@@ -14,17 +14,16 @@ e = m + g; send C(e); m <- e - C(e). C is
 
 Both are biased without rescaling; the memory is what makes them converge
 (Stich et al., Theorem 2.4). ``memory=False`` gives the plain versions. The
-message is a ``coding.SparseMessage`` with only the A part (Elias-Fano coded
+message is a ``sparse_message.SparseMessage`` with only the A part (Elias-Fano coded
 indices + exact values), so its size is about k (log2(d/k) + 2) bits plus k
 values.
 """
 
 import tensorflow as tf
 
-from hvdspar.coding import SparseMessage
 from hvdspar.compressor import Compressor
-from hvdspar.gspar import SparseCodec
-from hvdspar.probabilities import compute_dtype
+from hvdspar.dtypes import compute_dtype
+from hvdspar.sparse_message import SparseCodec, SparseMessage
 
 # Plain TF ops: nothing for AutoGraph to convert (and traces get faster).
 _no_autograph = tf.autograph.experimental.do_not_convert

@@ -8,7 +8,7 @@ w = 4 bytes when d < 2^32 (else 8), s = 4 (a float32 scale; 8 for float64
 gradients). The scheme says which method's body follows and how to read it,
 and is unique across methods:
 
-    0, 1   GSpar / UniSp / top-k / random-k / ATOMO entry-wise   (``hvdspar.coding``: sparse, 2-bit symbols)
+    0, 1   GSpar / UniSp / top-k / random-k / ATOMO entry-wise   (``hvdspar.sparse_message``: sparse, 2-bit symbols)
     2, 3   QSGD / TernGrad                                       (``hvdspar.quantize``: sparse, dense levels)
     16     ATOMO spectral atoms                                  (``hvdspar.atomo``)
     255    no body: the sender's gradient held NaN or Inf

@@ -12,8 +12,9 @@ import scipy.optimize
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import atomo, coding, quantize, topk, wire
-from hvdspar.probabilities import atom_probabilities, compute_dtype
+from hvdspar import atomo, codec, quantize, sparse_message, topk, wire
+from hvdspar.dtypes import compute_dtype
+from hvdspar.probabilities import atom_probabilities
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
 
@@ -217,9 +218,9 @@ def test_topk_message_round_trip_and_exact_size():
     expect[top] = x.numpy()[top]
     np.testing.assert_array_equal(q.numpy(), expect)
     assert bool(finite) and int(enc.kept) == 10
-    msg = coding.decode(enc.message, 1000, tf.float32)
+    msg = sparse_message.from_bytes(enc.message, 1000, tf.float32)
     np.testing.assert_array_equal(msg.idx_a.numpy(), np.sort(top))
-    assert enc.message.shape[0] == coding.expected_nbytes(10, 0, 1000, tf.float32) == comp.codec.expected_nbytes(1000, tf.float32)
+    assert enc.message.shape[0] == sparse_message.expected_nbytes(10, 0, 1000, tf.float32) == comp.codec.expected_nbytes(1000, tf.float32)
     assert enc.message.shape[0] < 4000 / 40  # a real compact message: 10 values + ~10 indices
     assert enc.q_sq_norm.numpy() == pytest.approx(np.sum(expect.astype(np.float64) ** 2))
 
@@ -233,7 +234,7 @@ def test_randomk_message_round_trip_and_distinct_indices():
     assert len(nz) == 10
     np.testing.assert_array_equal(q1.numpy()[nz], x.numpy()[nz])
     assert not np.array_equal(nz, np.flatnonzero(q2.numpy()))  # another seed, other indices
-    assert enc.message.shape[0] == coding.expected_nbytes(10, 0, 500, tf.float32)
+    assert enc.message.shape[0] == sparse_message.expected_nbytes(10, 0, 500, tf.float32)
 
 
 @pytest.mark.parametrize("maker", [lambda: hvdspar.QSGD(levels=1), lambda: hvdspar.QSGD(levels=5),
@@ -292,7 +293,7 @@ def test_atomo_round_trip_and_exact_size(shape):
     assert bool(finite)
     np.testing.assert_array_equal(total.numpy(), enc.q.numpy())  # the sender's Q is what receivers decode
     if atomo.uses_svd(shape):
-        rows, cols = atomo.matrix_layout(shape)
+        rows, cols = codec.matrix_layout(shape)
         head, body, _ = wire.read_at(enc.message, 0, d, tf.float32, atomo.body_size(d, tf.float32, (rows, cols)))
         assert int(head.scheme) == atomo.SCHEME_SPECTRAL
         msg = atomo.decode_spectral_body(head, body, rows, cols, tf.float32)
@@ -303,9 +304,9 @@ def test_atomo_round_trip_and_exact_size(shape):
         np.testing.assert_allclose(np.linalg.norm(msg.v.numpy(), axis=1), 1, rtol=1e-5)
         assert enc.q_sq_norm.numpy() == pytest.approx(np.sum(total.numpy().astype(np.float64) ** 2), rel=1e-5)
     else:
-        msg = coding.decode(enc.message, d, tf.float32)
+        msg = sparse_message.from_bytes(enc.message, d, tf.float32)
         n_a, n_b = msg.idx_a.shape[0], msg.idx_b.shape[0]
-        assert enc.message.shape[0] == coding.expected_nbytes(n_a, n_b, d, tf.float32)
+        assert enc.message.shape[0] == sparse_message.expected_nbytes(n_a, n_b, d, tf.float32)
 
 
 def test_messages_of_several_ranks_concatenate():

@@ -1,4 +1,4 @@
-"""The automatic dense fallback: exchange.prefer_dense and the per-tensor decision.
+"""The automatic dense fallback: fallback.prefer_dense and the per-tensor decision.
 
 The base class (hvdspar/compressor.py) sends a tensor dense through Horovod's
 own allreduce when an allgather of the expected message (M - 1) m would move
@@ -13,37 +13,37 @@ import pytest
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import communicators, exchange
+from hvdspar import communicators, exchange, fallback
 
 
-# --- exchange.prefer_dense ------------------------------------------------------------------
+# --- fallback.prefer_dense ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("ranks", [2, 3, 4, 8, 64, 1024])
 def test_switch_point_is_m_times_ranks_equal_twice_dense(ranks):
     dense = 1_000_000
     edge = 2 * dense / ranks  # M m = 2 D
-    assert not exchange.prefer_dense(edge * 0.999, dense, ranks)
-    assert exchange.prefer_dense(edge, dense, ranks)  # a tie goes dense (no gain from sparse)
-    assert exchange.prefer_dense(edge * 1.001, dense, ranks)
+    assert not fallback.prefer_dense(edge * 0.999, dense, ranks)
+    assert fallback.prefer_dense(edge, dense, ranks)  # a tie goes dense (no gain from sparse)
+    assert fallback.prefer_dense(edge * 1.001, dense, ranks)
 
 
 def test_bytes_moved_formulas():
-    assert exchange.allgather_bytes_moved(100, 4) == 300
-    assert exchange.allreduce_bytes_moved(1000, 4) == 1500
-    assert exchange.allreduce_bytes_moved(1000, 2) == 1000
-    assert exchange.allgather_bytes_moved(100, 1) == 0
+    assert fallback.allgather_bytes_moved(100, 4) == 300
+    assert fallback.allreduce_bytes_moved(1000, 4) == 1500
+    assert fallback.allreduce_bytes_moved(1000, 2) == 1000
+    assert fallback.allgather_bytes_moved(100, 1) == 0
 
 
 def test_one_rank_never_prefers_dense():
-    assert not exchange.prefer_dense(10**9, 1, 1)
-    assert not exchange.prefer_dense(10**9, 1, 0)
+    assert not fallback.prefer_dense(10**9, 1, 1)
+    assert not fallback.prefer_dense(10**9, 1, 0)
 
 
 def test_message_as_big_as_the_tensor_goes_dense_from_two_ranks():
     # M m >= 2 D already at M = 2 when m >= D
-    assert exchange.prefer_dense(4000, 4000, 2)
-    assert not exchange.prefer_dense(3999, 4000, 2)
+    assert fallback.prefer_dense(4000, 4000, 2)
+    assert not fallback.prefer_dense(3999, 4000, 2)
 
 
 # --- the decision inside Compressor.compress ------------------------------------------------
@@ -70,8 +70,8 @@ def test_high_rho_small_tensor_many_ranks_goes_dense():
     comp = in_world(hvdspar.GSpar(rho=0.5, seed=1), 32)
     d = 100
     m = comp.codec.expected_nbytes(d, tf.float32)
-    assert exchange.prefer_dense(m, 4 * d, 32)
-    assert not exchange.prefer_dense(m, 4 * d, 2)  # the same tensor goes sparse on 2 ranks
+    assert fallback.prefer_dense(m, 4 * d, 32)
+    assert not fallback.prefer_dense(m, 4 * d, 2)  # the same tensor goes sparse on 2 ranks
     g, out, ctx = _compress(comp, [10, 10])
     assert _kind(ctx) == "dense"
     assert comp.exchange.gathers == 0
@@ -85,7 +85,7 @@ def test_high_rho_small_tensor_many_ranks_goes_dense():
 def test_low_rho_big_tensor_two_ranks_goes_sparse():
     comp = in_world(hvdspar.GSpar(rho=0.01, fallback=True, seed=1), 2)
     d = 100_000
-    assert not exchange.prefer_dense(comp.codec.expected_nbytes(d, tf.float32), 4 * d, 2)
+    assert not fallback.prefer_dense(comp.codec.expected_nbytes(d, tf.float32), 4 * d, 2)
     _, out, ctx = _compress(comp, [d])
     assert _kind(ctx) == "sparse"
     assert comp.exchange.gathers == 1

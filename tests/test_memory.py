@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import exchange
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
 

@@ -66,9 +66,9 @@ def test_gspar_from_the_scan_sends_the_message_it_computes_alone():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     codec = hvdspar.GSpar(rho=0.01).codec
     enc = codec.encode(g, seed, tf.float32, g.shape)
-    from hvdspar import coding
+    from hvdspar import sparse_message
 
-    np.testing.assert_array_equal(enc.message.numpy(), coding.encode(alone, d, tf.float32).numpy())
+    np.testing.assert_array_equal(enc.message.numpy(), sparse_message.to_bytes(alone, d, tf.float32).numpy())
 
 
 @pytest.mark.parametrize("make", [lambda: hvdspar.GSpar(rho=0.05), lambda: hvdspar.UniSp(rho=0.05),

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import hvdspar
-from hvdspar import coding, kernels
+from hvdspar import kernels, sparse_message
 from hvdspar.sparsify import gspar_message, uniform_message
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -20,7 +20,7 @@ def draw(fn, g, samples=SAMPLES):
     @tf.function
     def one(i):
         msg = fn(g, tf.stack([tf.constant(7, tf.int64), tf.cast(i, tf.int64)]))
-        return coding.to_dense(msg, d, tf.float64)
+        return sparse_message.to_dense(msg, d, tf.float64)
 
     return np.stack([one(tf.constant(i)).numpy() for i in range(samples)])
 
@@ -152,9 +152,9 @@ def test_rho_one_message_is_g_itself(d, dtype, method):
         assert msg.val_a.dtype == dtype
         assert int(tf.size(msg.idx_b)) == 0 and int(tf.size(msg.neg_b)) == 0
         assert np.isfinite(float(lam)) and float(lam) > 0 and np.isfinite(float(msg.scale))
-        back = coding.decode(coding.encode(msg, d, dtype), d, dtype)
+        back = sparse_message.from_bytes(sparse_message.to_bytes(msg, d, dtype), d, dtype)
         for m in (msg, back):
-            np.testing.assert_array_equal(coding.to_dense(m, d, dtype).numpy(), gn)
+            np.testing.assert_array_equal(sparse_message.to_dense(m, d, dtype).numpy(), gn)
 
 
 def test_rho_one_message_of_zeros_and_tiny_values():
@@ -162,7 +162,7 @@ def test_rho_one_message_of_zeros_and_tiny_values():
         for method in ("exact", "greedy"):
             gt = tf.constant(g, tf.float32)
             msg, lam = gspar_message(gt, tf.constant([1, 1], tf.int64), rho=1.0, method=method)
-            np.testing.assert_array_equal(coding.to_dense(msg, len(g), tf.float32).numpy(), np.float32(g))
+            np.testing.assert_array_equal(sparse_message.to_dense(msg, len(g), tf.float32).numpy(), np.float32(g))
             assert int(tf.size(msg.idx_b)) == 0 and int(tf.size(msg.idx_a)) == np.count_nonzero(g)
             assert np.isfinite(float(lam)) and np.isfinite(float(msg.scale))
 

@@ -102,12 +102,12 @@ def test_dense_accounting_for_horovod_none_and_fp16():
 
 
 def test_one_count_of_horovods_none_and_fp16_bytes():
-    """hvdspar.exchange.horovod_step_bytes agrees with what Horovod's own compressors hand the
+    """hvdspar.state.horovod_step_bytes agrees with what Horovod's own compressors hand the
     allreduce, dtype by dtype (fp16 casts the floating tensors only)."""
     import tensorflow as tf
     from horovod.tensorflow.compression import Compression
 
-    from hvdspar.exchange import horovod_step_bytes
+    from hvdspar.state import horovod_step_bytes
 
     variables = [tf.Variable(tf.zeros([10, 3])), tf.Variable(tf.zeros([3], tf.float64)),
                  tf.Variable(tf.zeros([4], tf.bfloat16)), tf.Variable(tf.zeros([5], tf.float16)),
@@ -127,7 +127,7 @@ def test_horovods_none_bytes_count_an_embeddings_rows_as_horovod_allgathers_them
     import tensorflow as tf
     from horovod.tensorflow.compression import Compression
 
-    from hvdspar.exchange import horovod_step_bytes
+    from hvdspar.state import horovod_step_bytes
 
     table, dense_w = tf.Variable(tf.ones([1000, 32])), tf.Variable(tf.ones([32, 2]))
     ids = tf.constant([[1, 5, 7, 5]] * 3)

@@ -41,8 +41,8 @@ class TrafficMeter:
 
     def set_variables(self, variables, gradients=None):
         """The trainable variables whose gradients are exchanged (for none/fp16 accounting), with one
-        step's gradients where some are ``IndexedSlices`` (``hvdspar.exchange.horovod_step_bytes``)."""
-        from hvdspar.exchange import horovod_step_bytes
+        step's gradients where some are ``IndexedSlices`` (``hvdspar.state.horovod_step_bytes``)."""
+        from hvdspar.state import horovod_step_bytes
 
         self._step_bytes = horovod_step_bytes(list(variables), self.spec, gradients)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from hvdspar.exchange import horovod_step_bytes
+from hvdspar.state import horovod_step_bytes
 from hvdspar.training import fstar as fstar_mod
 from hvdspar.training.models import CONVEX, linear_weights
 
@@ -36,7 +36,7 @@ def traffic(compressor, steps, step_bytes, size):
     """(bytes_sent, dense_bytes) of this rank so far.
 
     hvdspar compressors count their own traffic; for Horovod's none/fp16 it is steps x
-    ``step_bytes`` (``hvdspar.exchange.horovod_step_bytes``). One rank sends nothing.
+    ``step_bytes`` (``hvdspar.state.horovod_step_bytes``). One rank sends nothing.
     """
     if hasattr(compressor, "traffic"):
         t = compressor.traffic()

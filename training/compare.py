@@ -36,7 +36,7 @@ import tensorflow as tf
 
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from hvdspar import exchange, link
+from hvdspar import link, state
 from hvdspar.spec import to_spec
 from hvdspar.training import data as data_sets
 from hvdspar.training.train import add_fallback_argument, make_compressor
@@ -116,7 +116,7 @@ def train(spec, data, args):
         variance = t["variance_ratio"]
     else:
         variance = 1.0
-        per_step, dense = exchange.horovod_step_bytes(model.trainable_variables, compression)
+        per_step, dense = state.horovod_step_bytes(model.trainable_variables, compression)
         if hvd.size() == 1:  # Horovod skips the collective with one rank, as hvdspar's counters show
             per_step = dense = 0
     return {

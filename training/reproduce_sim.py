@@ -47,7 +47,7 @@ class SimExchange:
         self.shapes = [tuple(int(s) for s in shape) for shape in shapes]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.comp = make_compressor(spec, seed)
-        if self.comp is not None and self.comp.codec.collective != "allgather":
+        if self.comp is not None and self.comp.codec.sums_by_allreduce:
             raise ValueError(f"{spec}: the simulated workers exchange allgather messages; "
                              f"{type(self.comp).__name__} sums through allreduce and runs under horovodrun only")
         self.memory = bool(self.comp is not None and self.comp.memory)

@@ -50,7 +50,7 @@ import tensorflow as tf
 
 import horovod.tensorflow as hvd
 import hvdspar
-from hvdspar.exchange import horovod_step_bytes
+from hvdspar.state import horovod_step_bytes
 from hvdspar.spec import to_spec
 
 TASKS = ("softmax", "logreg-synthetic", "logreg-a9a", "cnn-cifar10")

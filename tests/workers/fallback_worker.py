@@ -8,7 +8,7 @@ import tensorflow as tf
 import horovod.tensorflow as hvd_tf
 import horovod.tensorflow.keras as hvd
 import hvdspar
-from hvdspar import exchange
+from hvdspar import fallback
 from tests.workers.common import counting_exchange, report
 
 hvd.init()
@@ -27,7 +27,7 @@ comp = hvdspar.GSpar(rho=0.9, seed=5, bucket_mb=0)  # per tensor: each of these 
 comp.exchange = counter
 shapes = [(d, k), (k,)]
 expected_dense = [
-    bool(exchange.prefer_dense(comp.codec.expected_nbytes(int(np.prod(s)), tf.float32), 4 * int(np.prod(s)), size))
+    bool(fallback.prefer_dense(comp.codec.expected_nbytes(int(np.prod(s)), tf.float32), 4 * int(np.prod(s)), size))
     for s in shapes
 ]
 

@@ -1,7 +1,5 @@
 """2-rank checks of hvdspar.GSpar inside Horovod (run by tests/test_gspar_hvd.py)."""
 
-import sys
-
 import numpy as np
 import tensorflow as tf
 

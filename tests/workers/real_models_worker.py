@@ -10,7 +10,7 @@ import tensorflow as tf
 import horovod.tensorflow.keras as hvd
 
 import hvdspar
-from hvdspar import exchange
+from hvdspar import state
 from tests.workers.common import report, same_on_all_ranks
 
 hvd.init()
@@ -87,8 +87,8 @@ with tf.GradientTape() as tape:
     batch_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y[:16], logits)
 grads = tape.gradient(batch_loss, model.trainable_variables)
 embedding["none_slices"] = {
-    "bytes": exchange.horovod_step_bytes(model.trainable_variables, hvd.Compression.none, grads)[0],
-    "bytes_without_gradients": exchange.horovod_step_bytes(model.trainable_variables, hvd.Compression.none)[0],
+    "bytes": state.horovod_step_bytes(model.trainable_variables, hvd.Compression.none, grads)[0],
+    "bytes_without_gradients": state.horovod_step_bytes(model.trainable_variables, hvd.Compression.none)[0],
     "identical": True, "finite": True}
 
 report(rank, transformer=transformer, embedding=embedding)

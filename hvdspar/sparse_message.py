@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from hvdspar import bits, wire
+from hvdspar.codec import Codec, Encoded
+from hvdspar.dtypes import compute_dtype
 from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
@@ -183,7 +185,7 @@ def entropy_bits(n_a, n_plus, n_minus, d, value_bits=32):
 
 
 @_no_autograph
-def encode(msg, d, value_dtype):
+def to_bytes(msg, d, value_dtype):
     """SparseMessage -> uint8 bytes, choosing the smaller of the sparse and dense schemes."""
     value_dtype = tf.as_dtype(value_dtype)
     n_a = tf.size(msg.idx_a, out_type=tf.int64)
@@ -249,7 +251,7 @@ def decode_at(data, offset, d, value_dtype):
 
 
 @_no_autograph
-def decode(data, d, value_dtype):
+def from_bytes(data, d, value_dtype):
     """Inverse of ``encode`` for a single message."""
     msg, _, _ = decode_at(data, 0, d, value_dtype)
     return msg
@@ -296,3 +298,41 @@ def sum_messages(data, num_messages, d, value_dtype, accumulate_dtype, factor=No
                              lambda head, body: entries(decode_body(head, body, d, value_dtype), value_dtype,
                                                         accumulate_dtype),
                              lambda head: head.n_a + head.n_b, factor)
+
+
+def scaled(msg, gamma):
+    """The message of gamma * Q."""
+    return msg._replace(
+        val_a=tf.cast(tf.cast(msg.val_a, tf.float64) * gamma, msg.val_a.dtype),
+        scale=tf.cast(tf.cast(msg.scale, tf.float64) * gamma, msg.scale.dtype),
+    )
+
+
+def pack(msg, d, dtype, with_q):
+    """A SparseMessage -> ``Encoded``: bytes, Q as sent (if ``with_q``), kept count, ||Q||^2."""
+    msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
+    kept = tf.size(msg.idx_a, out_type=tf.int64) + tf.size(msg.idx_b, out_type=tf.int64)
+    cdt = compute_dtype(dtype)
+    q = to_dense(msg, d, dtype, cdt) if with_q else tf.zeros([0], cdt)
+    return Encoded(to_bytes(msg, d, dtype), q, kept, sq_norm(msg, dtype))
+
+
+class SparseCodec(Codec):
+    """A codec whose message is a ``SparseMessage``; subclasses give ``draw`` and ``expected_counts``."""
+
+    def expected_counts(self, d):
+        """Expected (n_A, n_B) of a message for a tensor of d elements."""
+        raise NotImplementedError
+
+    def expected_nbytes(self, d, dtype, shape=None):
+        n_a, n_b = self.expected_counts(d)
+        return expected_nbytes(n_a, n_b, d, dtype)
+
+    def scaled(self, msg, gamma):
+        return scaled(msg, gamma)
+
+    def pack(self, msg, d, dtype, shape, with_q):
+        return pack(msg, d, dtype, with_q)
+
+    def decode_sum(self, data, num_ranks, d, dtype, shape=None, factor=None):
+        return sum_messages(data, num_ranks, d, dtype, compute_dtype(dtype), factor)

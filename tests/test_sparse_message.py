@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-import hvdspar
-from hvdspar import bits, coding, kernels, wire
+from hvdspar import bits, kernels, sparse_message, wire
 from hvdspar.sparsify import gspar_message, uniform_message
 
 pytestmark = pytest.mark.quick  # no Horovod, one process: the quick tier (README, "Contributing")
@@ -17,8 +16,8 @@ DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
 
 def roundtrip(msg, d, dtype):
-    data = coding.encode(msg._replace(val_a=tf.cast(msg.val_a, dtype)), d, dtype)
-    back = coding.decode(data, d, dtype)
+    data = sparse_message.to_bytes(msg._replace(val_a=tf.cast(msg.val_a, dtype)), d, dtype)
+    back = sparse_message.from_bytes(data, d, dtype)
     return data, back
 
 
@@ -38,20 +37,20 @@ def test_decode_encode_is_exact(d, rho, dtype, seed, heavy):
     msg = msg._replace(val_a=tf.cast(msg.val_a, dtype))
     data, back = roundtrip(msg, d, dtype)
     np.testing.assert_array_equal(
-        coding.to_dense(back, d, dtype).numpy().astype(np.float64),
-        coding.to_dense(msg, d, dtype).numpy().astype(np.float64),
+        sparse_message.to_dense(back, d, dtype).numpy().astype(np.float64),
+        sparse_message.to_dense(msg, d, dtype).numpy().astype(np.float64),
     )
     # the byte count is the real size, and the planning twin agrees
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
-    assert int(tf.size(data)) == coding.expected_nbytes(n_a, n_b, d, dtype)
-    _, _, total = wire.read_at(data, 0, d, dtype, coding.body_size(d, dtype))
+    assert int(tf.size(data)) == sparse_message.expected_nbytes(n_a, n_b, d, dtype)
+    _, _, total = wire.read_at(data, 0, d, dtype, sparse_message.body_size(d, dtype))
     assert int(total) == int(tf.size(data))
 
 
 def test_decoded_values_equal_g_over_p():
     g = tf.constant(np.random.default_rng(0).standard_cauchy(3000), tf.float64)
     msg, lam = gspar_message(g, tf.constant([5, 5], tf.int64), rho=0.05)
-    q = coding.to_dense(coding.decode(coding.encode(msg, 3000, tf.float64), 3000, tf.float64), 3000, tf.float64)
+    q = sparse_message.to_dense(sparse_message.from_bytes(sparse_message.to_bytes(msg, 3000, tf.float64), 3000, tf.float64), 3000, tf.float64)
     p = np.minimum(float(lam) * np.abs(g.numpy()), 1)
     kept = q.numpy() != 0
     np.testing.assert_allclose(q.numpy()[kept], g.numpy()[kept] / p[kept], rtol=1e-12)
@@ -63,13 +62,13 @@ def test_several_messages_sum_in_order():
     for r in range(3):
         g = tf.constant(np.random.default_rng(r).normal(size=d), tf.float32)
         msg, _ = gspar_message(g, tf.constant([r, 0], tf.int64), rho=0.1 * (r + 1))
-        msgs.append(coding.encode(msg, d, tf.float32))
-        dense.append(coding.to_dense(msg, d, tf.float32).numpy())
-    total, finite = coding.sum_messages(tf.concat(msgs, 0), 3, d, tf.float32, tf.float32)
+        msgs.append(sparse_message.to_bytes(msg, d, tf.float32))
+        dense.append(sparse_message.to_dense(msg, d, tf.float32).numpy())
+    total, finite = sparse_message.sum_messages(tf.concat(msgs, 0), 3, d, tf.float32, tf.float32)
     assert bool(finite)
     np.testing.assert_allclose(total.numpy(), np.sum(dense, axis=0), rtol=1e-6)
     bad = tf.concat([msgs[0], wire.nonfinite(d, tf.float32), msgs[2]], 0)
-    _, finite = coding.sum_messages(bad, 3, d, tf.float32, tf.float32)
+    _, finite = sparse_message.sum_messages(bad, 3, d, tf.float32, tf.float32)
     assert not bool(finite)
 
 
@@ -80,8 +79,8 @@ def _three_messages(d, dtype, accumulate):
     for r, rho in enumerate([0.3, 0.01, 0.05]):
         g = tf.constant(np.random.default_rng(r).standard_t(2, size=d), dtype)
         msg, _ = gspar_message(g, tf.constant([r, 7], tf.int64), rho=rho)
-        msgs.append(coding.encode(msg, d, dtype))
-        dense.append(coding.to_dense(msg, d, dtype, accumulate).numpy())
+        msgs.append(sparse_message.to_bytes(msg, d, dtype))
+        dense.append(sparse_message.to_dense(msg, d, dtype, accumulate).numpy())
     return msgs, dense
 
 
@@ -101,14 +100,14 @@ def test_the_sum_of_messages_is_rank_order_bit_for_bit_and_skips_a_nonfinite_one
     message adding nothing and clearing the flag, and with messages of different lengths."""
     msgs, dense = _three_messages(d, dtype, accumulate)
     expected = _rank_order_sum(dense)
-    total, finite = tf.function(lambda m: coding.sum_messages(m, 3, d, dtype, accumulate))(tf.concat(msgs, 0))
+    total, finite = tf.function(lambda m: sparse_message.sum_messages(m, 3, d, dtype, accumulate))(tf.concat(msgs, 0))
     assert bool(finite) and total.dtype == accumulate
     np.testing.assert_array_equal(total.numpy(), expected)
     bad = tf.concat([msgs[0], wire.nonfinite(d, dtype), msgs[2]], 0)
-    total, finite = coding.sum_messages(bad, 3, d, dtype, accumulate)
+    total, finite = sparse_message.sum_messages(bad, 3, d, dtype, accumulate)
     assert not bool(finite)
     np.testing.assert_array_equal(total.numpy(), dense[0] + dense[2])
-    nothing, finite = coding.sum_messages(wire.nonfinite(d, dtype), 1, d, dtype, accumulate)
+    nothing, finite = sparse_message.sum_messages(wire.nonfinite(d, dtype), 1, d, dtype, accumulate)
     assert not bool(finite) and not np.any(nothing.numpy())
 
 
@@ -121,7 +120,7 @@ def test_the_sum_with_horovods_factor_is_the_factor_applied_to_each_entry_or_nan
     rounding, exactly for 1/2. A non-finite message makes it NaN everywhere, as Horovod's sum."""
     msgs, dense = _three_messages(d, dtype, accumulate)
     np_acc = accumulate.as_numpy_dtype
-    decode = tf.function(lambda m, n, f: coding.sum_messages(m, n, d, dtype, accumulate, f))
+    decode = tf.function(lambda m, n, f: sparse_message.sum_messages(m, n, d, dtype, accumulate, f))
     for factor in (1 / 3, 0.5, 1.7):
         f = np_acc(factor)
         total, finite = decode(tf.concat(msgs, 0), 3, tf.constant(f))
@@ -143,10 +142,10 @@ def test_bytes_track_the_entropy_bound(rho):
     d = 1_000_000
     g = tf.constant(np.random.default_rng(1).standard_t(2, size=d), tf.float32)  # heavy-tailed
     msg, _ = gspar_message(g, tf.constant([1, 1], tf.int64), rho=rho)
-    nbytes = int(tf.size(coding.encode(msg, d, tf.float32)))
+    nbytes = int(tf.size(sparse_message.to_bytes(msg, d, tf.float32)))
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
     n_minus = int(tf.reduce_sum(tf.cast(msg.neg_b, tf.int32)))
-    bound = coding.entropy_bits(n_a, n_b - n_minus, n_minus, d) / 8
+    bound = sparse_message.entropy_bits(n_a, n_b - n_minus, n_minus, d) / 8
     assert nbytes <= 1.25 * bound, (nbytes, bound)
     assert nbytes < 0.05 * 4 * d * rho * 10  # far below dense
 
@@ -155,10 +154,10 @@ def test_dense_symbols_are_chosen_when_cheaper():
     d = 1000
     g = tf.constant(np.random.default_rng(2).normal(size=d), tf.float32)
     msg, _ = gspar_message(g, tf.constant([1, 1], tf.int64), rho=0.7)
-    data = coding.encode(msg, d, tf.float32)
-    assert int(data[0]) == coding.SCHEME_DENSE
+    data = sparse_message.to_bytes(msg, d, tf.float32)
+    assert int(data[0]) == sparse_message.SCHEME_DENSE
     n_a, n_b = int(tf.size(msg.idx_a)), int(tf.size(msg.idx_b))
-    sparse = wire.header_nbytes(d, tf.float32) + int(coding.body_nbytes(coding.SCHEME_SPARSE, n_a, n_b, d, tf.float32))
+    sparse = wire.header_nbytes(d, tf.float32) + int(sparse_message.body_nbytes(sparse_message.SCHEME_SPARSE, n_a, n_b, d, tf.float32))
     assert int(tf.size(data)) < sparse
 
 
@@ -178,23 +177,23 @@ def test_theorem4_coding_length(seed):
     g[tail] *= rho * np.abs(g[support]).sum() / np.abs(g[tail]).sum()
     gt = tf.constant(g, tf.float32)
     msg, _ = gspar_message(gt, tf.constant([seed, 0], tf.int64), epsilon=rho)
-    nbits = 8 * int(tf.size(coding.encode(msg, d, tf.float32)))
+    nbits = 8 * int(tf.size(sparse_message.to_bytes(msg, d, tf.float32)))
     bound = s * (b + math.log2(d)) + min(rho * s * math.log2(d), d) + b
     assert nbits <= bound + 8 * (1 + 2 * wire.count_width(d)), (nbits, bound)
 
 
 def test_elias_fano_roundtrip_edge_cases():
     for d, idx in [(1, [0]), (10, []), (10, list(range(10))), (2**20, [0, 5, 2**20 - 1]), (17, [16])]:
-        enc = coding.ef_encode(tf.constant(idx, tf.int64), d)
-        assert int(tf.size(enc)) == int(coding.ef_nbytes(len(idx), d))
-        np.testing.assert_array_equal(coding.ef_decode(enc, len(idx), d).numpy(), idx)
+        enc = sparse_message.ef_encode(tf.constant(idx, tf.int64), d)
+        assert int(tf.size(enc)) == int(sparse_message.ef_nbytes(len(idx), d))
+        np.testing.assert_array_equal(sparse_message.ef_decode(enc, len(idx), d).numpy(), idx)
 
 
 def test_indices_beyond_int32_are_coded():
     d = 2**33 + 5  # a tensor over 2^31 elements: counts take 8 bytes, indices stay int64
     idx = tf.constant([3, 2**31 + 7, 2**33 + 4], tf.int64)
-    enc = coding.ef_encode(idx, d)
-    np.testing.assert_array_equal(coding.ef_decode(enc, 3, d).numpy(), idx.numpy())
+    enc = sparse_message.ef_encode(idx, d)
+    np.testing.assert_array_equal(sparse_message.ef_decode(enc, 3, d).numpy(), idx.numpy())
     assert wire.count_width(d) == 8
 
 
@@ -284,15 +283,15 @@ def test_elias_fano_roundtrip_on_both_paths():
     for d in (kernels.XLA_MIN_ELEMENTS - 1, kernels.XLA_MIN_ELEMENTS, 1_000_003):
         for idx in ([], [0], [d - 1], list(range(0, d, max(1, d // 1000))), np.sort(rng.choice(d, 5000, replace=False))):
             idx = np.asarray(idx, np.int64)
-            enc = coding.ef_encode(tf.constant(idx, tf.int64), d)
-            np.testing.assert_array_equal(coding.ef_decode(enc, len(idx), d).numpy(), idx)
+            enc = sparse_message.ef_encode(tf.constant(idx, tf.int64), d)
+            np.testing.assert_array_equal(sparse_message.ef_decode(enc, len(idx), d).numpy(), idx)
     d = kernels.XLA_MIN_ELEMENTS
     every = np.arange(d, dtype=np.int64)  # n = d: low width 0, every unary bit set
-    np.testing.assert_array_equal(coding.ef_decode(coding.ef_encode(tf.constant(every), d), d, d).numpy(), every)
+    np.testing.assert_array_equal(sparse_message.ef_decode(sparse_message.ef_encode(tf.constant(every), d), d, d).numpy(), every)
 
 
 def test_unisp_messages_roundtrip():
     g = tf.constant(np.random.default_rng(3).normal(size=500), tf.float32)
     msg = uniform_message(g, tf.constant([1, 1], tf.int64), 0.1)
     data, back = roundtrip(msg, 500, tf.float32)
-    np.testing.assert_array_equal(coding.to_dense(back, 500, tf.float32), coding.to_dense(msg, 500, tf.float32))
+    np.testing.assert_array_equal(sparse_message.to_dense(back, 500, tf.float32), sparse_message.to_dense(msg, 500, tf.float32))
