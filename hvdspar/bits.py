@@ -68,10 +68,8 @@ def pack_uints(values, width):
     matmul per piece sums them, exactly (a word's pieces are disjoint bit fields, so their sum is
     their bitwise or, below 2^32; every partial sum is an integer below 2^53, in any order).
     A width known when the graph is built drops the pieces that are always zero (the third when
-    w <= 32, the second too when w divides 32). A few word operations per value instead of one
-    int64 element per bit: 100k values of 6 bits (the low bits of the Elias-Fano code of 1% of
-    10M indices) 1.4-1.7 ms against 4.5 ms before; 10M values of 3 bits (QSGD's dense levels)
-    118 ms against 215 ms; on a 2-core CPU."""
+    w <= 32, the second too when w divides 32). A few word operations per value, not one int64
+    element per bit."""
     static = tf.get_static_value(width)  # None when the width is only known at run time
     v = tf.cast(tf.reshape(values, [-1]), tf.int64)
     width = tf.cast(width, tf.int64)
@@ -132,10 +130,9 @@ def unpack_uints(data, count, width, xla=False):
 
     Value j is bits [j w, j w + w) of the stream, read from the two 64-bit words that hold it
     (the bytes taken as the machine's little-endian words: bit k of word q is bit 64 q + k of
-    the stream), so that a value costs a few word operations, not w single bits (100k values of
-    6 bits: about 1.5 ms against 2.6 ms unpacked bit by bit, on a 2-core CPU). ``xla``: in one
+    the stream), so that a value costs a few word operations, not w single bits. ``xla``: in one
     XLA computation over the count padded to a power of two (at least ``_MIN_PADDED_VALUES``, so
-    that a few compiled shapes serve every count): 100k values about 0.8 ms faster again."""
+    that a few compiled shapes serve every count)."""
     count = tf.cast(count, tf.int64)
     width = tf.cast(width, tf.int64)
     data = tf.reshape(data, [-1])
@@ -169,8 +166,7 @@ def set_bit_positions(data, nbits, xla=False):
 
     ``xla``: unpack the bits in one XLA computation into a boolean mask (a stream padded with zero
     bytes to a power of two, at least ``_MIN_PADDED_BYTES``, so that a few compiled shapes serve
-    every size), then ``tf.where``: at 200k bits about 0.8 ms less than unpacking into int64 bits
-    in TF ops, on a 2-core CPU. Else plain TF ops, for small streams."""
+    every size), then ``tf.where``. Else plain TF ops, for small streams."""
     nbits = tf.cast(nbits, tf.int64)
     if not xla:
         return tf.reshape(tf.where(unpack_bits(data, nbits) > 0), [-1])

@@ -147,7 +147,8 @@ class Codec:
 
 
 def matrix_layout(shape):
-    """(rows, cols) of the 2-D view (ATOMO's spectral atoms, PowerSGD's power iteration) of a tensor of ``shape``: rows = prod(shape[:-1]), cols = shape[-1]."""
+    """(rows, cols) of the 2-D view of a tensor of ``shape`` (ATOMO's spectral atoms, PowerSGD's power
+    iteration): rows = prod(shape[:-1]), cols = shape[-1]; None for a vector."""
     dims = tf.TensorShape(shape).as_list()
     if len(dims) < 2:
         return None

@@ -64,8 +64,8 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     #: Python-only bookkeeping (in ``__dict__``), which ``tf.Module`` need not walk
     _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {
-        "feedback", "buckets", "_bucket_mb", "_communicators", "_fallback", "_sent", "_trace", "_eager_index", "_by_variables",
-        "_passed", "_traced_fns", "_counted", "_owner"}
+        "feedback", "buckets", "_bucket_mb", "_dense", "_compressed", "_at_run_time", "_fallback", "_sent", "_trace",
+        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner"}
 
     def __init__(self, codec, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None,
                  name=None):
@@ -96,9 +96,10 @@ class Compressor(_HorovodCompressor, tf.Module):
         self.__dict__.update(
             #: error feedback (``ErrorFeedback``), or none (``NoMemory``): what x is fed and encoded with
             feedback=(ErrorFeedback if memory else NoMemory)(codec),
-            _communicators={"dense": communicators.Dense(self), RUN_TIME: communicators.ChosenAtRunTime(self),
-                            "compressed": (communicators.Allreduce if codec.sums_by_allreduce
-                                           else communicators.Allgather)(self)},
+            # how a message meets the other ranks, by its plan (``hvdspar.communicators``)
+            _dense=communicators.Dense(self),
+            _compressed=(communicators.Allreduce if codec.sums_by_allreduce else communicators.Allgather)(self),
+            _at_run_time=communicators.ChosenAtRunTime(self),
             _fallback=plans,  # the dense fallback's policy and latest decisions
             _sent=weakref.WeakKeyDictionary(),  # Message -> communicators.Sent, while a trace holds it
             _trace=None, _next_slot=0,  # the trace being built, and the next message's position in it
@@ -185,8 +186,8 @@ class Compressor(_HorovodCompressor, tf.Module):
         checked = self.exchange.check_signature(message.tensors, ps)  # ranks that disagree all stop here
         with tf.control_dependencies(checked):
             x = self.feedback.feed(message.concat(), slot.memory, dtype)
-        how = RUN_TIME if plan.reason == RUN_TIME else "dense" if plan.dense else "compressed"
-        return self._communicators[how].send(x, message)
+        communicator = self._at_run_time if plan.reason == RUN_TIME else self._dense if plan.dense else self._compressed
+        return communicator.send(x, message)
 
     def _pass_through(self, tensor, site, why):
         """Hand ``tensor`` to Horovod as it is (after the signature check every message makes), and say

@@ -100,8 +100,8 @@ class Fallback:
         key = (dtype.name, timing_shape)
         if key not in self._compute_costs:
             self._compute_costs[key] = link.measure_compute(comp, dtype, num_ranks, timing_shape)
-        return link.sparse_pays(link.network(), self._compute_costs[key], d, comp.codec.expected_nbytes(d, dtype, shape),
-                                d * dtype.size, num_ranks)
+        message_nbytes = comp.codec.expected_nbytes(d, dtype, shape)
+        return link.sparse_pays(link.network(), self._compute_costs[key], d, message_nbytes, d * dtype.size, num_ranks)
 
     def summary(self, comp):
         """One line: how many messages (tensors, or buckets of tensors) the latest trace sends dense, and why."""

@@ -128,15 +128,7 @@ def _greedy_keep_chunked(g, seed, rho, iterations, moments=None):
       lambda <= Lambda held;
     - by passes, otherwise: each rescaling one pass (``_chunk_tail``), then the sampling pass at lambda.
 
-    (Drawing candidates u_i < 2 lambda |g_i| in the last rescaling's pass, to spare the sampling
-    its own pass, was tried and dropped: on a 2-core machine whose passes are compute-bound, the
-    encode of 10M elements took 51 ms with it against 43 ms without. The bound spares both
-    rescaling passes instead: 40 -> 30 ms for the sampler of 10M.)
-
-    The chunks are powers of two from 2^16 to 2^20 long, the last padded with zeros
-    (``hvdspar.kernels.chunks``), so XLA compiles each chunk function at most five times per
-    dtype in a process, not once per distinct tensor size (a ResNet-50 has dozens). A zero
-    adds nothing to any pass and is never kept (p_i = 0).
+    The chunks are ``kernels.chunks``' (zero padding adds nothing to a pass and is never kept).
     """
     d = g.shape.num_elements()
     cdt = compute_dtype(g.dtype)
