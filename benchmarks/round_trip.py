@@ -7,7 +7,7 @@ float32 heavy-tailed (Student t, 2 dof) gradient g, medians of --repeat calls of
 (each call waits for its result, which is not copied into NumPy: ``benchmarks.common.ready``):
 
   compress    g -> its coded message (``GSparCodec.encode``: the first pass over g, ``hvdspar.scan``,
-              then ``gspar_message`` + ``sparse_message.encode``)
+              then ``gspar_message`` + ``sparse_message.to_bytes``)
   exchange    ``hvd.allgather`` of the message (M = 1 here: the copy it costs)
   decode      the gathered messages -> the dense average (``sparse_message.sum_messages`` with Horovod's
               factor: the average is applied to the entries inside the decoding, so that the dense

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from hvdspar import callsite, exchange
+from hvdspar.callsite import passes_as_none, static_shape, with_static_shape
 from hvdspar.state import trace_key
 
 
@@ -196,40 +197,6 @@ class Buckets:
         if pos == parts[-1][-1]:
             self._group = None  # the group is sent: drop the references to its graph's tensors
         return open_messages[b], j
-
-
-def passes_as_none(tensor, site):
-    """Why ``tensor`` travels as Horovod's none sends it, or None to compress it: an op that does not
-    sum, a dtype that is not floating point, a shape unknown at trace time (where Horovod's frame
-    names no variable of that gradient to take the shape from)."""
-    if not callsite.sums(site.op):
-        return f"op=hvd.{callsite.op_name(site.op)}"
-    dtype = tf.as_dtype(tensor.dtype)
-    if not dtype.is_floating:
-        return f"{dtype.name}, not floating point"
-    if not tensor.shape.is_fully_defined() and static_shape(tensor, site) is None:
-        return "shape unknown at trace time"
-    return None
-
-
-def static_shape(tensor, site):
-    """``tensor``'s static shape, or its variable's where the tensor's is not known at trace time
-    (``sparse_as_dense=True`` turns an embedding's gradient into a [None, k] tensor); None if neither."""
-    if tensor.shape.is_fully_defined():
-        return tensor.shape
-    variable = site.variable(tensor)
-    if variable is not None and variable.shape.is_fully_defined() and tensor.shape.is_compatible_with(
-            variable.shape):
-        return tf.TensorShape(variable.shape)
-    return None
-
-
-def with_static_shape(tensor, site):
-    """``tensor`` with its static shape (``static_shape``) set, checked at run time."""
-    shape = static_shape(tensor, site)
-    if shape is None or tensor.shape.is_fully_defined():
-        return tensor
-    return tf.ensure_shape(tensor, shape)
 
 
 def graph_of(tensor, default):

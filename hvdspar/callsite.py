@@ -5,11 +5,15 @@ factors and (from ``allreduce_grads``) the whole gradient list with its variable
 are read from its frames (``call_site``): the allgather must run on the same
 process set as the allreduce; Adasum or a reducescatter cannot carry a compressed
 message, so they are refused at trace time with a clear error; Min/Max/Product do
-not sum, so the compressor passes their tensors through (``sums``).
+not sum, so the compressor passes their tensors through (``sums``,
+``passes_as_none``), as it does integers and shapes unknown at trace time whose
+variable the frame does not name (``static_shape``).
 """
 
 import collections
 import sys
+
+import tensorflow as tf
 
 
 def _hvd():
@@ -149,3 +153,37 @@ def op_name(op):
     names = {hvd.Average: "Average", hvd.Sum: "Sum", hvd.Adasum: "Adasum", hvd.Min: "Min", hvd.Max: "Max",
              hvd.Product: "Product"}
     return names.get(op, str(op))
+
+
+def passes_as_none(tensor, site):
+    """Why ``tensor`` travels as Horovod's none sends it, or None to compress it: an op that does not
+    sum, a dtype that is not floating point, a shape unknown at trace time (where Horovod's frame
+    names no variable of that gradient to take the shape from)."""
+    if not sums(site.op):
+        return f"op=hvd.{op_name(site.op)}"
+    dtype = tf.as_dtype(tensor.dtype)
+    if not dtype.is_floating:
+        return f"{dtype.name}, not floating point"
+    if not tensor.shape.is_fully_defined() and static_shape(tensor, site) is None:
+        return "shape unknown at trace time"
+    return None
+
+
+def static_shape(tensor, site):
+    """``tensor``'s static shape, or its variable's where the tensor's is not known at trace time
+    (``sparse_as_dense=True`` turns an embedding's gradient into a [None, k] tensor); None if neither."""
+    if tensor.shape.is_fully_defined():
+        return tensor.shape
+    variable = site.variable(tensor)
+    if variable is not None and variable.shape.is_fully_defined() and tensor.shape.is_compatible_with(
+            variable.shape):
+        return tf.TensorShape(variable.shape)
+    return None
+
+
+def with_static_shape(tensor, site):
+    """``tensor`` with its static shape (``static_shape``) set, checked at run time."""
+    shape = static_shape(tensor, site)
+    if shape is None or tensor.shape.is_fully_defined():
+        return tensor
+    return tf.ensure_shape(tensor, shape)

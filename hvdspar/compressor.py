@@ -15,7 +15,7 @@ A gradient's trip, read first (each role is an object; docs/design.md is the map
 
 Tensors that cannot carry a compressed message (integers, op=Min/Max/Product, a shape
 unknown at trace time with no variable to take it from) travel as Horovod's none sends
-them (``buckets.passes_as_none``). State (``SlotState``) is one per message, keyed by its
+them (``callsite.passes_as_none``). State (``SlotState``) is one per message, keyed by its
 variables where Horovod's frame names them (``_slot_for``); a compressor is a
 ``tf.Module``, so checkpoints hold it.
 """
@@ -30,7 +30,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
 from hvdspar import callsite, communicators, exchange
-from hvdspar.buckets import Buckets, Message, flat_shape, graph_of, passes_as_none
+from hvdspar.buckets import Buckets, Message, flat_shape, graph_of
 from hvdspar.error_feedback import ErrorFeedback, NoMemory
 from hvdspar.fallback import RUN_TIME, Fallback
 from hvdspar import state as _state
@@ -149,7 +149,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         """Horovod's first call. The first member of a message sends it (``_send``)."""
         _check_tf2()
         site = callsite.call_site()
-        why = passes_as_none(tensor, site)
+        why = callsite.passes_as_none(tensor, site)
         if why is not None:
             return self._pass_through(tensor, site, why), None
         num_ranks = self.exchange.world(site.process_set)[0]
