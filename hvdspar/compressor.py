@@ -21,6 +21,7 @@ variables where Horovod's frame names them (``_slot_for``); a compressor is a
 """
 
 import collections
+import contextlib
 import logging
 import random
 import sys
@@ -169,25 +170,20 @@ class Compressor(_HorovodCompressor, tf.Module):
         return _with_horovod_gradient(ctx.tensor, ctx.sent.receive(ctx.j, tensor), ctx.sent.message.site)
 
     def _send(self, message):
-        """x = concat(g) + m, the plan, and the plan's communicator's send, in the graph every
-        member's Horovod branch reaches (``Message.graph``; Horovod's rank and size ops are
-        stateful, so made there once they keep the members' conds free of them)."""
-        if message.graph is None or message.graph is tf.compat.v1.get_default_graph():
-            return self._send_here(message)
-        with message.graph.as_default(), message.graph.name_scope(""), tf.name_scope("hvdspar"):
-            return self._send_here(message)
-
-    def _send_here(self, message):
+        """x = concat(g) + m, the plan, and the plan's communicator's send, built where every member's
+        Horovod branch reaches it (``Message.graph``)."""
         slot, ps, dtype = message.slot, message.site.process_set, message.dtype
-        num_ranks, rank = self.exchange.world(ps)
-        plan = self._fallback.decide(self, slot.index, message.d, dtype, message.shape, num_ranks,
-                                     len(message.tensors))
-        self._fallback.log_at_first_step(self, slot, message.position, rank)
-        checked = self.exchange.check_signature(message.tensors, ps)  # ranks that disagree all stop here
-        with tf.control_dependencies(checked):
-            x = self.feedback.feed(message.concat(), slot.memory, dtype)
-        communicator = self._at_run_time if plan.reason == RUN_TIME else self._dense if plan.dense else self._compressed
-        return communicator.send(x, message)
+        with _building_in(message.graph):
+            num_ranks, rank = self.exchange.world(ps)
+            plan = self._fallback.decide(self, slot.index, message.d, dtype, message.shape, num_ranks,
+                                         len(message.tensors))
+            self._fallback.log_at_first_step(self, slot, message.position, rank)
+            checked = self.exchange.check_signature(message.tensors, ps)  # ranks that disagree all stop here
+            with tf.control_dependencies(checked):
+                x = self.feedback.feed(message.concat(), slot.memory, dtype)
+            communicator = (self._at_run_time if plan.reason == RUN_TIME else self._dense if plan.dense
+                            else self._compressed)
+            return communicator.send(x, message)
 
     def _pass_through(self, tensor, site, why):
         """Hand ``tensor`` to Horovod as it is (after the signature check every message makes), and say
@@ -415,6 +411,18 @@ def _shapes_key(members):
     if len(members) == 1:
         return tuple(members[0].shape.as_list())
     return ("bucket",) + tuple(tuple(t.shape.as_list()) for t in members)
+
+
+def _building_in(graph):
+    """Build in ``graph`` (the graph of a bucket's gradients, outside their Horovod conds), or where
+    we are (None). Horovod's rank and size ops are stateful: made there once, they keep the
+    members' conds free of them."""
+    if graph is None or graph is tf.compat.v1.get_default_graph():
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for scope in (graph.as_default(), graph.name_scope(""), tf.name_scope("hvdspar")):
+        stack.enter_context(scope)
+    return stack
 
 
 def _check_tf2():
