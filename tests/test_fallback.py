@@ -283,3 +283,26 @@ def test_atomo_auto_times_the_spectral_encoder_at_the_shape_it_sends(fake_link):
     for i, shape in enumerate(([300, 200], [300, 200], [400, 100], [5000])):
         _compress(comp, shape, seed=i)
     assert fake_link["shapes"] == [(300, 200), (400, 100), None]  # once per matrix shape; vectors by size
+
+
+def test_the_plan_is_a_pure_function_of_sizes_and_world():
+    """``fallback.plan`` needs no compressor, state or Horovod: the byte rule M m >= 2 D, a codec's own
+    rule (PowerSGD), elastic training left to run time, and no rule at all."""
+    from hvdspar.gspar import GSparCodec
+    from hvdspar.powersgd import PowerSGDCodec
+
+    codec, d = GSparCodec(rho=0.3), 10_000
+    m = codec.expected_nbytes(d, tf.float32)
+    seen = set()
+    for ranks in (1, 2, 4, 8, 16, 64):
+        dense, reason = fallback.plan(True, codec, d, tf.float32, tf.TensorShape([d]), ranks, elastic=False)
+        seen.add(dense)
+        assert dense == (ranks > 1 and ranks * m >= 2 * 4 * d), (ranks, reason)
+        assert reason == ("by bytes" if dense else "compressed")
+        assert fallback.plan(False, codec, d, tf.float32, tf.TensorShape([d]), ranks, False) == (False, "compressed")
+        assert fallback.plan(True, codec, d, tf.float32, tf.TensorShape([d]), ranks, True) == (False, fallback.RUN_TIME)
+    assert seen == {True, False}  # the rule switches inside the range tried
+    assert fallback.plan(True, codec, 0, tf.float32, tf.TensorShape([0]), 4, False) == (True, "empty")
+    psgd = PowerSGDCodec(rank=1)
+    assert fallback.plan(True, psgd, 50, tf.float32, tf.TensorShape([50]), 64, False) == (True, "a vector")
+    assert fallback.plan(True, psgd, 600, tf.float32, tf.TensorShape([30, 20]), 64, True) == (False, "compressed")
