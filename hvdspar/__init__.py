@@ -19,6 +19,7 @@ from hvdspar.quantize import QSGD, TernGrad  # noqa: E402
 from hvdspar.powersgd import PowerSGD  # noqa: E402
 from hvdspar.sign import EFSignSGD  # noqa: E402
 from hvdspar.checkpoint import track, build  # noqa: E402
+from hvdspar.hierarchy import node_process_sets  # noqa: E402
 from hvdspar.spec import from_spec, register  # noqa: E402
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "EFSignSGD",
     "track",
     "build",
+    "node_process_sets",
     "from_spec",
     "register",
     "__version__",

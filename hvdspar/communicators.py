@@ -4,6 +4,8 @@
     Allgather        encode x, allgather every rank's message, decode their sum
     Allreduce        a codec that sums by allreduce itself (PowerSGD's P and Q: ``Codec.reduce_sum``)
     ChosenAtRunTime  elastic training: dense or Allgather's, by the byte rule at every step
+    Hierarchical     nodes of several ranks: dense inside the node, one compressed share per rank
+                     across the nodes (``hvdspar.hierarchy``)
 
 ``send(x, message)`` runs once per message, where every member's Horovod branch can
 reach it, and returns a ``Sent``: what each member hands Horovod and, when compressed,
@@ -18,7 +20,7 @@ import collections
 
 import tensorflow as tf
 
-from hvdspar import exchange, fallback, wire
+from hvdspar import exchange, fallback, hierarchy, wire
 from hvdspar.dtypes import compute_dtype
 from hvdspar.scan import scan
 
@@ -177,6 +179,41 @@ class ChosenAtRunTime(Compressed):
         total, finite, memory, nbytes, kept, sq_norms = tf.cond(go_dense, dense, compressed)
         slot.record(nbytes, dense_nbytes, d, kept, dense=go_dense)
         return Sum(total, finite, tf.logical_and(finite, tf.logical_not(go_dense)), sq_norms, lambda: memory)
+
+
+class Hierarchical(Compressed):
+    """``hvdspar.hierarchy``'s exchange: s = the node's dense sum of x; this rank compresses its share
+    s[l] (its own seed and memory), allgathers it across the nodes' rank l and decodes the N
+    messages into t[l]; the node allgathers the shares t[l] into t (NaN where a share was not
+    finite). Error feedback keeps s[l] - C(s[l]) in this rank's memory at the share's place: the
+    memories of a node's ranks cover disjoint shares, so the node's sum of them is its residual."""
+
+    def __init__(self, comp, topology):
+        super().__init__(comp)
+        self.topology = topology
+
+    def sum(self, x, message):
+        comp, slot, dtype, d, topo = self.comp, message.slot, message.dtype, message.d, self.topology
+        sizes = hierarchy.shares(d, topo.local_size)
+        start, size = sum(sizes[:topo.local_rank]), sizes[topo.local_rank]
+        name = exchange.collective_name("HorovodAllreduce", x, "node")
+        node_sum = tf.cast(comp.exchange.allreduce_sum(tf.cast(x, dtype), topo.node, name), x.dtype)
+        share = node_sum[start:start + size]
+        enc = comp.encoder(dtype, tf.TensorShape([size]))(share, comp.seed_of(slot))
+        gathered = comp.exchange.allgather(enc.message, topo.cross,
+                                           exchange.collective_name("HorovodAllgather", x, "cross"))
+        share_total, share_finite = comp.decoder(dtype, tf.TensorShape([size]))(gathered, topo.num_nodes)
+        share_total = wire.scaled(share_total, tf.ones([], share_total.dtype), share_finite)
+        total = comp.exchange.allgather(share_total, topo.node, exchange.collective_name("HorovodAllgather", x, "node"))
+        finite = reduced_is_finite(total)
+        # bytes_sent: what crosses the nodes (the share's message, and the placeholders); inside the node
+        # a ring allreduce of D dense bytes and an allgather of the shares: 3 (L - 1) / L D
+        within = 3 * (topo.local_size - 1) * d * dtype.size // topo.local_size
+        slot.record(message_nbytes(enc, len(message.tensors), dtype), d * dtype.size, size, enc.kept, dense=False,
+                    within_node=within)  # (the density: of the share this rank compressed)
+        residual = comp.feedback.residual(share, enc.q)
+        new_memory = tf.pad(residual, [[start, d - start - size]]) if residual.shape[0] else residual
+        return Sum(total, finite, finite, norms(enc), lambda: new_memory)
 
 
 def message_nbytes(enc, n_members, dtype):

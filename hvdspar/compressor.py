@@ -23,6 +23,7 @@ variables where Horovod's frame names them (``_slot_for``); a compressor is a
 import collections
 import contextlib
 import logging
+import os
 import random
 import sys
 import weakref
@@ -30,7 +31,7 @@ import weakref
 import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
-from hvdspar import callsite, communicators, exchange
+from hvdspar import callsite, communicators, exchange, hierarchy
 from hvdspar.buckets import Buckets, Message, flat_shape, graph_of
 from hvdspar.error_feedback import ErrorFeedback, NoMemory
 from hvdspar.fallback import RUN_TIME, Fallback
@@ -66,7 +67,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     #: Python-only bookkeeping (in ``__dict__``), which ``tf.Module`` need not walk
     _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {
         "feedback", "buckets", "_bucket_mb", "_dense", "_compressed", "_at_run_time", "_fallback", "_sent", "_trace",
-        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner"}
+        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner", "_nodes"}
 
     def __init__(self, codec, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None,
                  name=None):
@@ -175,15 +176,31 @@ class Compressor(_HorovodCompressor, tf.Module):
         slot, ps, dtype = message.slot, message.site.process_set, message.dtype
         with _building_in(message.graph):
             num_ranks, rank = self.exchange.world(ps)
-            plan = self._fallback.decide(self, slot.index, message.d, dtype, message.shape, num_ranks,
-                                         len(message.tensors))
+            nodes = self._across_nodes(ps, num_ranks)  # the byte rule then counts nodes, not ranks
+            plan = self._fallback.decide(self, slot.index, message.d, dtype, message.shape,
+                                         nodes.topology.num_nodes if nodes else num_ranks, len(message.tensors))
             self._fallback.log_at_first_step(self, slot, message.position, rank)
             checked = self.exchange.check_signature(message.tensors, ps)  # ranks that disagree all stop here
             with tf.control_dependencies(checked):
                 x = self.feedback.feed(message.concat(), slot.memory, dtype)
             communicator = (self._at_run_time if plan.reason == RUN_TIME else self._dense if plan.dense
-                            else self._compressed)
+                            else nodes or self._compressed)
             return communicator.send(x, message)
+
+    def _across_nodes(self, process_set, num_ranks):
+        """The hierarchical exchange (``communicators.Hierarchical``) where this job has its process
+        sets (``hvdspar.node_process_sets``), for an allgather codec on the global set; else None
+        (flat), said once in the log on a job of several nodes of several ranks."""
+        if "_nodes" not in self.__dict__:
+            topology, why = hierarchy.topology()
+            self.__dict__["_nodes"] = communicators.Hierarchical(self, topology) if topology else None
+            local, cross = (int(os.environ.get(k, 1) or 1) for k in ("HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_SIZE"))
+            if topology is None and local > 1 and cross > 1 and self.exchange.world()[1] == 0:
+                logging.getLogger("hvdspar").info("hvdspar: %s exchanges flat across %d nodes of %d ranks: %s",
+                                                  type(self).__name__, cross, local, why)
+        if process_set is not None or num_ranks < 2 or self.codec.sums_by_allreduce:
+            return None
+        return self._nodes
 
     def _pass_through(self, tensor, site, why):
         """Hand ``tensor`` to Horovod as it is (after the signature check every message makes), and say

@@ -80,6 +80,8 @@ class SlotState(tf.Module):
         self.totals = variable(tf.zeros([len(TOTALS)], tf.int64), name="totals")
         self.last = variable(tf.zeros([len(LAST)], tf.int64), name="last")
         self.sq_norms = variable(tf.zeros([len(SQ_NORMS)], tf.float64), name="sq_norms")
+        # a hierarchical exchange's dense bytes inside the node: cumulative, the latest call
+        self.within_node = variable(tf.zeros([2], tf.int64), name="within_node")
         if memory:
             from hvdspar.dtypes import compute_dtype
 
@@ -89,8 +91,9 @@ class SlotState(tf.Module):
         # a codec's own state (PowerSGD: Q and its step), checkpointed with the rest
         self.codec_state = {k: variable(v, name=k) for k, v in (codec_state or {}).items()}
 
-    def record(self, nbytes, dense_nbytes, elements, kept, dense, sq_norm=None, sq_norm_sent=None):
-        """Count one call (two variable updates; three with the norms). Arguments may be tensors."""
+    def record(self, nbytes, dense_nbytes, elements, kept, dense, sq_norm=None, sq_norm_sent=None, within_node=None):
+        """Count one call (two variable updates; three with the norms, four with ``within_node``: the
+        dense bytes a hierarchical exchange sent inside the node). Arguments may be tensors."""
 
         def i64(v):
             return tf.cast(v, tf.int64)
@@ -98,6 +101,8 @@ class SlotState(tf.Module):
         nbytes, kept = i64(nbytes), i64(kept)
         self.totals.assign_add(tf.stack([nbytes, i64(dense_nbytes), i64(elements), kept, i64(1)]))
         self.last.assign(tf.stack([nbytes, i64(dense_nbytes), kept, i64(dense)]))
+        if within_node is not None:
+            self.within_node.assign(tf.stack([self.within_node[0] + i64(within_node), i64(within_node)]))
         if sq_norm is not None:
             self.sq_norms.assign_add(tf.stack([tf.cast(sq_norm, tf.float64), tf.cast(sq_norm_sent, tf.float64)]))
 
@@ -114,6 +119,7 @@ class SlotState(tf.Module):
         self.totals.assign(tf.zeros_like(self.totals))
         self.last.assign(tf.zeros_like(self.last))
         self.sq_norms.assign(tf.zeros_like(self.sq_norms))
+        self.within_node.assign(tf.zeros_like(self.within_node))
 
 
 def counts(slots):
@@ -121,7 +127,11 @@ def counts(slots):
     out = {name: 0 for name in TOTALS}
     out.update({name: 0.0 for name in SQ_NORMS})
     out.update({f"last_{name}": 0 for name in LAST})
+    out["within_node_bytes"] = out["last_within_node_bytes"] = 0
     for s in slots:
+        within = s.within_node.numpy().tolist()
+        out["within_node_bytes"] += int(within[0])
+        out["last_within_node_bytes"] += int(within[1])
         for name, v in zip(TOTALS, s.totals.numpy().tolist()):
             out[name] += int(v)
         for name, v in zip(SQ_NORMS, s.sq_norms.numpy().tolist()):
@@ -153,6 +163,9 @@ def summary(slots):
         "sq_norm_sent": c["sq_norm_sent"],
         # over the tensors sent compressed; 1.0 when every tensor went dense (Q = identity)
         "variance_ratio": c["sq_norm_sent"] / c["sq_norm"] if c["sq_norm"] else 1.0,
+        # the hierarchical exchange (``hvdspar.hierarchy``): bytes_sent cross the nodes, these stay inside
+        "within_node_bytes": c["within_node_bytes"],
+        "last_step_within_node_bytes": c["last_within_node_bytes"],
     }
 
 

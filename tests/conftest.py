@@ -24,8 +24,9 @@ def horovodrun_executable():
     return str(exe) if exe.exists() else shutil.which("horovodrun")
 
 
-def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True):
-    """Run ``command`` (list: python module/script and args) on ``np`` local ranks.
+def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True, hosts=None):
+    """Run ``command`` (list: python module/script and args) on ``np`` local ranks (``hosts``: horovodrun's
+    -H, e.g. "localhost:2,127.0.0.1:2" for two simulated nodes of two ranks; default one host).
 
     Returns (list of per-rank result dicts, combined output).
     """
@@ -35,7 +36,7 @@ def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True):
     out_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HVDSPAR_TEST_OUT": str(out_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
     full_env.update(env or {})
-    cmd = [exe, "-np", str(np), "-H", f"localhost:{np}", "--gloo", sys.executable, *command]
+    cmd = [exe, "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo", sys.executable, *command]
     proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
@@ -70,9 +71,9 @@ def _rank_errors(output, limit=8000):
 def horovodrun(tmp_path):
     """horovodrun(worker_name_or_args, np=2, ...) -> per-rank results."""
 
-    def run(worker, *args, np=2, timeout=600, env=None, check=True):
+    def run(worker, *args, np=2, timeout=600, env=None, check=True, hosts=None):
         command = [str(WORKERS / f"{worker}.py"), *map(str, args)] if isinstance(worker, str) else list(worker)
-        return run_horovod(command, tmp_path, np=np, timeout=timeout, env=env, check=check)
+        return run_horovod(command, tmp_path, np=np, timeout=timeout, env=env, check=check, hosts=hosts)
 
     return run
 
