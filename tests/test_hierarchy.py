@@ -55,6 +55,15 @@ def test_bytes_across_nodes_are_one_share_and_the_node_moves_the_rest(results):
         assert 0.09 < r["density"] < 0.11 and 0.09 < r["flat_density"] < 0.11  # rho of what each rank compressed
 
 
+def test_op_scale_factors_and_a_nan_on_one_rank_behave_as_in_the_flat_exchange(results):
+    """op=Average with prescale 0.5 and postscale 3 gives 1.5 x the average (rho = 1: exact); a NaN on
+    one rank (of the other node) makes the result NaN everywhere on every rank, and the memory is
+    left as it was."""
+    for r in results:
+        assert r["average_scaled_error"] < 1e-4, r
+        assert r["nan_everywhere"] and r["nan_memory_untouched"], r
+
+
 def test_error_feedback_keeps_the_memory_identity_every_step(results):
     """sum over ranks of m' + the result = sum over ranks of (m + g), step after step."""
     for r in results:

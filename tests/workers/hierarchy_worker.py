@@ -49,6 +49,16 @@ whole = hier.feedback.encode(big, tf.constant([9, 0], tf.int64), tf.float32)
 out["flat_bytes_per_step"] = int(tf.size(whole.message)) + 4
 out["flat_density"] = int(whole.kept) / BIG
 
+# --- Horovod's semantics: op=Average with scale factors, and a NaN on one rank -------------------
+scaled = tf.function(lambda: hvd.allreduce(g, op=hvd.Average, prescale_factor=0.5, postscale_factor=3.0,
+                                           compression=hvdspar.GSpar(rho=1.0, seed=2), name="scaled"))()
+out["average_scaled_error"] = float(np.max(np.abs(scaled.numpy() - 1.5 * dense / size)))
+nan_comp = hvdspar.GSpar(rho=RHO, memory=True, seed=4)
+bad = tf.where(tf.equal(tf.range(D), 5), float("nan"), g) if rank == 3 else g
+nan_result = tf.function(lambda: hvd.allreduce(bad, compression=nan_comp, name="nan"))()
+out["nan_everywhere"] = bool(np.all(np.isnan(nan_result.numpy())))
+out["nan_memory_untouched"] = bool(np.all(nan_comp.slots[0].memory.numpy() == 0))
+
 # --- the memory identity at every step: sum_r m_r' + result = sum_r (m_r + g_r) ---------------------
 mem = hvdspar.GSpar(rho=RHO, memory=True, seed=3)
 worst = 0.0
