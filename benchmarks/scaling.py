@@ -22,9 +22,20 @@ and step, for M in 2, 4, ..., 1024 (ring algorithms, as in hvdspar.exchange):
 
 The switch point of a tensor is the smallest M with M m >= 2 D, i.e.
 M >= 2 D / m: the sparse path's bytes grow linearly in M while the
-allreduce's stay below 2 D. Prints a markdown table, writes out/scaling.png
-(matplotlib Agg) and out/scaling.json, and logs to MLflow (experiment
-"hvdspar-benchmarks").
+allreduce's stay below 2 D.
+
+Nodes (``--per-node L``, N = 1 .. 128 nodes, M = N L): the bytes one node puts on its link to the
+other nodes per step, for the model's gradient as one bucket (m: its message, m_L: the message of a
+1/L share, both measured), rings laid out node by node:
+
+    none           2 (M - 1) / M D         fp16: half
+    flat GSpar     (M - 1) m               every rank's message passes every node's link
+    hierarchical   L (N - 1) m_L           L shares, each allgathered across the N nodes
+                   (+ 3 (L - 1) / L D inside the node, at --intra-bandwidth)
+
+each sent dense instead where the byte rule says so (flat: M m >= 2 D; hierarchical: N m >= 2 D).
+Prints markdown tables, writes out/scaling.png (matplotlib Agg) and out/scaling.json, and logs to
+MLflow (experiment "hvdspar-benchmarks").
 """
 
 import argparse
@@ -40,7 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import hvdspar  # noqa: E402
-from hvdspar import exchange, fallback  # noqa: E402
+from hvdspar import exchange, fallback, hierarchy  # noqa: E402
 from benchmarks.common import metric_key, mlflow_run, stamp  # noqa: E402
 
 RANKS = [2**i for i in range(1, 11)]
@@ -132,7 +143,68 @@ def measure(spec, grads, seed=0):
     return out
 
 
+def measure_bucket(spec, grads, per_node, seed=0):
+    """{d, D, m, m_share, m_expected}: the model's gradient as one message, and a 1/L share of it."""
+    comp = hvdspar.from_spec(spec)
+    x = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for _, g in grads], 0)
+    d = int(x.shape[0])
+    share = x[:hierarchy.shares(d, per_node)[0]]
+    seed = tf.constant([seed, 0], tf.int64)
+    return {"d": d, "D": 4 * d, "m": int(tf.size(comp.feedback.encode(x, seed, tf.float32).message)),
+            "m_share": int(tf.size(comp.feedback.encode(share, seed, tf.float32).message)),
+            "m_expected": int(comp.codec.expected_nbytes(d, tf.float32))}
+
+
 # --- the model ------------------------------------------------------------------------------
+
+
+def node_cost(b, nodes, per_node, bandwidth, alpha, intra_bandwidth, mode):
+    """(bytes on one node's link to the others, seconds, dense?) per step for bucket ``b`` (``measure_bucket``);
+    mode: none | fp16 | flat | hierarchical."""
+    ranks = nodes * per_node
+    dense = (mode == "none" or mode == "fp16"
+             or mode == "flat" and fallback.prefer_dense(b["m_expected"], b["D"], ranks)
+             or mode == "hierarchical" and fallback.prefer_dense(b["m_expected"], b["D"], nodes))
+    if nodes == 1:  # nothing crosses: a dense ring inside the node
+        return 0, 2 * (per_node - 1) / per_node * b["D"] / intra_bandwidth, dense
+    if dense:
+        nbytes = fallback.allreduce_bytes_moved(b["D"] // (2 if mode == "fp16" else 1), ranks)
+        return nbytes, nbytes / bandwidth + 2 * (ranks - 1) * alpha, True
+    placeholder = 2 * (ranks - 1) * alpha  # Horovod's allreduce of the placeholder, latency only
+    if mode == "flat":
+        nbytes = (ranks - 1) * b["m"]
+        return nbytes, nbytes / bandwidth + (ranks - 1) * alpha + placeholder, False
+    nbytes = per_node * (nodes - 1) * b["m_share"]
+    inside = 3 * (per_node - 1) * b["D"] / per_node / intra_bandwidth
+    return nbytes, nbytes / bandwidth + (nodes - 1) * alpha + inside + placeholder, False
+
+
+def node_rows(buckets, per_node, bandwidth, alpha, intra_bandwidth, nodes_list=(1, 2, 4, 8, 16, 32, 64, 128)):
+    """buckets: {(model, spec): measure_bucket} -> rows per node count: MB and ms of the four modes."""
+    rows = []
+    for (model, spec), b in buckets.items():
+        for nodes in nodes_list:
+            row = {"model": model, "compressor": spec, "nodes": nodes, "ranks": nodes * per_node}
+            for mode in ("none", "fp16", "flat", "hierarchical"):
+                nbytes, seconds, dense = node_cost(b, nodes, per_node, bandwidth, alpha, intra_bandwidth, mode)
+                row.update({f"{mode}_bytes": nbytes, f"{mode}_s": seconds, f"{mode}_dense": dense})
+            rows.append(row)
+    return rows
+
+
+def node_markdown(rows, per_node):
+    lines = [f"| model | compressor | nodes x {per_node} | none MB | fp16 MB | flat MB | hierarchical MB | none ms | "
+             "fp16 ms | flat ms | hierarchical ms | fastest |", "|" + "---|" * 12]
+    for r in rows:
+        modes = ("none", "fp16", "flat", "hierarchical")
+        fastest = min(modes, key=lambda m: r[f"{m}_s"])
+        cells = [f"{r[f'{m}_bytes'] / 1e6:.3f}{' (dense)' if m in ('flat', 'hierarchical') and r[f'{m}_dense'] else ''}"
+                 for m in modes]
+        lines.append(f"| {r['model']} | {r['compressor']} | {r['nodes']} | " + " | ".join(cells) + " | "
+                     + " | ".join(f"{r[f'{m}_s'] * 1e3:.2f}" for m in modes) + f" | {fastest} |")
+    return "\n".join(lines)
+
+
 
 
 def tensor_cost(t, ranks, bandwidth, alpha, mode):
@@ -268,6 +340,8 @@ def main(argv=None):
     p.add_argument("--bandwidth", type=float, default=1e9 / 8, help="bytes/s (default 1 Gbit/s)")
     p.add_argument("--alpha", type=float, default=50e-6, help="latency per ring hop, seconds")
     p.add_argument("--show", nargs="+", type=int, default=[2, 8, 32, 128, 1024], help="M shown in the table")
+    p.add_argument("--per-node", type=int, default=8, help="ranks per node in the nodes table (L)")
+    p.add_argument("--intra-bandwidth", type=float, default=100e9, help="bytes/s inside a node (NVLink: 100 GB/s)")
     p.add_argument("--out", default="out")
     p.add_argument("--figure", default=None, help="where the PNG goes (default OUT/scaling.png), e.g. docs/scaling.png")
     p.add_argument("--no-mlflow", action="store_true")
@@ -279,7 +353,10 @@ def main(argv=None):
             measured[(model, spec)] = measure(spec, grads)
     rows = build_rows(measured, args.bandwidth, args.alpha)
     switches = switch_table(measured)
-    text = markdown(rows, switches, args.show)
+    buckets = {(model, spec): measure_bucket(spec, MODELS[model](), args.per_node)
+               for model in args.models for spec in args.compressors if spec.startswith("gspar")}
+    nodes = node_rows(buckets, args.per_node, args.bandwidth, args.alpha, args.intra_bandwidth)
+    text = markdown(rows, switches, args.show) + "\n\n" + node_markdown(nodes, args.per_node)
     print(text)
     print(f"\n(bandwidth {args.bandwidth * 8 / 1e9:g} Gbit/s, alpha {args.alpha * 1e6:g} us per hop; "
           "MB = 1e6 bytes per rank and step; sparse = always allgather, fallback = per-tensor rule)")
@@ -288,7 +365,7 @@ def main(argv=None):
     png = Path(args.figure) if args.figure else out / "scaling.png"
     plot(rows, measured, png, args.bandwidth, args.alpha)
     (out / "scaling.md").write_text(text + "\n")
-    (out / "scaling.json").write_text(json.dumps({"rows": rows, "switches": switches,
+    (out / "scaling.json").write_text(json.dumps({"rows": rows, "switches": switches, "nodes": nodes,
                                                   "measured": {f"{m}|{s}": v for (m, s), v in measured.items()}},
                                                  indent=1, default=str))
     print(f"wrote {png}")

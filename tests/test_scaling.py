@@ -71,3 +71,23 @@ def test_rows_and_switch_table():
     assert s["all_dense_from"] == 200
     assert by_m[64]["dense_tensors"] == 1 and by_m[128]["dense_tensors"] == 1
     assert by_m[64]["fallback_bytes"] < by_m[64]["dense_bytes"]
+
+
+def test_nodes_cost_what_crosses_their_link():
+    """One node's link per step: none 2 (M-1)/M D; flat GSpar (M-1) m; hierarchical L (N-1) m_L,
+    with the byte rule on nodes (N m >= 2 D) instead of ranks; one node sends nothing across."""
+    b = {"d": 1000, "D": 4000, "m": 100, "m_share": 15, "m_expected": 100}
+    for nodes, per_node in ((1, 8), (2, 8), (4, 8), (16, 8), (128, 8), (4, 2)):
+        ranks = nodes * per_node
+        cost = {mode: scaling.node_cost(b, nodes, per_node, 1.0, 0.0, 1e30, mode)
+                for mode in ("none", "fp16", "flat", "hierarchical")}
+        if nodes == 1:
+            assert all(c[0] == 0 for c in cost.values())
+            continue
+        assert cost["none"][0] == 2 * (ranks - 1) / ranks * 4000 and cost["fp16"][0] == cost["none"][0] / 2
+        assert cost["flat"] == ((ranks - 1) * 100, (ranks - 1) * 100, False) or (ranks * 100 >= 8000 and
+                                                                                 cost["flat"][2])
+        if nodes * 100 < 8000:
+            assert cost["hierarchical"][:2] == (per_node * (nodes - 1) * 15,) * 2 and not cost["hierarchical"][2]
+        else:
+            assert cost["hierarchical"][2] and cost["hierarchical"][0] == cost["none"][0]
