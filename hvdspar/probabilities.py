@@ -261,14 +261,6 @@ def probabilities(g, rho=None, epsilon=None, method="exact", iterations=2):
 
 
 @_no_autograph
-def uniform_probabilities(g, rho):
-    """UniSp, the paper's baseline: p_i = rho for every coordinate (zeros included)."""
-    check_budget(rho=rho)
-    g = tf.convert_to_tensor(g)
-    return tf.fill(tf.shape(g), tf.cast(rho, compute_dtype(g.dtype)))
-
-
-@_no_autograph
 def atom_probabilities(sigma, budget):
     """ATOMO's variance-optimal probabilities over atoms with weights sigma.
 
