@@ -17,7 +17,7 @@ from hvdspar.tracking.params import compressor_spec
 # order of the vector exchanged between ranks
 FIELDS = (
     "bytes_sent", "dense_bytes", "last_step_bytes_sent", "last_step_dense_bytes",
-    "kept", "elements", "sq_norm", "sq_norm_sent", "ranks",
+    "kept", "elements", "sq_norm", "sq_norm_sent", "ranks", "within_node_bytes",
 )
 
 
@@ -59,14 +59,14 @@ class TrafficMeter:
             return [
                 float(t["bytes_sent"]), float(t["dense_bytes"]),
                 float(t.get("last_step_bytes_sent", 0)), float(t.get("last_step_dense_bytes", 0)),
-                kept, elements, sq, sq_sent, 1.0,
+                kept, elements, sq, sq_sent, 1.0, float(t.get("within_node_bytes", 0)),
             ]
         if self._step_bytes is None:
             raise RuntimeError("hvdspar.tracking: call set_variables(model.trainable_variables) for none/fp16")
         sent, dense = self._step_bytes if self.num_ranks > 1 else (0, 0)
         steps = max(int(steps), 0)
         last = (sent, dense) if steps else (0, 0)
-        return [float(sent * steps), float(dense * steps), float(last[0]), float(last[1]), 1.0, 1.0, 1.0, 1.0, 1.0]
+        return [float(sent * steps), float(dense * steps), float(last[0]), float(last[1]), 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
     def allreduce(self, vector):
         if self.hvd is None or self.num_ranks <= 1:
@@ -97,4 +97,6 @@ def summarize(vector):
         "last_step_dense_bytes": v["last_step_dense_bytes"],
         "density": v["kept"] / v["elements"] if v["elements"] else 1.0,
         "variance_ratio": v["sq_norm_sent"] / v["sq_norm"] if v["sq_norm"] else 1.0,
+        # the hierarchical exchange's dense bytes inside the nodes (bytes_sent: what crossed them)
+        "within_node_bytes": v["within_node_bytes"],
     }
