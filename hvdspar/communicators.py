@@ -197,7 +197,7 @@ class Hierarchical(Compressed):
         sizes = hierarchy.shares(d, topo.local_size)
         start, size = sum(sizes[:topo.local_rank]), sizes[topo.local_rank]
         name = exchange.collective_name("HorovodAllreduce", x, "node")
-        node_sum = tf.cast(comp.exchange.allreduce_sum(tf.cast(x, dtype), topo.node, name), x.dtype)
+        node_sum = comp.exchange.allreduce_sum(x, topo.node, name)  # (x's dtype: memory and casts stay exact)
         share = node_sum[start:start + size]
         enc = comp.encoder(dtype, tf.TensorShape([size]))(share, comp.seed_of(slot))
         gathered = comp.exchange.allgather(enc.message, topo.cross,
@@ -207,8 +207,8 @@ class Hierarchical(Compressed):
         total = comp.exchange.allgather(share_total, topo.node, exchange.collective_name("HorovodAllgather", x, "node"))
         finite = reduced_is_finite(total)
         # bytes_sent: what crosses the nodes (the share's message, and the placeholders); inside the node
-        # a ring allreduce of D dense bytes and an allgather of the shares: 3 (L - 1) / L D
-        within = 3 * (topo.local_size - 1) * d * dtype.size // topo.local_size
+        # a ring allreduce of x and an allgather of the shares' sums: 3 (L - 1) / L D in float32
+        within = (2 * x.dtype.size + total.dtype.size) * (topo.local_size - 1) * d // topo.local_size
         slot.record(message_nbytes(enc, len(message.tensors), dtype), d * dtype.size, size, enc.kept, dense=False,
                     within_node=within)  # (the density: of the share this rank compressed)
         residual = comp.feedback.residual(share, enc.q)

@@ -68,6 +68,9 @@ def test_error_feedback_keeps_the_memory_identity_every_step(results):
     """sum over ranks of m' + the result = sum over ranks of (m + g), step after step."""
     for r in results:
         assert r["memory_identity_worst"] < 1e-5, r
+        # float16 gradients: the sum inside the node in float32, so only the returned result's
+        # float16 rounding (2^-11 relative) remains
+        assert r["memory_identity_worst_float16"] < 2e-3, r
 
 
 def test_a_keras_model_trains_with_identical_weights_on_every_rank(results):

@@ -71,6 +71,20 @@ for s in range(5):
     worst = max(worst, float(np.max(np.abs(lhs + result))) / float(np.max(np.abs(result))))
 out["memory_identity_worst"] = worst
 
+# --- the same for float16 gradients (memory in float32; the result as Horovod returns it, float16) --
+mem16 = hvdspar.GSpar(rho=RHO, memory=True, seed=6)
+worst16 = 0.0
+for s in range(3):
+    gs = tf.constant(np.random.default_rng(200 * s + rank).normal(size=D).astype(np.float16))
+    before = mem16.slots[0].memory.numpy().copy() if mem16.slots else np.zeros(D, np.float32)
+    result = tf.function(lambda: hvd.allreduce(gs, op=hvd.Sum, compression=mem16, name="m16"))()
+    after = mem16.slots[0].memory.numpy()
+    lhs = hvd.allreduce(tf.constant(after - before - gs.numpy().astype(np.float32)), op=hvd.Sum,
+                        name=f"identity16_{s}").numpy()
+    result = result.numpy().astype(np.float32)
+    worst16 = max(worst16, float(np.max(np.abs(lhs + result))) / float(np.max(np.abs(result))))
+out["memory_identity_worst_float16"] = worst16
+
 # --- a Keras model: weights identical on every rank, one bucket through the hierarchy --------------
 tf.keras.utils.set_random_seed(1)
 model = tf.keras.Sequential([tf.keras.layers.Dense(16, activation="relu", input_shape=(20,)),
