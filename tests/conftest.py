@@ -24,9 +24,11 @@ def horovodrun_executable():
     return str(exe) if exe.exists() else shutil.which("horovodrun")
 
 
-def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True, hosts=None):
+def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True, hosts=None, launcher=(), options=()):
     """Run ``command`` (list: python module/script and args) on ``np`` local ranks (``hosts``: horovodrun's
     -H, e.g. "localhost:2,127.0.0.1:2" for two simulated nodes of two ranks; default one host).
+    ``launcher``: a prefix for horovodrun itself (e.g. ``ip netns exec NAME``); ``options``: more of
+    horovodrun's options.
 
     Returns (list of per-rank result dicts, combined output).
     """
@@ -36,7 +38,8 @@ def run_horovod(command, tmp_path, np=2, timeout=600, env=None, check=True, host
     out_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HVDSPAR_TEST_OUT": str(out_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
     full_env.update(env or {})
-    cmd = [exe, "-np", str(np), "-H", hosts or f"localhost:{np}", "--gloo", sys.executable, *command]
+    cmd = [*launcher, exe, "-np", str(np), "-H", hosts or f"localhost:{np}", *options, "--gloo", sys.executable,
+           *command]
     proc = subprocess.run(cmd, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
