@@ -222,9 +222,11 @@ def run_one(spec, task, initial, args):
             if mean_s >= args.max_seconds or steps >= args.max_steps:
                 break
     final_loss, final_acc, mean_s = curve[-1][2], curve[-1][3], curve[-1][1]
+    within_node_per_step = 0
     if hasattr(compression, "traffic"):
         t = compression.traffic()
         bytes_per_step = t["bytes_sent"] / max(t["steps"], 1)
+        within_node_per_step = t["within_node_bytes"] / max(t["steps"], 1)
         dense_tensors = t["dense_tensors"]
     else:
         bytes_per_step, _ = horovod_step_bytes(variables, spec)
@@ -244,6 +246,7 @@ def run_one(spec, task, initial, args):
         "train_seconds": mean_s,
         "seconds_per_step": mean_s / max(steps, 1),
         "bytes_per_step": bytes_per_step,
+        "within_node_bytes_per_step": within_node_per_step,
         "dense_tensors": dense_tensors,
         "tensors": tensors,
         "task": args.task,
@@ -273,6 +276,8 @@ def parser(description=__doc__):
     p.add_argument("--diverge-factor", type=float, default=1.5, help="stop when the test loss exceeds this x the initial")
     p.add_argument("--max-steps", type=int, default=100000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--node-sets", action="store_true",
+                   help="hvd.init(process_sets=hvdspar.node_process_sets()): the hierarchical exchange on several nodes")
     p.add_argument("--out", required=True)
     return p
 
@@ -281,7 +286,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     for s in args.compressors:
         hvdspar.from_spec(s)
-    hvd.init()
+    hvd.init(process_sets=hvdspar.node_process_sets() if args.node_sets else None)
     data = load_data(args, hvd.rank(), hvd.size())
     tf.keras.utils.set_random_seed(args.seed)
     task = Task(args, data)
