@@ -65,6 +65,10 @@ class Codec:
     #: whether several tensors may share one message (False: the method needs each tensor's shape)
     buckets = True
 
+    #: whether ``encode`` and ``decode_sum`` take d as a tensor for a message under
+    #: ``kernels.XLA_MIN_ELEMENTS``, so that one traced function serves every small size
+    sizes_at_run_time = False
+
     def config(self):
         """The method's arguments, for ``spec()`` and tracking."""
         return {}
@@ -128,6 +132,8 @@ class Codec:
         """Flat x (in ``dtype`` or its compute dtype) of a tensor of ``shape`` -> ``Encoded``."""
         x = tf.reshape(x, [-1])
         d = x.shape[0]
+        if d is None:  # traced once for every small size (``Compressor.encoder``): d at run time
+            d = tf.size(x, out_type=tf.int64)
         cdt = compute_dtype(dtype)
         first = scan(x)  # one read of x: finite?, ||x||^2, ||x||_1
 

@@ -31,7 +31,7 @@ import weakref
 import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
-from hvdspar import callsite, communicators, exchange, hierarchy
+from hvdspar import callsite, communicators, exchange, hierarchy, kernels
 from hvdspar.buckets import Buckets, Message, flat_shape, graph_of
 from hvdspar.error_feedback import ErrorFeedback, NoMemory
 from hvdspar.fallback import RUN_TIME, Fallback
@@ -218,22 +218,58 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     def encoder(self, dtype, shape):
         """``feedback.encode`` for one dtype and shape, traced once: every message of that shape (of
-        that size, for a codec that buckets) calls the same function. x and the seed in, ``Encoded`` out."""
-        return self._traced(("encode", dtype.name, tuple(shape.as_list())),
-                            lambda x, seed: self.feedback.encode(x, seed, dtype, shape))
+        that size, for a codec that buckets) calls the same function, and every message under
+        ``kernels.XLA_MIN_ELEMENTS`` one function for all sizes where the codec takes d at run time
+        (``Codec.sizes_at_run_time``). x and the seed in, ``Encoded`` out."""
+        d = shape.num_elements()
+        if not self._one_for_small_sizes(d):
+            shape = self._traced_shape(shape)
+            return self._traced(("encode", dtype.name, tuple(shape.as_list())),
+                                lambda x, seed: self.feedback.encode(x, seed, dtype, shape))
+
+        def encode(x, seed):
+            fn = self._traced(("encode", dtype.name, "small", x.dtype.name),
+                              lambda x, seed: self.feedback.encode(x, seed, dtype),
+                              (tf.TensorSpec([None], x.dtype), tf.TensorSpec.from_tensor(seed)))
+            enc = fn(tf.reshape(x, [-1]), seed)
+            enc.q.set_shape([d if self.memory else 0])
+            return enc
+
+        return encode
 
     def decoder(self, dtype, shape):
         """``codec.decode_sum`` for one dtype and shape, traced once (see ``encoder``): the gathered
         messages and the number of ranks in, (sum_r Q(x_r), every rank finite?) out."""
         d = shape.num_elements()
-        return self._traced(("decode", dtype.name, tuple(shape.as_list())),
-                            lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
+        if not self._one_for_small_sizes(d):
+            shape = self._traced_shape(shape)
+            return self._traced(("decode", dtype.name, tuple(shape.as_list())),
+                                lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
+        fn = self._traced(("decode", dtype.name, "small"),
+                          lambda data, num_ranks, d: self.codec.decode_sum(data, num_ranks, d, dtype),
+                          (tf.TensorSpec([None], tf.uint8), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)))
 
-    def _traced(self, key, fn):
-        """``fn`` as a tf.function, once per key; not inlined, so that messages sent one by one share
-        one copy of the encoder instead of each carrying its own."""
+        def decode(data, num_ranks):
+            total, finite = fn(data, tf.cast(num_ranks, tf.int32), tf.constant(d, tf.int64))
+            total.set_shape([d])
+            return total, finite
+
+        return decode
+
+    def _one_for_small_sizes(self, d):
+        return self.codec.sizes_at_run_time and not kernels.large(d)
+
+    def _traced_shape(self, shape):
+        """The shape a traced function is made for: a codec that buckets reads only the size, so
+        tensors of one size share it whatever their shapes."""
+        return tf.TensorShape([shape.num_elements()]) if self.codec.buckets else shape
+
+    def _traced(self, key, fn, signature=None):
+        """``fn`` as a tf.function, once per key (for ``signature``'s shapes, if given); not inlined,
+        so that messages sent one by one share one copy of the encoder instead of each carrying its own."""
         if key not in self._traced_fns:
-            self._traced_fns[key] = tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
+            self._traced_fns[key] = tf.function(fn, input_signature=signature, autograph=False,
+                                                experimental_attributes={"_noinline": True})
         return self._traced_fns[key]
 
     def nonfinite_message(self, slot, shapes, dtype):

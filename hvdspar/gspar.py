@@ -32,6 +32,8 @@ class GSparCodec(SparseCodec):
     E[Q(x)] = x and E||Q(x)||^2 = sum_i x_i^2 / p_i. Arguments as ``GSpar``'s.
     """
 
+    sizes_at_run_time = True
+
     def __init__(self, rho=None, epsilon=None, method=None, iterations=2):
         method = method or default_method(rho, epsilon)
         check_budget(rho=rho, epsilon=epsilon, method=method, iterations=iterations)
@@ -56,6 +58,8 @@ class GSparCodec(SparseCodec):
 
 class UniSpCodec(SparseCodec):
     """Uniform sampling: p_i = rho, Q(x)_i = Z_i x_i / rho; E||Q(x)||^2 = ||x||^2 / rho."""
+
+    sizes_at_run_time = True
 
     def __init__(self, rho):
         check_budget(rho=rho)

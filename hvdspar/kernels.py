@@ -25,6 +25,13 @@ MAX_CHUNK_ELEMENTS = 1 << 20
 CHUNKS_PER_PASS = 4
 
 
+def large(d):
+    """Whether a message of d elements takes the XLA chunks (d >= XLA_MIN_ELEMENTS). A d known only
+    at run time is a small one: ``Compressor.encoder`` shares one function among the small sizes."""
+    d = tf.get_static_value(d)
+    return d is not None and d >= XLA_MIN_ELEMENTS
+
+
 def padded_chunk(n):
     """The length a chunk of ``n`` elements is padded to: the next power of two, at least XLA_MIN_ELEMENTS."""
     size = XLA_MIN_ELEMENTS

@@ -28,10 +28,9 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from hvdspar import bits, wire
+from hvdspar import bits, kernels, wire
 from hvdspar.codec import Codec, Encoded
 from hvdspar.dtypes import compute_dtype
-from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 # Plain TF ops with explicit tf.cond/tf.while_loop: AutoGraph has nothing to convert,
 # and converting recursively made every trace seconds slower.
@@ -96,8 +95,8 @@ def ef_decode(data, n, d):
     n = tf.cast(n, tf.int64)
     l = ef_low_width(n, d)
     low_bytes, high_bits, _ = ef_sizes(n, d)
-    low = bits.unpack_uints(data[:low_bytes], n, l, xla=d >= XLA_MIN_ELEMENTS)
-    positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=d >= XLA_MIN_ELEMENTS)[:n]
+    low = bits.unpack_uints(data[:low_bytes], n, l, xla=kernels.large(d))
+    positions = bits.set_bit_positions(data[low_bytes:], high_bits, xla=kernels.large(d))[:n]
     high = positions - tf.range(n, dtype=tf.int64)
     return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, l), low)
 
@@ -143,7 +142,7 @@ def body_nbytes(scheme, n_a, n_b, d, value_dtype):
     n_b = tf.cast(n_b, tf.int64)
     values = n_a * tf.as_dtype(value_dtype).size
     sparse = ef_nbytes(n_a, d) + ef_nbytes(n_b, d) + bits.ceil_div(n_b, 8) + values
-    dense = tf.constant(symbols_nbytes(d), tf.int64) + values
+    dense = tf.cast(symbols_nbytes(d), tf.int64) + values
     scheme = tf.cast(scheme, tf.int64)
     return tf.where(
         tf.equal(scheme, SCHEME_SPARSE), sparse, tf.where(tf.equal(scheme, SCHEME_DENSE), dense, tf.zeros_like(values))

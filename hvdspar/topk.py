@@ -36,10 +36,15 @@ def check_ratio(ratio):
 
 
 def num_kept(d, ratio):
-    """k = max(1, round(ratio * d)), at most d (0 for an empty tensor)."""
-    if d == 0:
-        return 0
-    return int(min(d, max(1, round(ratio * d))))
+    """k = max(1, round(ratio * d)), at most d (0 for an empty tensor); an int32 tensor for a d known
+    only at run time (rounded half to even in float64, as Python's round)."""
+    static = tf.get_static_value(d)
+    if static is not None:
+        static = int(static)
+        return 0 if static == 0 else int(min(static, max(1, round(ratio * static))))
+    d = tf.cast(d, tf.float64)
+    k = tf.minimum(d, tf.maximum(tf.constant(1.0, tf.float64), tf.round(ratio * d)))
+    return tf.cast(tf.where(d > 0, k, tf.zeros_like(k)), tf.int32)
 
 
 @_no_autograph
@@ -77,17 +82,20 @@ def random_indices(d, k, seed):
 def randomk_message(g, k, seed, rescale=False):
     """k uniform coordinates without replacement; values g_i, or g_i * d / k with rescale."""
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
-    d = g.shape[0]
+    d = g.shape[0] if g.shape[0] is not None else tf.size(g)
     idx = random_indices(d, k, seed)
     values = tf.gather(g, idx)
     if rescale:
         cdt = compute_dtype(g.dtype)
-        values = tf.cast(tf.cast(values, cdt) * tf.cast(d / k, cdt), g.dtype)
+        ratio = tf.cast(d, tf.float64) / tf.cast(k, tf.float64)  # d / k in float64, as Python's
+        values = tf.cast(tf.cast(values, cdt) * tf.cast(ratio, cdt), g.dtype)
     return _a_only(g, idx, values)
 
 
 class TopKCodec(SparseCodec):
     """The k = max(1, round(ratio d)) coordinates of largest |x_i|, exact: a biased contraction."""
+
+    sizes_at_run_time = True
 
     def __init__(self, ratio):
         self.ratio = check_ratio(ratio)
@@ -96,7 +104,7 @@ class TopKCodec(SparseCodec):
         return {"ratio": self.ratio}
 
     def draw(self, x, seed, dtype, shape, scan):
-        return topk_message(x, num_kept(x.shape[0], self.ratio)), None
+        return topk_message(x, num_kept(tf.size(x), self.ratio)), None
 
     def expected_counts(self, d):
         return num_kept(d, self.ratio), 0
@@ -105,6 +113,8 @@ class TopKCodec(SparseCodec):
 class RandomKCodec(SparseCodec):
     """k uniform coordinates without replacement, exact (a biased contraction, MemSGD's rand-k) or,
     with ``rescale``, times d / k (unbiased: E||C(x)||^2 = (d/k) ||x||^2)."""
+
+    sizes_at_run_time = True
 
     def __init__(self, ratio, rescale=False):
         self.ratio = check_ratio(ratio)
@@ -116,7 +126,8 @@ class RandomKCodec(SparseCodec):
         return {"ratio": self.ratio, "rescale": self.rescale}
 
     def draw(self, x, seed, dtype, shape, scan):
-        d = x.shape[0]
+        d = tf.get_static_value(tf.size(x))
+        d = tf.size(x) if d is None else int(d)
         k = num_kept(d, self.ratio)
         msg = randomk_message(x, k, seed, rescale=self.rescale)
         if not self.rescale:

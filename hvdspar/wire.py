@@ -21,7 +21,6 @@ allgather returns) and read back one after the other (``fold``).
 import tensorflow as tf
 
 from hvdspar import bits, kernels
-from hvdspar.kernels import XLA_MIN_ELEMENTS
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
@@ -29,8 +28,10 @@ SCHEME_NONFINITE = 255
 
 
 def count_width(d):
-    """Bytes of a count n <= d in the header."""
-    return 4 if d < 2**32 else 8
+    """Bytes of a count n <= d in the header (d known only at run time: a small message of
+    ``Compressor.encoder``'s shared function, under 2^32)."""
+    d = tf.get_static_value(d)
+    return 4 if d is None or d < 2**32 else 8
 
 
 def scale_dtype(value_dtype):
@@ -153,7 +154,7 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     so that a few compilations serve every step; rows padded with (0, 0.0)); ``kernels.scatter_rows``
     (XLA, or hvdspar.native's kernel where built: the same bits) sums the table row by
     row and writes the output once. Same result, bit for bit, as ``fold`` with one scatter-add
-    per message. Tensors under ``XLA_MIN_ELEMENTS`` take ``fold`` (a
+    per message. Tensors under ``kernels.XLA_MIN_ELEMENTS`` take ``fold`` (a
     compilation per size would cost more than it saves).
 
     With ``factor`` (as ``fold``'s) the table's values are multiplied by it before the sum, so the
@@ -161,7 +162,7 @@ def fold_entries(data, num_messages, d, value_dtype, accumulate_dtype, body_nbyt
     rounding (bit for bit when factor is a power of two, as 1/M for 2 or 4 ranks); NaN everywhere
     when a message was not finite."""
     accumulate_dtype = tf.as_dtype(accumulate_dtype)
-    if d < XLA_MIN_ELEMENTS:
+    if not kernels.large(d):
         def add(acc, head, body):
             idx, val = entries(head, body)
             return tf.tensor_scatter_nd_add(acc, tf.expand_dims(idx, 1), val)
