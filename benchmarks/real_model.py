@@ -131,8 +131,7 @@ def main(argv=None):
     rows = json.loads(store.read_text()) if store.exists() else []
     key = lambda r: (r["network"], r.get("loop", "keras"), r["model"], r["mode"], r.get("bucket_mb"))  # noqa: E731
     todo = [(n, lp, m, mode, cap) for n in args.networks for lp in args.loops for m in args.models
-            for mode in args.modes for cap in (args.bucket_mb if mode in ("gspar", "gspar-bucketed") else [None])
-            if not (lp == "custom" and mode == "gspar-bucketed")]  # groups= is DistributedOptimizer's
+            for mode in args.modes for cap in (args.bucket_mb if mode in ("gspar", "gspar-bucketed") else [None])]
     finished = [] if args.force else [job for job in todo if any(key(r) == job and "error" not in r for r in rows)]
     progress = bar(len(todo), "real_model", done=len(finished))
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,7 @@ Horovod's own synthetic benchmarks in shape, a Keras application model
 step that builds its compressor and ``hvd.DistributedGradientTape`` inside
 itself, traced for ``first_batch`` True and False). Modes: none / fp16
 (Horovod's own), gspar (``GSpar(rho)`` and nothing else: one message per
-bucket), gspar-bucketed (the same with Horovod's ``groups=1``; keras loop
-only) and gspar-per-tensor (``bucket_mb=0``: every gradient its own message).
+bucket), gspar-bucketed (the same with Horovod's ``groups=1``) and gspar-per-tensor (``bucket_mb=0``: every gradient its own message).
 Reports, from rank 0: seconds to the end of the first step (tracing
 included, from just before it), images per second over the timed steps (all
 ranks' images), and each rank's peak resident memory (ru_maxrss). What the
@@ -141,18 +140,16 @@ def keras_loop(model, args, data, target):
 
 def custom_loop(model, args, data, target):
     """Horovod's tensorflow2_synthetic_benchmark.py: the compressor is built inside the step."""
-    if args.mode == "gspar-bucketed":
-        raise SystemExit("gspar-bucketed (groups=1) is a mode of the keras loop")
     opt = tf.optimizers.SGD(0.01)
     before = len(hvdspar.in_step_compressors())
 
     @tf.function
     def benchmark_step(first_batch):
-        compression, _ = compression_line(args.mode, args.rho, args.bucket_mb)  # the example's compression line
+        compression, groups = compression_line(args.mode, args.rho, args.bucket_mb)  # the example's compression line
         with tf.GradientTape() as tape:
             probs = model(data, training=True)
             loss = tf.reduce_mean(tf.losses.sparse_categorical_crossentropy(target, probs))
-        tape = hvd_tf.DistributedGradientTape(tape, compression=compression)
+        tape = hvd_tf.DistributedGradientTape(tape, compression=compression, groups=groups)
         gradients = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(gradients, model.trainable_variables))
         if first_batch:
