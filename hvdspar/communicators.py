@@ -21,7 +21,7 @@ import collections
 import tensorflow as tf
 
 from hvdspar import exchange, fallback, hierarchy, wire
-from hvdspar.dtypes import compute_dtype
+from hvdspar.dtypes import compute_dtype, reduced_is_finite
 from hvdspar.scan import scan
 
 
@@ -224,10 +224,3 @@ def message_nbytes(enc, n_members, dtype):
 def norms(enc):
     """[||x||^2, ||Q(x)||^2] (float64) of a message sent compressed, for the variance figures."""
     return tf.stack([tf.cast(enc.x_sq_norm, tf.float64), tf.cast(enc.q_sq_norm, tf.float64)])
-
-
-def reduced_is_finite(reduced):
-    """Whether a reduced (summed) tensor is finite: any rank's NaN/Inf makes the sum non-finite,
-    so one reduction tells every rank alike."""
-    wide = reduced if reduced.dtype == tf.float64 else tf.cast(reduced, tf.float32)
-    return tf.math.is_finite(tf.reduce_sum(wide))

@@ -23,7 +23,6 @@ variables where Horovod's frame names them (``_slot_for``); a compressor is a
 import collections
 import contextlib
 import logging
-import os
 import random
 import sys
 import weakref
@@ -194,7 +193,7 @@ class Compressor(_HorovodCompressor, tf.Module):
         if "_nodes" not in self.__dict__:
             topology, why = hierarchy.topology()
             self.__dict__["_nodes"] = communicators.Hierarchical(self, topology) if topology else None
-            local, cross = (int(os.environ.get(k, 1) or 1) for k in ("HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_SIZE"))
+            _, local, cross = hierarchy.launched_layout()
             if topology is None and local > 1 and cross > 1 and self.exchange.world()[1] == 0:
                 logging.getLogger("hvdspar").info("hvdspar: %s exchanges flat across %d nodes of %d ranks: %s",
                                                   type(self).__name__, cross, local, why)

@@ -33,8 +33,7 @@ def node_process_sets():
     horovodrun, on one node, one rank per node, or nodes of different sizes."""
     import horovod.tensorflow as hvd
 
-    size, local, cross = (int(os.environ.get(k, 0) or 0) for k in
-                          ("HOROVOD_SIZE", "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_SIZE"))
+    size, local, cross = launched_layout()
     if local < 2 or cross < 2 or size != local * cross:
         _SETS.clear()
         return []
@@ -42,6 +41,12 @@ def node_process_sets():
     shares = [hvd.ProcessSet(list(range(l, size, local))) for l in range(local)]
     _SETS.update(layout=(cross, local), sets=(nodes, shares))
     return nodes + shares
+
+
+def launched_layout():
+    """(ranks, ranks per node, nodes) as horovodrun launched this job (``HOROVOD_SIZE``,
+    ``HOROVOD_LOCAL_SIZE``, ``HOROVOD_CROSS_SIZE``; 0 outside horovodrun)."""
+    return tuple(int(os.environ.get(k, 0) or 0) for k in ("HOROVOD_SIZE", "HOROVOD_LOCAL_SIZE", "HOROVOD_CROSS_SIZE"))
 
 
 class Topology:

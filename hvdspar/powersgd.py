@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from hvdspar.codec import Codec, Reduced, matrix_layout
 from hvdspar.compressor import Compressor
-from hvdspar.dtypes import compute_dtype
+from hvdspar.dtypes import compute_dtype, reduced_is_finite
 
 _no_autograph = tf.autograph.experimental.do_not_convert
 
@@ -168,8 +168,7 @@ class PowerSGDCodec(Codec):
         else:
             out = power()
         total, contribution, nbytes, kept, own_sq, q_new, dense = out
-        wide = total if total.dtype == tf.float64 else tf.cast(total, tf.float32)
-        finite = tf.math.is_finite(tf.reduce_sum(wide))  # the same sum on every rank: all agree
+        finite = reduced_is_finite(total)  # the same sum on every rank: all agree
         return Reduced(total, finite, contribution, nbytes, kept, own_sq, {"q": q_new, "step": state["step"] + 1},
                        dense)
 
