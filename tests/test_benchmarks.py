@@ -221,3 +221,27 @@ def test_horovod_suite_names_what_it_needs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         horovod_suite.main(["--horovod-tests", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "has no parallel/test_tensorflow.py" in capsys.readouterr().err
+
+
+def test_two_nodes_table_derives_speedups_against_none_of_the_same_task_and_network():
+    from benchmarks import two_nodes
+
+    def row(task, network, mode, t, sent, within=0):
+        return {"task": task, "network": network, "mode": mode, "spec": mode, "time_to_target_s": t,
+                "seconds_per_step": 0.05, "bytes_per_step": sent, "within_node_bytes_per_step": within,
+                "final_acc": 0.61234}
+    rows = two_nodes.finish([row("softmax", "100mbit", "none", 30.0, 2e6), row("softmax", "100mbit", "flat", 5.0, 6800),
+                             row("softmax", "100mbit", "hierarchical", 6.0, 3300, 3.1e6),
+                             row("softmax", "1gbit", "flat", None, 6800), row("cnn-cifar10", "100mbit", "flat", 5.0, 1)])
+    assert [r["x_vs_none"] for r in rows] == [1.0, 6.0, 5.0, None, None]  # no none row: no speed-up
+    assert rows[2]["cross_node_kb_per_step"] == 3.3 and rows[2]["within_node_kb_per_step"] == 3100.0
+    assert rows[0]["ms_per_step"] == 50.0 and rows[0]["final_acc"] == 0.612
+
+
+def test_trace_cost_counts_the_traced_encoders_and_decoders():
+    from benchmarks import trace_cost
+
+    shapes = [[3], [5], [2, 4], [70000]]
+    seconds, ops, traced, tensors = trace_cost.trace("gspar:rho=0.01,bucket_mb=0", shapes)
+    assert tensors == 4 and traced == 4 and seconds > 0 and ops > 0  # the small sizes share one pair
+    assert trace_cost.trace("none", shapes)[2] == 0
