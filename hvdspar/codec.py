@@ -34,7 +34,7 @@ import math
 
 import tensorflow as tf
 
-from hvdspar import error_feedback, wire
+from hvdspar import error_feedback, kernels, wire
 from hvdspar.dtypes import compute_dtype
 from hvdspar.scan import scan
 
@@ -131,9 +131,7 @@ class Codec:
     def encode(self, x, seed, dtype, shape=None, contract=False):
         """Flat x (in ``dtype`` or its compute dtype) of a tensor of ``shape`` -> ``Encoded``."""
         x = tf.reshape(x, [-1])
-        d = x.shape[0]
-        if d is None:  # traced once for every small size (``Compressor.encoder``): d at run time
-            d = tf.size(x, out_type=tf.int64)
+        d = kernels.length(x)
         cdt = compute_dtype(dtype)
         first = scan(x)  # one read of x: finite?, ||x||^2, ||x||_1
 

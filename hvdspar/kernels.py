@@ -25,6 +25,13 @@ MAX_CHUNK_ELEMENTS = 1 << 20
 CHUNKS_PER_PASS = 4
 
 
+def length(x):
+    """The number of elements of x: a Python int where its shape says it, else an int64 tensor (a
+    function traced once for every small size, ``Compressor.encoder``)."""
+    n = x.shape.num_elements()
+    return n if n is not None else tf.size(x, out_type=tf.int64)
+
+
 def large(d):
     """Whether a message of d elements takes the XLA chunks (d >= XLA_MIN_ELEMENTS). A d known only
     at run time is a small one: ``Compressor.encoder`` shares one function among the small sizes."""

@@ -21,6 +21,7 @@ values.
 
 import tensorflow as tf
 
+from hvdspar import kernels
 from hvdspar.compressor import Compressor
 from hvdspar.dtypes import compute_dtype
 from hvdspar.sparse_message import SparseCodec, SparseMessage
@@ -82,7 +83,7 @@ def random_indices(d, k, seed):
 def randomk_message(g, k, seed, rescale=False):
     """k uniform coordinates without replacement; values g_i, or g_i * d / k with rescale."""
     g = tf.reshape(tf.convert_to_tensor(g), [-1])
-    d = g.shape[0] if g.shape[0] is not None else tf.size(g)
+    d = kernels.length(g)
     idx = random_indices(d, k, seed)
     values = tf.gather(g, idx)
     if rescale:
@@ -104,7 +105,7 @@ class TopKCodec(SparseCodec):
         return {"ratio": self.ratio}
 
     def draw(self, x, seed, dtype, shape, scan):
-        return topk_message(x, num_kept(tf.size(x), self.ratio)), None
+        return topk_message(x, num_kept(kernels.length(x), self.ratio)), None
 
     def expected_counts(self, d):
         return num_kept(d, self.ratio), 0
@@ -126,15 +127,14 @@ class RandomKCodec(SparseCodec):
         return {"ratio": self.ratio, "rescale": self.rescale}
 
     def draw(self, x, seed, dtype, shape, scan):
-        d = tf.get_static_value(tf.size(x))
-        d = tf.size(x) if d is None else int(d)
+        d = kernels.length(x)
         k = num_kept(d, self.ratio)
         msg = randomk_message(x, k, seed, rescale=self.rescale)
         if not self.rescale:
             return msg, None
         x64 = tf.cast(x, tf.float64)
         # error feedback's gamma = k/d cancels the d/k: plain rand-k is sent
-        return msg, lambda: tf.tensordot(x64, x64, 1) * (d / k)
+        return msg, lambda: tf.tensordot(x64, x64, 1) * (tf.cast(d, tf.float64) / tf.cast(k, tf.float64))
 
     def expected_counts(self, d):
         return num_kept(d, self.ratio), 0
