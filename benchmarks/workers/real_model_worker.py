@@ -11,7 +11,8 @@ Horovod's own synthetic benchmarks in shape, a Keras application model
 step that builds its compressor and ``hvd.DistributedGradientTape`` inside
 itself, traced for ``first_batch`` True and False). Modes: none / fp16
 (Horovod's own), gspar (``GSpar(rho)`` and nothing else: one message per
-bucket), gspar-bucketed (the same with Horovod's ``groups=1``) and gspar-per-tensor (``bucket_mb=0``: every gradient its own message).
+bucket), gspar-bucketed (the same with Horovod's ``groups=1``) and
+gspar-per-tensor (``bucket_mb=0``: every gradient its own message).
 Reports, from rank 0: seconds to the end of the first step (tracing
 included, from just before it), images per second over the timed steps (all
 ranks' images), and each rank's peak resident memory (ru_maxrss). What the
