@@ -202,7 +202,8 @@ class Hierarchical(Compressed):
         enc = comp.encoder(dtype, tf.TensorShape([size]))(share, comp.seed_of(slot))
         gathered = comp.exchange.allgather(enc.message, topo.cross,
                                            exchange.collective_name("HorovodAllgather", x, "cross"))
-        share_total, share_finite = comp.decoder(dtype, tf.TensorShape([size]))(gathered, topo.num_nodes)
+        decode = comp.decoder(dtype, tf.TensorShape([size]))
+        share_total, share_finite = decode(gathered, comp.exchange.size_op(topo.cross))
         share_total = wire.scaled(share_total, tf.ones([], share_total.dtype), share_finite)
         total = comp.exchange.allgather(share_total, topo.node, exchange.collective_name("HorovodAllgather", x, "node"))
         finite = reduced_is_finite(total)

@@ -238,18 +238,26 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     def decoder(self, dtype, shape):
         """``codec.decode_sum`` for one dtype and shape, traced once (see ``encoder``): the gathered
-        messages and the number of ranks in, (sum_r Q(x_r), every rank finite?) out."""
+        messages and the number of ranks (a tensor read at run time: ``exchange.size_op``) in,
+        (sum_r Q(x_r), every rank finite?) out.
+
+        No argument of the call is a constant: Grappler copies a function once per call site that
+        hands it one (its function specialization), and a copy of the decoder per tensor is what
+        made per-tensor compression slow to start (BENCHMARKS.md, "Per tensor"). So d, where the
+        function takes it, travels stacked with the number of ranks."""
         d = shape.num_elements()
         if not self._one_for_small_sizes(d):
             shape = self._traced_shape(shape)
             return self._traced(("decode", dtype.name, tuple(shape.as_list())),
-                                lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape))
+                                lambda data, num_ranks: self.codec.decode_sum(data, num_ranks, d, dtype, shape),
+                                (tf.TensorSpec([None], tf.uint8), tf.TensorSpec([], tf.int32)))
         fn = self._traced(("decode", dtype.name, "small"),
-                          lambda data, num_ranks, d: self.codec.decode_sum(data, num_ranks, d, dtype),
-                          (tf.TensorSpec([None], tf.uint8), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64)))
+                          lambda data, sizes: self.codec.decode_sum(data, tf.cast(sizes[0], tf.int32), sizes[1],
+                                                                    dtype),
+                          (tf.TensorSpec([None], tf.uint8), tf.TensorSpec([2], tf.int64)))
 
         def decode(data, num_ranks):
-            total, finite = fn(data, tf.cast(num_ranks, tf.int32), tf.constant(d, tf.int64))
+            total, finite = fn(data, tf.stack([tf.cast(num_ranks, tf.int64), tf.constant(d, tf.int64)]))
             total.set_shape([d])
             return total, finite
 

@@ -94,3 +94,37 @@ def test_a_codec_that_needs_d_in_python_traces_one_function_per_size_not_per_sha
     comp = hvdspar.QSGD(levels=4, fallback=False, bucket_mb=0, seed=1)
     keys, _ = traced_keys(comp, [[1, 1, 16, 72], [1, 1, 72, 16], [64], [8, 8]])
     assert sorted(k[2] for k in keys if k[0] == "encode") == [(64,), (1152,)], keys
+
+
+class RunTimeSize(hvdspar.exchange.InProcess):
+    """InProcess with the number of ranks read at run time, as Horovod's ``size_op`` is."""
+
+    def __init__(self, num_ranks):
+        super().__init__(num_ranks)
+        self.size = tf.Variable(num_ranks, dtype=tf.int32, trainable=False)
+
+    def size_op(self, process_set=None):
+        return self.size.read_value()
+
+
+def test_no_traced_encoder_or_decoder_is_called_with_a_constant():
+    """Grappler's function specialization copies a called function once per call site that hands
+    it a Const: with d as a constant, every tensor of a per-tensor model got its own copy of the
+    small-size decoder, optimised one by one (MobileNetV2 at 32 px under 2 ranks: first step 80 s,
+    51 s without the copies). Every call of a traced function takes only values made at run time."""
+    comp = hvdspar.GSpar(rho=1.0, method="exact", fallback=False, bucket_mb=0, seed=1)
+    comp.exchange = RunTimeSize(2)
+    tensors = [tf.random.stateless_normal(s, seed=[i, 1]) for i, s in enumerate(SHAPES)]
+    step = tf.function(lambda: [comp.decompress(*comp.compress(t)) for t in tensors], autograph=False)
+    graph_def = step.get_concrete_function().graph.as_graph_def()
+    traced = {f.function_def.signature.name for fn in comp._traced_fns.values() for f in fn._list_all_concrete_functions()}
+    bodies = [graph_def.node] + [f.node_def for f in graph_def.library.function]
+    calls = 0
+    for nodes in bodies:
+        ops = {n.name: n.op for n in nodes}
+        for n in nodes:
+            if n.op in ("PartitionedCall", "StatefulPartitionedCall") and n.attr["f"].func.name in traced:
+                calls += 1
+                consts = [i for i in n.input if not i.startswith("^") and ops.get(i.split(":")[0]) == "Const"]
+                assert not consts, f"{n.attr['f'].func.name} called with constants {consts}"
+    assert calls == 2 * len(SHAPES)
