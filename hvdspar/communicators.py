@@ -95,13 +95,13 @@ class Compressed(Communicator):
             checks.append(tf.debugging.Assert(s.finite, [comp.nonfinite_message(slot, message.shapes, message.dtype)]))
         with tf.control_dependencies(checks):
             parts = message.split(tf.identity(s.total))
-        placeholder = comp.exchange.placeholder(message.dtype, message.site.process_set)
+        placeholder = comp.placeholder(message.dtype, message.site.process_set)
         return Sent(self, message, (placeholder,) * len(parts), parts, s.finite)
 
     def receive(self, sent, j, reduced):
         """f x member j's part (f: Horovod's reduction of the placeholder), NaN if a rank was not finite."""
         part = sent.parts[j]
-        factor = tf.cast(tf.reshape(reduced, [-1])[0], part.dtype)
+        factor = tf.cast(tf.reshape(reduced, []), part.dtype)
         return tf.cast(wire.scaled(part, factor, sent.finite), sent.message.dtype)
 
 
@@ -116,7 +116,7 @@ class Allgather(Compressed):
         gathered = comp.exchange.allgather(enc.message, ps)
         slot.record(message_nbytes(enc, len(message.tensors), dtype), message.d * dtype.size, message.d, enc.kept,
                     dense=False)
-        total, finite = comp.decoder(dtype, shape)(gathered, comp.exchange.size_op(ps))
+        total, finite = comp.decoder(dtype, shape)(gathered, comp.size_op(ps))
         return Sum(total, finite, finite, norms(enc), lambda: comp.feedback.residual(x, enc.q))
 
 
@@ -133,7 +133,7 @@ class Allreduce(Compressed):
             return comp.exchange.allreduce_sum(t, ps, exchange.collective_name("HorovodAllreduce", x, tag))
 
         red = comp.codec.reduce_sum(x, slot.codec_state, allreduce_sum, dtype, message.shape,
-                                    comp.exchange.size_op(ps), comp.stream_seed(0, slot.index))
+                                    comp.size_op(ps), comp.stream_seed(0, slot.index))
         slot.record(red.nbytes + exchange.placeholder_nbytes(dtype), d * dtype.size, d, red.kept, dense=red.dense)
         new_memory = comp.feedback.residual(x, red.q)
         sq_norms = tf.stack([scan(x).sq_norm, tf.cast(red.q_sq_norm, tf.float64)])
@@ -157,7 +157,7 @@ class ChosenAtRunTime(Compressed):
         cdt = compute_dtype(dtype)
         dense_nbytes = d * dtype.size
         go_dense = fallback.prefer_dense_op(comp.codec.expected_nbytes(d, dtype, shape), dense_nbytes,
-                                            comp.exchange.size_op(ps))
+                                            comp.size_op(ps))
 
         def dense():
             sent = tf.cast(x, dtype)
@@ -171,7 +171,7 @@ class ChosenAtRunTime(Compressed):
             enc = comp.encoder(dtype, shape)(x, comp.seed_of(slot))
             name = exchange.collective_name("HorovodAllgather", x, "gather")
             total, finite = comp.decoder(dtype, shape)(comp.exchange.allgather(enc.message, ps, name),
-                                                       comp.exchange.size_op(ps))
+                                                       comp.size_op(ps))
             memory = comp.feedback.residual(x, enc.q)
             return (tf.cast(total, cdt), finite, memory, message_nbytes(enc, len(message.tensors), dtype),
                     tf.cast(enc.kept, tf.int64), norms(enc))
@@ -203,7 +203,7 @@ class Hierarchical(Compressed):
         gathered = comp.exchange.allgather(enc.message, topo.cross,
                                            exchange.collective_name("HorovodAllgather", x, "cross"))
         decode = comp.decoder(dtype, tf.TensorShape([size]))
-        share_total, share_finite = decode(gathered, comp.exchange.size_op(topo.cross))
+        share_total, share_finite = decode(gathered, comp.size_op(topo.cross))
         share_total = wire.scaled(share_total, tf.ones([], share_total.dtype), share_finite)
         total = comp.exchange.allgather(share_total, topo.node, exchange.collective_name("HorovodAllgather", x, "node"))
         finite = reduced_is_finite(total)

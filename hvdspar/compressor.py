@@ -66,7 +66,8 @@ class Compressor(_HorovodCompressor, tf.Module):
     #: Python-only bookkeeping (in ``__dict__``), which ``tf.Module`` need not walk
     _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {
         "feedback", "buckets", "_bucket_mb", "_dense", "_compressed", "_at_run_time", "_fallback", "_sent", "_trace",
-        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner", "_nodes"}
+        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner", "_nodes",
+        "_per_trace"}
 
     def __init__(self, codec, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None,
                  name=None):
@@ -338,7 +339,33 @@ class Compressor(_HorovodCompressor, tf.Module):
 
     def seed_of(self, slot):
         """This step's seed of ``slot``'s random stream, with this rank read at run time."""
-        return tf.stack([self.stream_seed(0, slot.index) + 65_537 * self.exchange.rank_op(), slot.calls.read_value()])
+        offset = self.once_per_trace("rank", lambda: 65_537 * self.exchange.rank_op())
+        return tf.stack([self.stream_seed(0, slot.index) + offset, slot.calls.read_value()])
+
+    def size_op(self, process_set=None):
+        """The number of ranks of ``process_set``, read at run time (``exchange.size_op``), once per trace."""
+        return self.once_per_trace(("size", process_set), lambda: self.exchange.size_op(process_set))
+
+    def placeholder(self, dtype, process_set=None):
+        """What a compressed message hands Horovod (``exchange.Horovod.placeholder``), once per trace."""
+        return self.once_per_trace(("placeholder", tf.as_dtype(dtype).name, process_set),
+                                   lambda: self.exchange.placeholder(dtype, process_set))
+
+    def once_per_trace(self, key, make):
+        """``make()`` built once per trace, in the traced function's own graph (``state.trace_key``),
+        which Horovod's per-tensor conds capture: the rank, sizes and placeholders that every message
+        of a step reads cost their ops once, not once per tensor. Eagerly, ``make()``."""
+        if tf.executing_eagerly():
+            return make()
+        graph = trace_key()
+        held = self.__dict__.get("_per_trace")
+        if held is None or held[0]() is not graph:
+            held = self.__dict__["_per_trace"] = (weakref.ref(graph), {})
+        values = held[1]
+        if key not in values:
+            with graph.as_default(), tf.name_scope("hvdspar"):
+                values[key] = make()
+        return values[key]
 
     def new_slot(self, index, shape, dtype):
         """The state of message ``index``: memory, stream, counters, and the codec's own (PowerSGD's Q,

@@ -95,8 +95,8 @@ class SlotState(tf.Module):
         """Count one call (two variable updates; three with the norms, four with ``within_node``: the
         dense bytes a hierarchical exchange sent inside the node). Arguments may be tensors."""
 
-        def i64(v):
-            return tf.cast(v, tf.int64)
+        def i64(v):  # (a Python number as one int64 constant, not a constant and a cast)
+            return tf.cast(v, tf.int64) if tf.is_tensor(v) else tf.constant(int(v), tf.int64)
 
         nbytes, kept = i64(nbytes), i64(kept)
         self.totals.assign_add(tf.stack([nbytes, i64(dense_nbytes), i64(elements), kept, i64(1)]))
