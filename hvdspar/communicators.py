@@ -25,10 +25,11 @@ from hvdspar.dtypes import compute_dtype, reduced_is_finite
 from hvdspar.scan import scan
 
 
-class Sent(collections.namedtuple("Sent", ["communicator", "message", "handed", "parts", "finite"])):
+class Sent(collections.namedtuple("Sent", ["communicator", "message", "handed", "parts", "nan_unless_finite"])):
     """What ``compress`` hands ``decompress`` (immutable): per member, what it hands Horovod
-    (``handed``) and its part of the decoded sum (``parts``; () when dense); ``finite``: whether
-    every rank's message was finite (None when dense)."""
+    (``handed``) and its part of the decoded sum (``parts``; () when dense); ``nan_unless_finite``:
+    0, or NaN where a rank's message was not finite (``wire.nan_unless``; None when dense), made
+    once for all members."""
 
     def receive(self, j, reduced):
         return self.communicator.receive(self, j, reduced)
@@ -96,13 +97,13 @@ class Compressed(Communicator):
         with tf.control_dependencies(checks):
             parts = message.split(tf.identity(s.total))
         placeholder = comp.placeholder(message.dtype, message.site.process_set)
-        return Sent(self, message, (placeholder,) * len(parts), parts, s.finite)
+        return Sent(self, message, (placeholder,) * len(parts), parts, wire.nan_unless(s.finite, s.total.dtype))
 
     def receive(self, sent, j, reduced):
         """f x member j's part (f: Horovod's reduction of the placeholder), NaN if a rank was not finite."""
         part = sent.parts[j]
         factor = tf.cast(tf.reshape(reduced, []), part.dtype)
-        return tf.cast(wire.scaled(part, factor, sent.finite), sent.message.dtype)
+        return tf.cast(part * (factor + sent.nan_unless_finite), sent.message.dtype)
 
 
 class Allgather(Compressed):

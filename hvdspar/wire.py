@@ -139,8 +139,14 @@ def scaled(total, factor, all_finite):
     One multiply of the dense sum: NaN x anything is NaN."""
     if factor is None:
         return total
-    nan = tf.constant(float("nan"), total.dtype)
-    return total * (tf.cast(factor, total.dtype) + tf.where(all_finite, tf.zeros_like(nan), nan))
+    return total * (tf.cast(factor, total.dtype) + nan_unless(all_finite, total.dtype))
+
+
+def nan_unless(all_finite, dtype):
+    """0 where every sender was finite, else NaN (a scalar of ``dtype``): added to a factor, it makes
+    the product with a sum NaN everywhere (``scaled``)."""
+    nan = tf.constant(float("nan"), dtype)
+    return tf.where(all_finite, tf.zeros_like(nan), nan)
 
 
 @_no_autograph
