@@ -242,10 +242,9 @@ class Compressor(_HorovodCompressor, tf.Module):
         messages and the number of ranks (a tensor read at run time: ``exchange.size_op``) in,
         (sum_r Q(x_r), every rank finite?) out.
 
-        No argument of the call is a constant: Grappler copies a function once per call site that
-        hands it one (its function specialization), and a copy of the decoder per tensor is what
-        made per-tensor compression slow to start (BENCHMARKS.md, "Per tensor"). So d, where the
-        function takes it, travels stacked with the number of ranks."""
+        No argument of the call is a constant, which Grappler would answer with a copy of the
+        function for that call site (docs/design.md, "A message's trip"): d, where the function
+        takes it, travels stacked with the number of ranks."""
         d = shape.num_elements()
         if not self._one_for_small_sizes(d):
             shape = self._traced_shape(shape)
