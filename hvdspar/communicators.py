@@ -25,11 +25,10 @@ from hvdspar.dtypes import compute_dtype, reduced_is_finite
 from hvdspar.scan import scan
 
 
-class Sent(collections.namedtuple("Sent", ["communicator", "message", "handed", "parts", "nan_unless_finite"])):
+class Sent(collections.namedtuple("Sent", ["communicator", "message", "handed", "parts"])):
     """What ``compress`` hands ``decompress`` (immutable): per member, what it hands Horovod
-    (``handed``) and its part of the decoded sum (``parts``; () when dense); ``nan_unless_finite``:
-    0, or NaN where a rank's message was not finite (``wire.nan_unless``; None when dense), made
-    once for all members."""
+    (``handed``) and its part of the decoded sum (``parts``, NaN everywhere where a rank's
+    message was not finite; () when dense)."""
 
     def receive(self, j, reduced):
         return self.communicator.receive(self, j, reduced)
@@ -66,7 +65,7 @@ class Dense(Communicator):
         slot.record(d * dtype.size, d * dtype.size, d, d, dense=True)
         residual = x - tf.cast(sent, x.dtype)
         self.comp.feedback.keep(slot, tf.math.is_finite(tf.reduce_sum(residual)), lambda: residual)
-        return Sent(self, message, message.split(sent), (), None)
+        return Sent(self, message, message.split(sent), ())
 
     def receive(self, sent, j, reduced):
         """Horovod's result as it is (checked under nonfinite='raise')."""
@@ -95,15 +94,16 @@ class Compressed(Communicator):
         if comp.nonfinite == "raise":
             checks.append(tf.debugging.Assert(s.finite, [comp.nonfinite_message(slot, message.shapes, message.dtype)]))
         with tf.control_dependencies(checks):
-            parts = message.split(tf.identity(s.total))
+            parts = message.split(wire.nan_unless_finite(s.total, s.finite))
         placeholder = comp.placeholder(message.dtype, message.site.process_set)
-        return Sent(self, message, (placeholder,) * len(parts), parts, wire.nan_unless(s.finite, s.total.dtype))
+        return Sent(self, message, (placeholder,) * len(parts), parts)
 
     def receive(self, sent, j, reduced):
-        """f x member j's part (f: Horovod's reduction of the placeholder), NaN if a rank was not finite."""
+        """f x member j's part (f: Horovod's reduction of the placeholder, [1], broadcast): one
+        multiply in the member's Horovod branch."""
         part = sent.parts[j]
-        factor = tf.cast(tf.reshape(reduced, []), part.dtype)
-        return tf.cast(part * (factor + sent.nan_unless_finite), sent.message.dtype)
+        factor = tf.cast(reduced if part.shape.rank else tf.reshape(reduced, []), part.dtype)
+        return tf.cast(part * factor, sent.message.dtype)
 
 
 class Allgather(Compressed):
@@ -205,7 +205,7 @@ class Hierarchical(Compressed):
                                            exchange.collective_name("HorovodAllgather", x, "cross"))
         decode = comp.decoder(dtype, tf.TensorShape([size]))
         share_total, share_finite = decode(gathered, comp.size_op(topo.cross))
-        share_total = wire.scaled(share_total, tf.ones([], share_total.dtype), share_finite)
+        share_total = wire.nan_unless_finite(share_total, share_finite)
         total = comp.exchange.allgather(share_total, topo.node, exchange.collective_name("HorovodAllgather", x, "node"))
         finite = reduced_is_finite(total)
         # bytes_sent: what crosses the nodes (the share's message, and the placeholders); inside the node

@@ -142,6 +142,11 @@ def scaled(total, factor, all_finite):
     return total * (tf.cast(factor, total.dtype) + nan_unless(all_finite, total.dtype))
 
 
+def nan_unless_finite(total, all_finite):
+    """total where every sender was finite, else NaN everywhere (one select over the sum)."""
+    return tf.where(all_finite, total, tf.constant(float("nan"), total.dtype))
+
+
 def nan_unless(all_finite, dtype):
     """0 where every sender was finite, else NaN (a scalar of ``dtype``): added to a factor, it makes
     the product with a sum NaN everywhere (``scaled``)."""

@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("--model", default="MobileNetV2", help="a tf.keras.applications model")
     p.add_argument("--image-size", type=int, default=32, help="pixels a side (the model is built for it)")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--groups", type=int, default=None, help="Horovod's groups= (default: none given)")
     args = p.parse_args(argv)
     hvd.init()
     comp = hvd.Compression.none if args.spec == "none" else hvdspar.from_spec(args.spec, seed=1)
@@ -41,7 +42,7 @@ def main(argv=None):
         with tf.GradientTape() as tape:
             probs = model(data, training=True)
             loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(target, probs))
-        tape = hvd.DistributedGradientTape(tape, compression=comp)
+        tape = hvd.DistributedGradientTape(tape, compression=comp, groups=args.groups)
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -54,7 +55,7 @@ def main(argv=None):
     step()
     t3 = time.perf_counter()
     if hvd.rank() == 0:
-        print(f"[first_step] {args.model} {args.image_size}px {args.spec}: trace {t1 - t0:.1f} s, "
+        print(f"[first_step] {args.model} {args.image_size}px {args.spec} groups={args.groups}: trace {t1 - t0:.1f} s, "
               f"first run {t2 - t1:.1f} s, second run {t3 - t2:.2f} s", flush=True)
 
 
