@@ -22,6 +22,7 @@ variables where Horovod's frame names them (``_slot_for``); a compressor is a
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import sys
@@ -66,8 +67,7 @@ class Compressor(_HorovodCompressor, tf.Module):
     #: Python-only bookkeeping (in ``__dict__``), which ``tf.Module`` need not walk
     _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {
         "feedback", "buckets", "_bucket_mb", "_dense", "_compressed", "_at_run_time", "_fallback", "_sent", "_trace",
-        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_counted", "_owner", "_nodes",
-        "_per_trace"}
+        "_eager_index", "_by_variables", "_passed", "_traced_fns", "_owner", "_nodes"}
 
     def __init__(self, codec, memory=False, fallback=True, nonfinite="propagate", seed=None, bucket_mb=None,
                  name=None):
@@ -104,7 +104,7 @@ class Compressor(_HorovodCompressor, tf.Module):
             _at_run_time=communicators.ChosenAtRunTime(self),
             _fallback=plans,  # the dense fallback's policy and latest decisions
             _sent=weakref.WeakKeyDictionary(),  # Message -> communicators.Sent, while a trace holds it
-            _trace=None, _next_slot=0,  # the trace being built, and the next message's position in it
+            _trace=None,  # the bookkeeping of the trace being built (``_Trace``)
             _eager_index={},  # (name, shapes, dtype) -> slot index, for eager calls
             _by_variables={},  # the variables of a message (their refs) -> slot index
             _passed=set(),  # reasons already logged for tensors sent as Horovod's none
@@ -356,15 +356,19 @@ class Compressor(_HorovodCompressor, tf.Module):
         of a step reads cost their ops once, not once per tensor. Eagerly, ``make()``."""
         if tf.executing_eagerly():
             return make()
+        trace = self._this_trace()
+        if key not in trace.values:
+            with trace.graph().as_default(), tf.name_scope("hvdspar"):
+                trace.values[key] = make()
+        return trace.values[key]
+
+    def _this_trace(self):
+        """The bookkeeping of the trace being built (``state.trace_key``), new with each trace."""
         graph = trace_key()
-        held = self.__dict__.get("_per_trace")
-        if held is None or held[0]() is not graph:
-            held = self.__dict__["_per_trace"] = (weakref.ref(graph), {})
-        values = held[1]
-        if key not in values:
-            with graph.as_default(), tf.name_scope("hvdspar"):
-                values[key] = make()
-        return values[key]
+        trace = self._trace
+        if trace is None or trace.graph() is not graph:
+            trace = self.__dict__["_trace"] = _Trace(weakref.ref(graph))
+        return trace
 
     def new_slot(self, index, shape, dtype):
         """The state of message ``index``: memory, stream, counters, and the codec's own (PowerSGD's Q,
@@ -395,11 +399,10 @@ class Compressor(_HorovodCompressor, tf.Module):
         ``traffic()`` beside the compressed messages, their dense size as the dense equivalent, so
         a model with an embedding reports the ratio it really got. Once per trace and gradient list,
         in the graph of the gradients, in one state per variable."""
-        key = (trace_key(), tuple(id(g) for g in site.grads))
-        counted = self.__dict__.setdefault("_counted", set())
+        counted = self._this_trace().counted
+        key = tuple(id(g) for g in site.grads)
         if key in counted:
             return
-        counted.clear()
         counted.add(key)
         for i, g in enumerate(site.grads):
             if not isinstance(g, tf.IndexedSlices) or site.vars is None or i >= len(site.vars):
@@ -429,12 +432,10 @@ class Compressor(_HorovodCompressor, tf.Module):
         if it has one, else by shape and dtype (give two tensors of equal shape distinct
         names). Either way the slot is checked against shape and dtype.
         """
-        key = trace_key()
-        if key is not self._trace:
-            self._trace, self._next_slot = key, 0
-        position = self._next_slot
+        trace = self._this_trace()
+        position = trace.next_position
         if not tf.executing_eagerly():
-            self._next_slot += 1
+            trace.next_position += 1
         if variables is not None:
             index = self.state_of(variables, shape, dtype).index
         elif tf.executing_eagerly():
@@ -485,6 +486,18 @@ class Compressor(_HorovodCompressor, tf.Module):
                     f"state starts at zero). TensorFlow said: {e}"
                 ) from e
             raise
+
+
+@dataclasses.dataclass
+class _Trace:
+    """What a compressor keeps of the trace being built: its graph (held weakly), the position of the
+    next message in Horovod's call order, the gradient lists whose Horovod-path tensors are counted
+    (``_count_horovod_path``), and the values ``once_per_trace`` made."""
+
+    graph: weakref.ref
+    next_position: int = 0
+    counted: set = dataclasses.field(default_factory=set)
+    values: dict = dataclasses.field(default_factory=dict)
 
 
 def _variable_key(variable):
