@@ -59,38 +59,44 @@ def horovodrun():
 
 def run_launch(network, rate, ranks, compressors, worker_args, out_dir, timeout,
                worker="benchmarks.workers.tta_worker"):
-    """One horovodrun of ``worker`` (inside a fresh namespace) -> the worker's result dicts."""
+    """One horovodrun of ``worker`` on this machine (inside a fresh namespace) -> the worker's result dicts."""
     out = Path(out_dir) / f"tta-{network}-{ranks}-{time.time_ns()}.json"
-    cmd = [horovodrun(), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
-           sys.executable, "-m", worker, "--compressors", *compressors,
-           "--out", str(out), *worker_args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    name = f"hvdspar-tta-{os.getpid()}"
     start = time.time()
-    lines = []
     # shaped: a fresh namespace (root); unshaped: the host's own loopback (no root needed)
-    with (netns.namespace(name, rate) if rate else contextlib.nullcontext([])) as prefix:
-        proc = subprocess.Popen(prefix + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        try:
-            for line in proc.stdout:  # stream the per-compressor lines as they come
-                lines.append(line.rstrip())
-                if "[tta]" in line:
-                    print(f"  {network:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
-                if time.time() - start > timeout:
-                    break
-        finally:
-            if proc.poll() is None and time.time() - start > timeout:
-                proc.kill()
-            proc.wait()
-    if proc.returncode != 0 or not out.exists():
-        tail = "\n".join(lines[-30:])
-        raise RuntimeError(f"horovodrun failed ({proc.returncode}) on {network}, {ranks} ranks:\n{tail}")
-    rows = json.loads(out.read_text())["results"]
+    with (netns.namespace(f"hvdspar-tta-{os.getpid()}", rate) if rate else contextlib.nullcontext([])) as prefix:
+        rows = run_worker(prefix, ["-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo"], worker,
+                          compressors, worker_args, out, timeout, network)
     for r in rows:
         r["network"] = network
     print(f"  ({network}, {ranks} ranks: {time.time() - start:.0f} s including start-up)", flush=True)
     return rows
+
+
+def run_worker(prefix, launch_args, worker, compressors, worker_args, out, timeout, label, env=None):
+    """``prefix + horovodrun launch_args python -m worker --compressors ... --out out worker_args``,
+    its "[tta]" lines printed as they come, stopped after ``timeout`` s -> the rows of ``out``."""
+    cmd = [horovodrun(), *launch_args, sys.executable, "-m", worker, "--compressors", *compressors,
+           "--out", str(out), *worker_args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    start = time.time()
+    lines = []
+    proc = subprocess.Popen(prefix + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "[tta]" in line:
+                print(f"  {label:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
+            if time.time() - start > timeout:
+                break
+    finally:
+        if proc.poll() is None and time.time() - start > timeout:
+            proc.kill()
+        proc.wait()
+    if proc.returncode != 0 or not out.exists():
+        tail = "\n".join(lines[-30:])
+        raise RuntimeError(f"horovodrun failed ({proc.returncode}) on {label}:\n{tail}")
+    return json.loads(out.read_text())["results"]
 
 
 def add_relative(rows):

@@ -25,7 +25,6 @@ out/two_nodes.md, and the figures to MLflow (experiment "hvdspar-benchmarks").
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from benchmarks import netns
 from benchmarks.common import log_to_mlflow, markdown, stamp
-from benchmarks.time_to_accuracy import TASKS, horovodrun
+from benchmarks.time_to_accuracy import TASKS, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORKS = {"1gbit": "1gbit", "100mbit": "100mbit", "unshaped": None}
@@ -43,20 +42,10 @@ HOSTS = ("nodeA", "nodeB")
 def launch(nodes, specs, node_sets, worker_args, out_dir, timeout):
     """One horovodrun over the two nodes, started from nodeA -> the worker's result rows."""
     out = Path(out_dir) / f"two-nodes-{time.time_ns()}.json"
-    cmd = nodes[HOSTS[0]] + [horovodrun(), "-np", "4", "-H", ",".join(f"{h}:2" for h in HOSTS),
-                              "--network-interfaces", "hv0", "--gloo",
-                              sys.executable, "-m", "benchmarks.workers.tta_worker", "--compressors", *specs,
-                              "--out", str(out), *worker_args] + (["--node-sets"] if node_sets else [])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PATH": f"{ROOT / 'benchmarks' / 'bin'}{os.pathsep}{os.environ['PATH']}"}  # the ssh of the nodes
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if "[tta]" in line:
-            print("   ", line.split("[tta]", 1)[1].strip(), flush=True)
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"horovodrun over two nodes failed ({proc.returncode}):\n"
-                           + "\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
-    return json.loads(out.read_text())["results"]
+    launch_args = ["-np", "4", "-H", ",".join(f"{h}:2" for h in HOSTS), "--network-interfaces", "hv0", "--gloo"]
+    path = {"PATH": f"{ROOT / 'benchmarks' / 'bin'}{os.pathsep}{os.environ['PATH']}"}  # the ssh of the nodes
+    return run_worker(nodes[HOSTS[0]], launch_args, "benchmarks.workers.tta_worker", specs,
+                      worker_args + (["--node-sets"] if node_sets else []), out, timeout, "two nodes", env=path)
 
 
 def run_network(task, network, args, tmp):
