@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,24 +79,23 @@ def run_worker(prefix, launch_args, worker, compressors, worker_args, out, timeo
     cmd = [horovodrun(), *launch_args, sys.executable, "-m", worker, "--compressors", *compressors,
            "--out", str(out), *worker_args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    start = time.time()
     lines = []
     proc = subprocess.Popen(prefix + cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    watchdog = threading.Timer(timeout, proc.kill)  # also a launch that hangs without a word
+    watchdog.start()
     try:
         for line in proc.stdout:
             lines.append(line.rstrip())
             if "[tta]" in line:
                 print(f"  {label:>8} {line.split('[tta]', 1)[1].strip()}", flush=True)
-            if time.time() - start > timeout:
-                break
     finally:
-        if proc.poll() is None and time.time() - start > timeout:
-            proc.kill()
+        watchdog.cancel()
         proc.wait()
     if proc.returncode != 0 or not out.exists():
+        why = f"killed after {timeout:.0f} s" if watchdog.finished.is_set() and proc.returncode < 0 else proc.returncode
         tail = "\n".join(lines[-30:])
-        raise RuntimeError(f"horovodrun failed ({proc.returncode}) on {label}:\n{tail}")
+        raise RuntimeError(f"horovodrun failed ({why}) on {label}:\n{tail}")
     return json.loads(out.read_text())["results"]
 
 
